@@ -1,0 +1,592 @@
+//! `Model`: loads an ONNX file into an optimised tract plan and runs it (`predict`, `predict_batch`, `predict_image`).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+
+use crate::error::{Error, Result, catch_panic};
+use crate::meta::{ModelMeta, PreprocessSpec, SpecSource, card_path};
+use crate::prediction::Prediction;
+use crate::spec::{Dim, ElementType, TensorSpec};
+
+/// The batch dimension a model is compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Batch {
+    /// Every run uses exactly this many examples (smaller batches are padded). Fastest for batch 1.
+    Fixed(usize),
+    /// The batch size is a symbol resolved at each run.
+    Symbolic,
+}
+
+/// How to load a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelOptions {
+    /// Batch dimension to compile for (default: fixed 1).
+    pub batch: Batch,
+    /// Worker threads for matrix products (default 1; phones usually want 1–2).
+    pub threads: usize,
+    /// Classes returned in `Prediction::top` (default 5).
+    pub top_k: usize,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions { batch: Batch::Fixed(1), threads: 1, top_k: 5 }
+    }
+}
+
+impl ModelOptions {
+    /// Options with a given batch mode.
+    pub fn with_batch(mut self, batch: Batch) -> Self {
+        self.batch = batch;
+        self
+    }
+    /// Options with a given thread count.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+}
+
+/// Facts about the ONNX file itself: what `pupil inspect` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// sha256 of the model bytes, lowercase hex.
+    pub sha256: String,
+    pub file_size: u64,
+    pub opset: i64,
+    pub producer: String,
+    /// Node count per operator (`domain::Op` outside the default domain).
+    pub operators: BTreeMap<String, usize>,
+    /// Parameters (initializer and constant elements).
+    pub parameters: u64,
+    /// Parameter bytes per element type.
+    pub parameter_bytes: BTreeMap<ElementType, u64>,
+    pub node_count: usize,
+}
+
+/// A loaded, optimised model, ready to run. Cheap to share across threads (`&Model` is `Sync`).
+pub struct Model {
+    plan: Arc<TypedRunnableModel>,
+    states: Mutex<Vec<TypedSimpleState>>,
+    info: ModelInfo,
+    meta: ModelMeta,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    /// Shape of one example, without the batch dimension.
+    example_shape: Vec<usize>,
+    classes: usize,
+    output_is_probability: bool,
+    options: ModelOptions,
+    load_stats: crate::profile::LoadStats,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("sha256", &self.info.sha256)
+            .field("inputs", &self.inputs)
+            .field("outputs", &self.outputs)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// Decodes ONNX bytes, mapping failures to [`Error::NotOnnx`].
+pub fn decode_onnx(bytes: &[u8]) -> Result<pb::ModelProto> {
+    let proto = pb::ModelProto::decode(bytes).map_err(|e| Error::NotOnnx { reason: e.to_string() })?;
+    if proto.graph.is_none() {
+        return Err(Error::NotOnnx { reason: "the protobuf has no graph".into() });
+    }
+    Ok(proto)
+}
+
+/// sha256 of some bytes as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn dims_of(vi: &pb::ValueInfoProto) -> (Vec<Dim>, ElementType) {
+    use pb::type_proto::Value;
+    use pb::tensor_shape_proto::dimension::Value as D;
+    let mut dims = vec![];
+    let mut dtype = ElementType::Other;
+    if let Some(Value::TensorType(t)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        dtype = ElementType::from_onnx(t.elem_type);
+        if let Some(shape) = &t.shape {
+            for d in &shape.dim {
+                dims.push(match &d.value {
+                    Some(D::DimValue(v)) if *v >= 0 => Dim::Fixed(*v as usize),
+                    Some(D::DimParam(p)) => Dim::Symbol(p.clone()),
+                    _ => Dim::Symbol("?".into()),
+                });
+            }
+        }
+    }
+    (dims, dtype)
+}
+
+fn tensor_elements(t: &pb::TensorProto) -> u64 {
+    t.dims.iter().map(|d| (*d).max(0) as u64).product()
+}
+
+/// Reads what can be known from the protobuf alone.
+pub(crate) fn proto_info(proto: &pb::ModelProto, bytes_len: u64, sha256: String) -> ModelInfo {
+    let graph = proto.graph.as_ref().expect("checked by decode_onnx");
+    let mut operators = BTreeMap::new();
+    let mut parameters = 0u64;
+    let mut parameter_bytes: BTreeMap<ElementType, u64> = BTreeMap::new();
+    let mut count_tensor = |t: &pb::TensorProto| {
+        let n = tensor_elements(t);
+        parameters += n;
+        let dt = ElementType::from_onnx(t.data_type);
+        *parameter_bytes.entry(dt).or_default() += n * dt.size() as u64;
+    };
+    for t in &graph.initializer {
+        count_tensor(t);
+    }
+    for node in &graph.node {
+        let key = if node.domain.is_empty() || node.domain == "ai.onnx" {
+            node.op_type.clone()
+        } else {
+            format!("{}::{}", node.domain, node.op_type)
+        };
+        *operators.entry(key).or_default() += 1;
+        if node.op_type == "Constant" {
+            for a in &node.attribute {
+                if let Some(t) = &a.t {
+                    count_tensor(t);
+                }
+            }
+        }
+    }
+    let opset = proto
+        .opset_import
+        .iter()
+        .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+        .map(|o| o.version)
+        .unwrap_or(0);
+    ModelInfo {
+        sha256,
+        file_size: bytes_len,
+        opset,
+        producer: format!("{} {}", proto.producer_name, proto.producer_version).trim().to_string(),
+        operators,
+        parameters,
+        parameter_bytes,
+        node_count: graph.node.len(),
+    }
+}
+
+/// The graph's real inputs (ONNX < 4 lists initializers among inputs too).
+fn graph_inputs(graph: &pb::GraphProto) -> Vec<TensorSpec> {
+    let inits: std::collections::HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    graph
+        .input
+        .iter()
+        .filter(|vi| !inits.contains(vi.name.as_str()))
+        .map(|vi| {
+            let (shape, dtype) = dims_of(vi);
+            TensorSpec { name: vi.name.clone(), shape, dtype }
+        })
+        .collect()
+}
+
+fn check_operators(graph: &pb::GraphProto) -> Result<()> {
+    let register = tract_onnx::onnx().op_register;
+    for node in &graph.node {
+        let standard = node.domain.is_empty() || node.domain == "ai.onnx" || node.domain == "ai.onnx.ml";
+        if !standard || !register.0.contains_key(&node.op_type) {
+            return Err(Error::UnsupportedOperator {
+                op: node.op_type.clone(),
+                domain: if node.domain.is_empty() { "ai.onnx".into() } else { node.domain.clone() },
+                node: node.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn invalid(e: impl std::fmt::Display) -> Error {
+    Error::InvalidModel { reason: e.to_string() }
+}
+
+impl Model {
+    /// Loads a model file, and its model card (`NAME.card.json`) when one sits beside it.
+    pub fn load(path: impl AsRef<Path>, options: ModelOptions) -> Result<Model> {
+        let path = path.as_ref();
+        let mut clock = crate::profile::LoadClock::start();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let card = card_path(path);
+        let card_json = match std::fs::read_to_string(&card) {
+            Ok(s) => Some((s, card.display().to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(card, e)),
+        };
+        clock.stats.read_ms = Some(clock.lap());
+        Self::build(&bytes, card_json, options, clock)
+    }
+
+    /// Loads a model from memory (an app's asset).
+    pub fn from_bytes(bytes: &[u8], options: ModelOptions) -> Result<Model> {
+        Self::build(bytes, None, options, crate::profile::LoadClock::start())
+    }
+
+    /// Loads a model from memory with a model card's JSON text (labels, preprocessing).
+    pub fn from_bytes_with_card(bytes: &[u8], card_json: &str, options: ModelOptions) -> Result<Model> {
+        let clock = crate::profile::LoadClock::start();
+        Self::build(bytes, Some((card_json.to_string(), "model card".into())), options, clock)
+    }
+
+    fn build(
+        bytes: &[u8],
+        card: Option<(String, String)>,
+        options: ModelOptions,
+        clock: crate::profile::LoadClock,
+    ) -> Result<Model> {
+        catch_panic("loading model", || Self::build_inner(bytes, card, options, clock))
+    }
+
+    fn build_inner(
+        bytes: &[u8],
+        card: Option<(String, String)>,
+        options: ModelOptions,
+        mut clock: crate::profile::LoadClock,
+    ) -> Result<Model> {
+        if options.threads == 0 {
+            return Err(Error::Options { reason: "threads must be at least 1, got 0".into() });
+        }
+        if let Batch::Fixed(0) = options.batch {
+            return Err(Error::Options { reason: "a fixed batch must be at least 1, got 0".into() });
+        }
+        let proto = decode_onnx(bytes)?;
+        let info = proto_info(&proto, bytes.len() as u64, sha256_hex(bytes));
+        let graph = proto.graph.as_ref().expect("checked by decode_onnx");
+        check_operators(graph)?;
+        let inputs = graph_inputs(graph);
+        let outputs: Vec<TensorSpec> = graph
+            .output
+            .iter()
+            .map(|vi| {
+                let (shape, dtype) = dims_of(vi);
+                TensorSpec { name: vi.name.clone(), shape, dtype }
+            })
+            .collect();
+        if inputs.len() != 1 {
+            return Err(invalid(format!("pupil runs single-input models, this one has {} inputs", inputs.len())));
+        }
+        if outputs.is_empty() {
+            return Err(invalid("the graph has no output"));
+        }
+        let input = &inputs[0];
+        if input.dtype != ElementType::F32 {
+            return Err(invalid(format!("input `{}` must be f32, it is {}", input.name, input.dtype)));
+        }
+        if input.shape.len() < 2 {
+            return Err(invalid(format!(
+                "input `{}` must have a batch dimension and at least one more, its shape is {}",
+                input.name,
+                input.shape_string()
+            )));
+        }
+        let mut example_shape = vec![];
+        for (i, d) in input.shape.iter().enumerate().skip(1) {
+            match d {
+                Dim::Fixed(n) if *n > 0 => example_shape.push(*n),
+                _ => {
+                    return Err(invalid(format!(
+                        "input `{}` dimension {i} is `{d}`: only the batch dimension may be symbolic",
+                        input.name
+                    )));
+                }
+            }
+        }
+        match (&input.shape[0], options.batch) {
+            (Dim::Fixed(n), Batch::Fixed(b)) if *n != b => {
+                return Err(Error::Options {
+                    reason: format!("the model's batch dimension is fixed at {n}, options ask for batch {b}"),
+                });
+            }
+            (Dim::Fixed(n), Batch::Symbolic) => {
+                return Err(Error::Options {
+                    reason: format!("the model's batch dimension is fixed at {n}, it cannot run a symbolic batch"),
+                });
+            }
+            _ => {}
+        }
+        let output_is_probability = graph
+            .node
+            .iter()
+            .find(|n| n.output.first() == Some(&outputs[0].name))
+            .is_some_and(|n| n.op_type == "Softmax");
+
+        let mut meta = ModelMeta::from_props(
+            proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect(),
+        )?;
+        if let Some((json, name)) = &card {
+            meta.merge_card(json, name)?;
+        }
+        if meta.preprocess.is_none() {
+            let full: Vec<usize> = std::iter::once(1).chain(example_shape.iter().copied()).collect();
+            if let Some(spec) = PreprocessSpec::infer_from_shape(&full) {
+                meta.preprocess = Some(spec);
+                meta.preprocess_source = Some(SpecSource::Inferred);
+            }
+        }
+
+        clock.stats.decode_ms = clock.lap();
+        let mut model = tract_onnx::onnx().model_for_proto_model(&proto).map_err(|e| invalid(format!("{e:#}")))?;
+        let batch_dim: TDim = match options.batch {
+            Batch::Fixed(b) => b.to_dim(),
+            Batch::Symbolic => model.symbols.sym("N").to_dim(),
+        };
+        let dims: TVec<TDim> = std::iter::once(batch_dim).chain(example_shape.iter().map(|d| d.to_dim())).collect();
+        model
+            .set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), dims))
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        clock.stats.analyse_ms = clock.lap();
+        let typed = crate::kernels::optimize(model).map_err(|e| invalid(format!("{e:#}")))?;
+        clock.stats.optimise_ms = clock.lap();
+        let out_fact = typed.output_fact(0).map_err(|e| invalid(format!("{e:#}")))?;
+        let classes = out_fact
+            .shape
+            .last()
+            .and_then(|d| DimLike::to_usize(d).ok())
+            .ok_or_else(|| invalid(format!("output shape {:?} has no fixed class dimension", out_fact.shape)))?;
+        if let Some(labels) = &meta.labels
+            && labels.len() != classes
+        {
+            return Err(Error::Metadata {
+                key: crate::meta::LABELS_KEY.into(),
+                reason: format!("expected {classes} labels (one per output class), got {}", labels.len()),
+            });
+        }
+        let run_options = RunOptions {
+            executor: (options.threads > 1).then(|| tract_linalg::multithread::Executor::multithread(options.threads)),
+            ..Default::default()
+        };
+        let plan = typed.into_runnable_with_options(&run_options).map_err(|e| invalid(format!("{e:#}")))?;
+        clock.stats.plan_ms = clock.lap();
+        Ok(Model {
+            plan,
+            states: Mutex::new(vec![]),
+            info,
+            meta,
+            inputs,
+            outputs,
+            example_shape,
+            classes,
+            output_is_probability,
+            options,
+            load_stats: clock.finish(),
+        })
+    }
+
+    /// Facts about the file: hash, size, operators, parameters.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    /// Preprocessing spec and labels.
+    pub fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+    /// The inputs as declared in the file.
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+    /// The outputs as declared in the file.
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+    /// The options the model was loaded with.
+    pub fn options(&self) -> &ModelOptions {
+        &self.options
+    }
+    /// Shape of one example (the input shape without its batch dimension).
+    pub fn example_shape(&self) -> &[usize] {
+        &self.example_shape
+    }
+    /// Values in one example.
+    pub fn example_len(&self) -> usize {
+        self.example_shape.iter().product()
+    }
+    /// Width of the first output (number of classes).
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+    /// Class labels, when the model has them.
+    pub fn labels(&self) -> Option<&[String]> {
+        self.meta.labels.as_deref()
+    }
+    /// The optimised tract graph (for reports: kernels, costs).
+    pub fn typed_model(&self) -> &TypedModel {
+        self.plan.model()
+    }
+    /// How long loading took, phase by phase, and how much memory it took (see [`crate::profile`]).
+    pub fn load_stats(&self) -> &crate::profile::LoadStats {
+        &self.load_stats
+    }
+    /// The runnable plan (for the profiler's per-node timing).
+    pub(crate) fn plan(&self) -> &Arc<TypedRunnableModel> {
+        &self.plan
+    }
+    /// Whether the model has run at least once (its execution state pool is not empty).
+    pub(crate) fn has_run(&self) -> bool {
+        self.states.lock().map(|s| !s.is_empty()).unwrap_or(true)
+    }
+    /// Whether the first output is already a probability distribution (the graph ends with Softmax).
+    pub fn output_is_probability(&self) -> bool {
+        self.output_is_probability
+    }
+
+    fn check_input(&self, input: &[f32], examples: usize) -> Result<()> {
+        let expected = self.example_len() * examples;
+        if input.len() != expected {
+            return Err(Error::InputLength {
+                input: self.inputs[0].name.clone(),
+                expected,
+                got: input.len(),
+                shape: std::iter::once(examples).chain(self.example_shape.iter().copied()).collect(),
+            });
+        }
+        if let Some(index) = input.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFiniteInput { input: self.inputs[0].name.clone(), index, value: input[index] });
+        }
+        Ok(())
+    }
+
+    /// Runs exactly `n` examples in one plan execution and returns the first output, flat `[n, classes]`.
+    fn run_chunk(&self, input: &[f32], n: usize) -> Result<Vec<f32>> {
+        let shape: Vec<usize> = std::iter::once(n).chain(self.example_shape.iter().copied()).collect();
+        let tensor = Tensor::from_shape(&shape, input).map_err(|e| Error::Inference { reason: format!("{e:#}") })?;
+        let state = self.states.lock().ok().and_then(|mut s| s.pop());
+        let mut state = match state {
+            Some(s) => s,
+            None => TypedSimpleState::new(&self.plan).map_err(|e| Error::Inference { reason: format!("{e:#}") })?,
+        };
+        let result = catch_panic("running model", || {
+            state.run(tvec![tensor.into_tvalue()]).map_err(|e| Error::Inference { reason: format!("{e:#}") })
+        });
+        let outputs = result?;
+        if let Ok(mut states) = self.states.lock() {
+            states.push(state);
+        }
+        let out = outputs[0].cast_to::<f32>().map_err(|e| Error::Inference { reason: format!("{e:#}") })?;
+        let out = out
+            .try_as_plain_ram()
+            .and_then(|v| v.as_slice::<f32>().map(|s| s.to_vec()))
+            .map_err(|e| Error::Inference { reason: format!("{e:#}") })?;
+        if out.len() != n * self.classes {
+            return Err(Error::Inference {
+                reason: format!("expected {} output values for {n} examples, got {}", n * self.classes, out.len()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs a flat buffer holding `input.len() / example_len()` examples; returns raw outputs, flat `[n, classes]`.
+    pub fn run_batch(&self, input: &[f32]) -> Result<Vec<f32>> {
+        let per = self.example_len();
+        let n = input.len() / per;
+        if n == 0 || input.len() % per != 0 {
+            return Err(Error::InputLength {
+                input: self.inputs[0].name.clone(),
+                expected: per * n.max(1),
+                got: input.len(),
+                shape: std::iter::once(n.max(1)).chain(self.example_shape.iter().copied()).collect(),
+            });
+        }
+        self.check_input(input, n)?;
+        let chunk = match self.options.batch {
+            Batch::Fixed(b) => b,
+            Batch::Symbolic => 256,
+        };
+        let mut out = Vec::with_capacity(n * self.classes);
+        for start in (0..n).step_by(chunk) {
+            let take = chunk.min(n - start);
+            let slice = &input[start * per..(start + take) * per];
+            match self.options.batch {
+                Batch::Fixed(b) if take < b => {
+                    let mut padded = slice.to_vec();
+                    padded.resize(b * per, 0.0);
+                    let res = self.run_chunk(&padded, b)?;
+                    out.extend_from_slice(&res[..take * self.classes]);
+                }
+                _ => out.extend(self.run_chunk(slice, take)?),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs a batch given with its full shape (`[n, ..example_shape]`), checking the shape first.
+    pub fn run_shaped(&self, shape: &[usize], input: &[f32]) -> Result<Vec<f32>> {
+        if shape.len() != self.example_shape.len() + 1 || shape[1..] != self.example_shape[..] {
+            let expected: Vec<usize> =
+                std::iter::once(shape.first().copied().unwrap_or(1)).chain(self.example_shape.iter().copied()).collect();
+            return Err(Error::InputShape { input: self.inputs[0].name.clone(), expected, got: shape.to_vec() });
+        }
+        self.check_input(input, shape[0])?;
+        self.run_batch(input)
+    }
+
+    /// Runs one example and returns the raw outputs (`classes` values).
+    pub fn run(&self, input: &[f32]) -> Result<Vec<f32>> {
+        self.check_input(input, 1)?;
+        self.run_batch(input)
+    }
+
+    /// Predicts one example: logits, probabilities, top-k with labels.
+    pub fn predict(&self, input: &[f32]) -> Result<Prediction> {
+        let out = self.run(input)?;
+        Ok(self.prediction(&out))
+    }
+
+    /// Predicts many examples laid out one after another.
+    pub fn predict_batch(&self, input: &[f32]) -> Result<Vec<Prediction>> {
+        let out = self.run_batch(input)?;
+        Ok(out.chunks(self.classes).map(|o| self.prediction(o)).collect())
+    }
+
+    /// Decodes a PNG or JPEG, preprocesses it with the model's spec and predicts.
+    pub fn predict_image(&self, bytes: &[u8]) -> Result<Prediction> {
+        let input = self.preprocess_image(bytes)?;
+        self.predict(&input)
+    }
+
+    /// Decodes and preprocesses an image into the model's input values, without running it.
+    pub fn preprocess_image(&self, bytes: &[u8]) -> Result<Vec<f32>> {
+        let spec = self.meta.preprocess.as_ref().ok_or_else(|| Error::Preprocess {
+            reason: format!(
+                "the model has no preprocessing spec and its input shape {} does not look like an image; \
+                 add `{}` to its metadata_props or a model card",
+                self.inputs[0].shape_string(),
+                crate::meta::PREPROCESS_KEY
+            ),
+        })?;
+        if spec.len() != self.example_len() {
+            return Err(Error::Preprocess {
+                reason: format!(
+                    "the spec makes {} values ({}x{}x{}) but the model takes {} per example",
+                    spec.len(),
+                    spec.width,
+                    spec.height,
+                    spec.color.channels(),
+                    self.example_len()
+                ),
+            });
+        }
+        crate::preprocess::image_to_input(bytes, spec)
+    }
+
+    /// Turns one example's raw outputs into a [`Prediction`].
+    pub fn prediction(&self, outputs: &[f32]) -> Prediction {
+        Prediction::from_outputs(outputs, self.output_is_probability, self.labels(), self.options.top_k.min(self.classes))
+    }
+}

@@ -1,0 +1,215 @@
+//! Loading and running models: specs, batching modes, threads, preprocessing and labels, on MLP and CNN graphs.
+
+use pupil_runtime::meta::{LABELS_KEY, PREPROCESS_KEY, SpecSource};
+use pupil_runtime::onnx::zoo;
+use pupil_runtime::prediction::{argmax, softmax};
+use pupil_runtime::{Batch, ColorMode, Dim, ElementType, Layout, Model, ModelOptions, PreprocessSpec};
+
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+}
+
+/// A random MLP and a plain-Rust reference forward pass for it.
+struct Mlp {
+    sizes: Vec<usize>,
+    w: Vec<Vec<f32>>,
+    b: Vec<Vec<f32>>,
+}
+
+impl Mlp {
+    fn new(sizes: &[usize], seed: u64) -> Self {
+        let mut s = seed;
+        let w = (0..sizes.len() - 1).map(|l| (0..sizes[l] * sizes[l + 1]).map(|_| lcg(&mut s) * 0.2).collect()).collect();
+        let b = (0..sizes.len() - 1).map(|l| (0..sizes[l + 1]).map(|_| lcg(&mut s) * 0.1).collect()).collect();
+        Mlp { sizes: sizes.to_vec(), w, b }
+    }
+    fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let mut a = x.to_vec();
+        for l in 0..self.w.len() {
+            let (i, o) = (self.sizes[l], self.sizes[l + 1]);
+            let mut next = vec![0f32; o];
+            for (j, v) in next.iter_mut().enumerate() {
+                *v = self.b[l][j] + (0..i).map(|k| self.w[l][j * i + k] * a[k]).sum::<f32>();
+                if l + 1 < self.w.len() {
+                    *v = v.max(0.0);
+                }
+            }
+            a = next;
+        }
+        a
+    }
+    fn bytes(&self) -> Vec<u8> {
+        zoo::mlp(&self.sizes, &self.w, &self.b).to_bytes()
+    }
+}
+
+fn input(n: usize, len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n * len).map(|_| lcg(&mut s) + 0.5).collect()
+}
+
+#[test]
+fn mlp_matches_a_reference_forward_pass() {
+    let mlp = Mlp::new(&[64, 32, 16, 5], 1);
+    let model = Model::from_bytes(&mlp.bytes(), ModelOptions::default()).unwrap();
+    assert_eq!(model.classes(), 5);
+    assert_eq!(model.example_shape(), &[64]);
+    let x = input(1, 64, 2);
+    let got = model.run(&x).unwrap();
+    let want = mlp.forward(&x);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-4, "{got:?} vs {want:?}");
+    }
+    let p = model.predict(&x).unwrap();
+    assert_eq!(p.class(), argmax(&want));
+    let sm = softmax(&want);
+    assert!((p.probabilities[p.class()] - sm[argmax(&want)]).abs() < 1e-5);
+}
+
+#[test]
+fn specs_are_read_from_the_file() {
+    let mlp = Mlp::new(&[784, 20, 10], 3);
+    let model = Model::from_bytes(&mlp.bytes(), ModelOptions::default()).unwrap();
+    let i = &model.inputs()[0];
+    assert_eq!(i.name, "input");
+    assert_eq!(i.shape, vec![Dim::Symbol("N".into()), Dim::Fixed(784)]);
+    assert_eq!(i.dtype, ElementType::F32);
+    assert_eq!(model.outputs()[0].name, "logits");
+    let info = model.info();
+    assert_eq!(info.parameters, (784 * 20 + 20 + 20 * 10 + 10) as u64);
+    assert_eq!(info.operators.get("Gemm"), Some(&2));
+    assert_eq!(info.operators.get("Relu"), Some(&1));
+    assert_eq!(info.file_size, mlp.bytes().len() as u64);
+    assert_eq!(info.sha256.len(), 64);
+    // 784 = 28*28: the spec is inferred, and says so.
+    assert_eq!(model.meta().preprocess_source, Some(SpecSource::Inferred));
+}
+
+#[test]
+fn batch_modes_and_threads_agree() {
+    let mlp = Mlp::new(&[100, 50, 7], 4);
+    let x = input(37, 100, 5);
+    let reference: Vec<f32> = x.chunks(100).flat_map(|e| mlp.forward(e)).collect();
+    for options in [
+        ModelOptions::default(),
+        ModelOptions::default().with_batch(Batch::Fixed(8)),
+        ModelOptions::default().with_batch(Batch::Symbolic),
+        ModelOptions::default().with_batch(Batch::Symbolic).with_threads(2),
+    ] {
+        let model = Model::from_bytes(&mlp.bytes(), options.clone()).unwrap();
+        let got = model.run_batch(&x).unwrap();
+        assert_eq!(got.len(), 37 * 7, "{options:?}");
+        for (g, w) in got.iter().zip(&reference) {
+            assert!((g - w).abs() < 1e-4, "{options:?}: {g} vs {w}");
+        }
+        let preds = model.predict_batch(&x).unwrap();
+        assert_eq!(preds.len(), 37);
+        assert_eq!(preds[3].class(), argmax(&reference[21..28]));
+    }
+}
+
+#[test]
+fn a_model_shared_across_threads_gives_the_same_answers() {
+    let mlp = Mlp::new(&[64, 32, 4], 6);
+    let model = std::sync::Arc::new(Model::from_bytes(&mlp.bytes(), ModelOptions::default()).unwrap());
+    let x = input(1, 64, 7);
+    let want = model.run(&x).unwrap();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (m, x) = (model.clone(), x.clone());
+            std::thread::spawn(move || (0..200).map(|_| m.run(&x).unwrap()).collect::<Vec<_>>())
+        })
+        .collect();
+    for h in handles {
+        for got in h.join().unwrap() {
+            assert_eq!(got, want);
+        }
+    }
+}
+
+#[test]
+fn cnn_runs_with_nchw_input() {
+    let mut s = 11u64;
+    let bytes = zoo::cnn(28, &[4, 8], 10, &mut |_, _| lcg(&mut s) * 0.3).to_bytes();
+    let model = Model::from_bytes(&bytes, ModelOptions::default().with_batch(Batch::Symbolic)).unwrap();
+    assert_eq!(model.example_shape(), &[1, 28, 28]);
+    assert_eq!(model.classes(), 10);
+    assert_eq!(model.info().operators.get("Conv"), Some(&2));
+    let x = input(3, 784, 12);
+    let out = model.run_batch(&x).unwrap();
+    assert_eq!(out.len(), 30);
+    // Batch of 3 equals three single runs.
+    let single = Model::from_bytes(&bytes, ModelOptions::default()).unwrap();
+    for i in 0..3 {
+        let one = single.run(&x[i * 784..(i + 1) * 784]).unwrap();
+        for (a, b) in one.iter().zip(&out[i * 10..(i + 1) * 10]) {
+            assert!((a - b).abs() < 1e-4);
+        }
+    }
+}
+
+#[test]
+fn embedded_preprocessing_and_labels_drive_predict_image() {
+    let mlp = Mlp::new(&[12, 3], 8);
+    // A 4x3 image (w=4, h=3), gray, inverted, normalised with mean 0.5 / std 0.25.
+    let spec = PreprocessSpec {
+        width: 4,
+        height: 3,
+        color: ColorMode::Gray,
+        layout: Layout::Nchw,
+        resize: Default::default(),
+        scale: 1.0 / 255.0,
+        mean: vec![0.5],
+        std: vec![0.25],
+        invert: true,
+    };
+    let mut b = zoo::mlp(&mlp.sizes, &mlp.w, &mlp.b);
+    b.metadata(PREPROCESS_KEY, &serde_json::to_string(&spec).unwrap());
+    b.metadata(LABELS_KEY, "[\"cat\", \"dog\", \"bird\"]");
+    let model = Model::from_bytes(&b.to_bytes(), ModelOptions::default()).unwrap();
+    assert_eq!(model.meta().preprocess_source, Some(SpecSource::Onnx));
+
+    let img = image::RgbImage::from_fn(8, 6, |x, y| image::Rgb([(x * 30) as u8, (y * 40) as u8, 200]));
+    let mut png = std::io::Cursor::new(vec![]);
+    img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let png = png.into_inner();
+
+    // Reference preprocessing done by hand: gray, resize 8x6 → 4x3, invert, normalise.
+    let gray = image::DynamicImage::ImageRgb8(img).resize_exact(4, 3, image::imageops::FilterType::Triangle).to_luma8();
+    let want: Vec<f32> = gray.pixels().map(|p| ((255.0 - p.0[0] as f32) / 255.0 - 0.5) / 0.25).collect();
+    let got = model.preprocess_image(&png).unwrap();
+    assert_eq!(got, want);
+
+    let pred = model.predict_image(&png).unwrap();
+    let logits = mlp.forward(&want);
+    assert_eq!(pred.class(), argmax(&logits));
+    assert_eq!(pred.top[0].label.as_deref(), Some(["cat", "dog", "bird"][argmax(&logits)]));
+    assert_eq!(pred.top.len(), 3);
+}
+
+#[test]
+fn model_card_beside_the_file_supplies_labels() {
+    let mlp = Mlp::new(&[16, 2], 9);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.onnx");
+    std::fs::write(&path, mlp.bytes()).unwrap();
+    std::fs::write(dir.path().join("tiny.card.json"), r#"{"labels": ["no", "yes"], "recipe": {"ignored": true}}"#).unwrap();
+    let model = Model::load(&path, ModelOptions::default()).unwrap();
+    assert_eq!(model.labels().unwrap(), &["no".to_string(), "yes".to_string()]);
+    let p = model.predict(&[0.3; 16]).unwrap();
+    assert!(p.top[0].label.is_some());
+}
+
+#[test]
+fn fixed_batch_model_refuses_symbolic_options() {
+    let mut b = pupil_runtime::onnx::GraphBuilder::new("fixed");
+    let x = b.input("x", &[Dim::Fixed(1), Dim::Fixed(4)]);
+    b.node("Relu", &[&x], &["y"], &[]);
+    b.output("y", &[Dim::Fixed(1), Dim::Fixed(4)]);
+    let bytes = b.to_bytes();
+    let err = Model::from_bytes(&bytes, ModelOptions::default().with_batch(Batch::Symbolic)).unwrap_err();
+    assert!(err.to_string().contains("fixed at 1"), "{err}");
+    let model = Model::from_bytes(&bytes, ModelOptions::default()).unwrap();
+    assert_eq!(model.run(&[-1.0, 2.0, -3.0, 4.0]).unwrap(), vec![0.0, 2.0, 0.0, 4.0]);
+}
