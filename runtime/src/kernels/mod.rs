@@ -1,0 +1,148 @@
+//! pupil's own SIMD kernels and their integration into tract graphs: after tract declutters a model, quantized
+//! matrix products with constant weights are replaced by [`PupilQMatMul`] (weights packed once, at load),
+//! dispatched at run time to AVX-512 VNNI / AVX2 / scalar on x86-64 and NEON dotprod / NEON on aarch64.
+//! Also tunes tract's aarch64 CPU detection on Android, where tract cannot see the core kind.
+
+mod op;
+pub mod qgemv;
+pub mod zoo;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::ensure;
+
+pub use op::PupilQMatMul;
+pub use qgemv::{Isa, PackedI8};
+
+/// Whether pupil's kernels replace tract's where they can. Default: on, unless `PUPIL_KERNELS=off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acceleration {
+    /// Use pupil's kernels with the fastest instruction set of this CPU ([`Isa::best`]).
+    On,
+    /// Use pupil's kernels with this instruction set (it must be in [`Isa::available`]).
+    With(Isa),
+    /// Leave the graph to tract alone.
+    Off,
+}
+
+static DEFAULT: std::sync::Mutex<Option<Acceleration>> = std::sync::Mutex::new(None);
+
+impl Acceleration {
+    /// What [`optimize`] uses: the value given to [`Acceleration::set_default`], else `PUPIL_KERNELS=off` from
+    /// the environment turns pupil's kernels off, else [`Acceleration::On`].
+    pub fn current() -> Acceleration {
+        if let Some(a) = DEFAULT.lock().ok().and_then(|d| *d) {
+            return a;
+        }
+        match std::env::var("PUPIL_KERNELS").as_deref() {
+            Ok("off") | Ok("0") | Ok("false") => Acceleration::Off,
+            _ => Acceleration::On,
+        }
+    }
+
+    /// Sets the process-wide default for models loaded from now on (`None`: back to the environment).
+    /// Used by benchmarks to load the same file with and without pupil's kernels.
+    pub fn set_default(accel: Option<Acceleration>) {
+        if let Ok(mut d) = DEFAULT.lock() {
+            *d = accel;
+        }
+    }
+}
+
+/// One node pupil took over from tract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    pub node: String,
+    pub k: usize,
+    pub n: usize,
+    pub isa: Isa,
+}
+
+/// Turns an ONNX inference model into an optimised tract plan graph with pupil's kernels in it:
+/// `into_typed → declutter → accelerate → into_optimized`.
+pub fn optimize(model: InferenceModel) -> TractResult<TypedModel> {
+    optimize_with(model, Acceleration::current()).map(|(m, _)| m)
+}
+
+/// [`optimize`] with an explicit choice; also returns what was replaced.
+pub fn optimize_with(model: InferenceModel, accel: Acceleration) -> TractResult<(TypedModel, Vec<Replacement>)> {
+    tune_tract_for_cpu();
+    let mut typed = model.into_typed()?.into_decluttered()?;
+    let replaced = accelerate(&mut typed, accel)?;
+    Ok((typed.into_optimized()?, replaced))
+}
+
+/// Replaces every quantized matrix product with constant weights in a decluttered graph by [`PupilQMatMul`].
+pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Vec<Replacement>> {
+    let isa = match accel {
+        Acceleration::Off => return Ok(vec![]),
+        Acceleration::On => Isa::best(),
+        Acceleration::With(isa) => {
+            ensure!(Isa::available().contains(&isa), "{isa} kernels are not available on this CPU");
+            isa
+        }
+    };
+    let mut replaced = vec![];
+    for id in model.eval_order()? {
+        let node = &model.nodes()[id];
+        if let Some(op) = op::for_einsum(model, node, isa)? {
+            let (k, n) = op.dims();
+            replaced.push(Replacement { node: node.name.clone(), k, n, isa });
+            let patch = TypedModelPatch::replace_single_op(model, node, &[node.inputs[0]], op)?;
+            patch.apply(model)?;
+        }
+    }
+    if !replaced.is_empty() {
+        *model = model.clone().into_compact()?;
+    }
+    Ok(replaced)
+}
+
+/// The pupil operators in an optimised graph: `(node name, K, N, isa)`.
+pub fn pupil_nodes(model: &TypedModel) -> Vec<Replacement> {
+    model
+        .nodes()
+        .iter()
+        .filter_map(|n| {
+            let op = n.op_as::<PupilQMatMul>()?;
+            let (k, n_) = op.dims();
+            Some(Replacement { node: n.name.clone(), k, n: n_, isa: op.isa() })
+        })
+        .collect()
+}
+
+/// On Android tract sees neither the core kind (it reads `/proc/cpuinfo` on Linux only) nor dotprod (its
+/// detection is compiled for Linux, macOS and iOS). pupil reads the CPU part itself and sets tract's
+/// `TRACT_CPU_AARCH64_KIND` knob (unless the user set it), once, before tract first asks. Dotprod cannot be
+/// forced on through a knob; pupil's own int8 kernels detect it with `is_aarch64_feature_detected!` instead.
+pub fn tune_tract_for_cpu() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if cfg!(all(target_arch = "aarch64", target_os = "android"))
+            && std::env::var_os("TRACT_CPU_AARCH64_KIND").is_none()
+            && let Ok(info) = std::fs::read_to_string("/proc/cpuinfo")
+            && let Some(kind) = aarch64_kind_from_cpuinfo(&info)
+        {
+            tract_onnx::tract_core::knobs::set_str("TRACT_CPU_AARCH64_KIND", kind);
+        }
+    });
+}
+
+/// tract's aarch64 core kind for a `/proc/cpuinfo` text: the highest `CPU part` (the big cores), like tract on
+/// Linux. `None` when no part is listed.
+pub fn aarch64_kind_from_cpuinfo(cpuinfo: &str) -> Option<&'static str> {
+    let part = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("CPU part"))
+        .filter_map(|l| l.split_once(':'))
+        .filter_map(|(_, v)| u32::from_str_radix(v.trim().trim_start_matches("0x"), 16).ok())
+        .max()?;
+    Some(match part {
+        0xd03 => "a53",
+        0xd05 => "a55",
+        0xd08 => "a72",
+        0xd09 => "a73",
+        0xd0a => "a75",
+        0x0d0c | 0xd49 | 0xd8e | 0xd40 | 0xd4f | 0xd84 => "neoverse",
+        _ => "generic",
+    })
+}

@@ -1,0 +1,244 @@
+//! `PupilQMatMul`: the tract operator that runs a quantized matrix product (`QLinearMatMul`, `MatMulInteger`,
+//! i.e. tract's `EinSum` with quantization parameters and a constant `i8`/`u8` weight) on pupil's packed kernels.
+
+use std::sync::Arc;
+
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::einsum::EinSum;
+
+use super::qgemv::{Isa, PackedI8};
+
+/// A quantized `[.., M, K] × [K, N]` product with constant weights, requantized like tract's `EinSum`:
+/// `c = round((Σ(a - a0)(b - b0) · sa · sb + bias · sa · sb) / sc + c0)`, clamped to the output type.
+#[derive(Debug, Clone)]
+pub struct PupilQMatMul {
+    pub(crate) packed: Arc<PackedI8>,
+    pub(crate) isa: Isa,
+    /// The activations are i8: they are shifted to u8 (`a ^ 0x80`) and `a0` by +128.
+    a_is_i8: bool,
+    /// Activation zero point, in the u8 domain.
+    a0: i32,
+    /// Weight zero point per column (or one for all), in the packed i8 domain.
+    b0: Vec<i32>,
+    /// `sa · sb` per column (or one for all).
+    scale: Vec<f32>,
+    c_scale: f32,
+    c0: f32,
+    /// Bias per column (or one for all), in accumulator units (multiplied by `sa · sb` like the sums).
+    bias: Vec<f32>,
+    /// Output element type (i32 for `MatMulInteger`, u8 / i8 for `QLinearMatMul`).
+    out_dt: DatumType,
+}
+
+impl PartialEq for PupilQMatMul {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.packed, &other.packed) && self.isa == other.isa && self.out_dt == other.out_dt
+    }
+}
+impl Eq for PupilQMatMul {}
+
+impl PupilQMatMul {
+    /// The kernel's instruction set.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+    /// `(K, N)` of the weights.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.packed.k(), self.packed.n())
+    }
+
+    fn per_col<T: Copy>(v: &[T], n: usize) -> T {
+        if v.len() == 1 { v[0] } else { v[n] }
+    }
+
+    /// Runs the product on a contiguous `[M, K]` buffer of raw activation bytes.
+    fn compute(&self, a: &[u8], m: usize, out: &mut Tensor) -> TractResult<()> {
+        let p = &*self.packed;
+        let (k, n) = (p.k(), p.n());
+        let mut row = vec![0u8; p.k_padded()];
+        let mut acc = vec![0i32; p.n_padded()];
+        let mut out_plain = out.try_as_plain_ram_mut()?;
+        for mi in 0..m {
+            let src = &a[mi * k..(mi + 1) * k];
+            if self.a_is_i8 {
+                for (d, s) in row.iter_mut().zip(src) {
+                    *d = s ^ 0x80;
+                }
+            } else {
+                row[..k].copy_from_slice(src);
+            }
+            let rowsum: i32 = row[..k].iter().map(|&v| v as i32).sum();
+            p.gemv(self.isa, &row, &mut acc);
+            let colsum = p.colsum();
+            let kk = k as i32;
+            let value = |j: usize| -> f32 {
+                let b0 = Self::per_col(&self.b0, j);
+                let exact = acc[j] - self.a0 * colsum[j] - b0 * rowsum + kk * self.a0 * b0;
+                let s = Self::per_col(&self.scale, j);
+                ((exact as f32 * s + Self::per_col(&self.bias, j) * s) / self.c_scale + self.c0).round()
+            };
+            match self.out_dt.unquantized() {
+                DatumType::U8 => {
+                    let o = &mut out_plain.as_slice_mut::<u8>()?[mi * n..(mi + 1) * n];
+                    for (j, o) in o.iter_mut().enumerate() {
+                        *o = value(j).clamp(0.0, 255.0) as u8;
+                    }
+                }
+                DatumType::I8 => {
+                    let o = &mut out_plain.as_slice_mut::<i8>()?[mi * n..(mi + 1) * n];
+                    for (j, o) in o.iter_mut().enumerate() {
+                        *o = value(j).clamp(-128.0, 127.0) as i8;
+                    }
+                }
+                DatumType::I32 => {
+                    let o = &mut out_plain.as_slice_mut::<i32>()?[mi * n..(mi + 1) * n];
+                    for (j, o) in o.iter_mut().enumerate() {
+                        *o = value(j) as i32;
+                    }
+                }
+                other => bail!("PupilQMatMul cannot produce {other:?}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Op for PupilQMatMul {
+    fn name(&self) -> StaticName {
+        "PupilQMatMul".into()
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("{}x{} i8 weights packed for {}", self.packed.k(), self.packed.n(), self.isa)])
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for PupilQMatMul {
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let a = &inputs[0];
+        let shape = a.shape();
+        let k = *shape.last().context("PupilQMatMul input has rank 0")?;
+        ensure!(k == self.packed.k(), "PupilQMatMul expected K = {}, got input shape {shape:?}", self.packed.k());
+        let m: usize = shape[..shape.len() - 1].iter().product();
+        let mut out_shape: TVec<usize> = shape.into();
+        *out_shape.last_mut().unwrap() = self.packed.n();
+        // SAFETY: every element is written by `compute` below (m × n values).
+        let mut out = unsafe { Tensor::uninitialized_dt(self.out_dt, &out_shape)? };
+        let view = a.try_as_plain_ram()?;
+        let bytes: &[u8] = if a.datum_type().unquantized() == DatumType::I8 {
+            let s = view.as_slice::<i8>()?;
+            // SAFETY: i8 and u8 have the same size and alignment.
+            unsafe { std::slice::from_raw_parts(s.as_ptr() as *const u8, s.len()) }
+        } else {
+            view.as_slice::<u8>()?
+        };
+        self.compute(bytes, m, &mut out)?;
+        Ok(tvec!(out.into_tvalue()))
+    }
+    op_out_of_plan!();
+}
+
+impl TypedOp for PupilQMatMul {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
+        *shape.last_mut().context("rank 0 input")? = self.packed.n().to_dim();
+        Ok(tvec!(self.out_dt.fact(&*shape)))
+    }
+    as_op!();
+}
+
+/// Why an `EinSum` was left to tract.
+fn konst(model: &TypedModel, outlet: OutletId) -> Option<Arc<Tensor>> {
+    model.outlet_fact(outlet).ok()?.konst.clone()
+}
+
+fn floats(t: &Tensor) -> Option<Vec<f32>> {
+    let t = t.cast_to::<f32>().ok()?;
+    Some(t.try_as_plain_ram().ok()?.as_slice::<f32>().ok()?.to_vec())
+}
+
+/// Builds the pupil operator for a quantized `EinSum` node, or `None` when the node has another shape
+/// (non-constant weights, batched weights, per-row parameters...), which tract then keeps.
+pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractResult<Option<PupilQMatMul>> {
+    let Some(op) = node.op_as::<EinSum>() else { return Ok(None) };
+    let Some(q) = op.q_params else { return Ok(None) };
+    if node.inputs.len() != 9 || !matches!(q.unquantized(), DatumType::U8 | DatumType::I8 | DatumType::I32) {
+        return Ok(None);
+    }
+    let a_fact = model.outlet_fact(node.inputs[0])?;
+    let a_dt = a_fact.datum_type.unquantized();
+    if !matches!(a_dt, DatumType::U8 | DatumType::I8) || a_fact.konst.is_some() {
+        return Ok(None);
+    }
+    let Some(b) = konst(model, node.inputs[1]) else { return Ok(None) };
+    let b_dt = b.datum_type().unquantized();
+    if b.rank() != 2 || !matches!(b_dt, DatumType::U8 | DatumType::I8) {
+        return Ok(None);
+    }
+    let rank = a_fact.rank();
+    if rank < 1 {
+        return Ok(None);
+    }
+    let axes = &op.axes;
+    // a: [.., m, k], b: [k, n] or [n, k], c: [.., m, n].
+    let k_axis = axes.axis((InOut::In(0), rank - 1))?;
+    if !k_axis.outputs[0].is_empty() || k_axis.inputs[1].len() != 1 {
+        return Ok(None);
+    }
+    let b_k_pos = k_axis.inputs[1][0];
+    let b_n_pos = 1 - b_k_pos;
+    let n_axis = axes.axis((InOut::In(1), b_n_pos))?;
+    if n_axis.outputs[0].as_slice() != [rank - 1] || !n_axis.inputs[0].is_empty() {
+        return Ok(None);
+    }
+    for i in 0..rank - 1 {
+        let ax = axes.axis((InOut::In(0), i))?;
+        if ax.outputs[0].as_slice() != [i] || !ax.inputs[1].is_empty() {
+            return Ok(None);
+        }
+    }
+    let (k, n) = (b.shape()[b_k_pos], b.shape()[b_n_pos]);
+    // Every quantization parameter constant; only b0 and b_scale may vary, and then along n.
+    let mut params = vec![];
+    for slot in 2..9 {
+        let Some(t) = konst(model, node.inputs[slot]) else { return Ok(None) };
+        let Some(v) = floats(&t) else { return Ok(None) };
+        let per_column_ok = matches!(slot, 2 | 5 | 6)
+            && v.len() == n
+            && n > 1
+            && axes.axis((InOut::In(slot), 0))?.repr == n_axis.repr;
+        if v.len() != 1 && !per_column_ok {
+            return Ok(None);
+        }
+        params.push(v);
+    }
+    let [bias, a0, a_scale, b0, b_scale, c0, c_scale] = &params[..] else { unreachable!() };
+    let b_is_u8 = b_dt == DatumType::U8;
+    let b_view = b.try_as_plain_ram()?;
+    let b_bytes: Vec<i8> = if b_is_u8 {
+        b_view.as_slice::<u8>()?.iter().map(|&v| (v as i32 - 128) as i8).collect()
+    } else {
+        b_view.as_slice::<i8>()?.to_vec()
+    };
+    let packed = if b_k_pos == 0 {
+        PackedI8::pack(k, n, |r, c| b_bytes[r * n + c])
+    } else {
+        PackedI8::pack(k, n, |r, c| b_bytes[c * k + r])
+    };
+    let a0 = a0[0].round() as i32 + if a_dt == DatumType::I8 { 128 } else { 0 };
+    let b0: Vec<i32> = b0.iter().map(|v| v.round() as i32 - if b_is_u8 { 128 } else { 0 }).collect();
+    let scale: Vec<f32> = b_scale.iter().map(|bs| a_scale[0] * bs).collect();
+    let out_dt = model.outlet_fact(OutletId::new(node.id, 0))?.datum_type;
+    Ok(Some(PupilQMatMul {
+        packed: Arc::new(packed),
+        isa,
+        a_is_i8: a_dt == DatumType::I8,
+        a0,
+        b0,
+        scale,
+        c_scale: c_scale[0],
+        c0: c0[0],
+        bias: bias.clone(),
+        out_dt,
+    }))
+}

@@ -1,0 +1,407 @@
+//! pupil's int8 matrix-vector kernel: `u8` activations × pre-packed `i8` weights → exact `i32` sums, with
+//! run-time dispatch (AVX-512 VNNI, AVX2, scalar on x86-64; NEON and NEON dotprod on aarch64).
+//!
+//! The weights are packed once, at load time, into panels of [`PANEL`] output columns: for each group of 4
+//! consecutive `k` the panel stores 16 columns × 4 bytes (64 bytes, one AVX-512 register), so every kernel
+//! streams the weights exactly once and in order. `K` is padded to a multiple of 4 and `N` to a multiple of
+//! [`PANEL`] with zero weights, which contribute nothing to any sum.
+
+/// Output columns per packed panel.
+pub const PANEL: usize = 16;
+
+/// An instruction set a kernel is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum Isa {
+    /// Portable Rust, any CPU.
+    Scalar,
+    /// x86-64 AVX2 (16-bit widening multiply-add).
+    Avx2,
+    /// x86-64 AVX-512 with VNNI (`vpdpbusd`: u8 × i8 → i32, four products per lane).
+    Avx512Vnni,
+    /// aarch64 NEON (16-bit widening multiply-accumulate).
+    Neon,
+    /// aarch64 NEON with the dot-product extension (`sdot`: four i8 × i8 products per lane).
+    NeonDotprod,
+}
+
+impl Isa {
+    /// Every instruction set this CPU can run, slowest first (always starts with [`Isa::Scalar`]).
+    pub fn available() -> Vec<Isa> {
+        #[allow(unused_mut)]
+        let mut v = vec![Isa::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                v.push(Isa::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+            {
+                v.push(Isa::Avx512Vnni);
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("neon") {
+                v.push(Isa::Neon);
+                if std::arch::is_aarch64_feature_detected!("dotprod") {
+                    v.push(Isa::NeonDotprod);
+                }
+            }
+        }
+        v
+    }
+
+    /// The fastest instruction set this CPU runs. `PUPIL_ISA=scalar|avx2|avx512vnni|neon|dotprod` caps it
+    /// (for comparisons and for testing the slower paths); an unknown or unavailable value is ignored.
+    pub fn best() -> Isa {
+        let available = Isa::available();
+        let best = *available.last().expect("scalar is always available");
+        match std::env::var("PUPIL_ISA").ok().and_then(|s| Isa::parse(&s)) {
+            Some(wanted) if available.contains(&wanted) => wanted,
+            _ => best,
+        }
+    }
+
+    /// Parses a name as printed by [`Isa::name`].
+    pub fn parse(s: &str) -> Option<Isa> {
+        Some(match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Isa::Scalar,
+            "avx2" => Isa::Avx2,
+            "avx512vnni" | "vnni" => Isa::Avx512Vnni,
+            "neon" => Isa::Neon,
+            "dotprod" | "neondotprod" => Isa::NeonDotprod,
+            _ => return None,
+        })
+    }
+
+    /// Short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512vnni",
+            Isa::Neon => "neon",
+            Isa::NeonDotprod => "dotprod",
+        }
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An `i8` weight matrix `[K, N]` packed for the kernels, with its column sums.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PackedI8 {
+    k: usize,
+    n: usize,
+    /// `k` rounded up to a multiple of 4.
+    kp: usize,
+    /// `n` rounded up to a multiple of [`PANEL`].
+    np: usize,
+    data: Vec<i8>,
+    /// `Σ_k w[k][n]` for every column (length `n`).
+    colsum: Vec<i32>,
+}
+
+impl std::fmt::Debug for PackedI8 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedI8({}x{})", self.k, self.n)
+    }
+}
+
+impl PackedI8 {
+    /// Packs a `[K, N]` matrix given element by element (`w(k, n)`).
+    pub fn pack(k: usize, n: usize, w: impl Fn(usize, usize) -> i8) -> PackedI8 {
+        let kp = k.div_ceil(4) * 4;
+        let np = n.div_ceil(PANEL) * PANEL;
+        let mut data = vec![0i8; kp * np];
+        let mut colsum = vec![0i32; n];
+        let quads = kp / 4;
+        for panel in 0..np / PANEL {
+            for q in 0..quads {
+                let base = (panel * quads + q) * PANEL * 4;
+                for c in 0..PANEL {
+                    let col = panel * PANEL + c;
+                    if col >= n {
+                        continue;
+                    }
+                    for j in 0..4 {
+                        let row = q * 4 + j;
+                        if row < k {
+                            let v = w(row, col);
+                            data[base + c * 4 + j] = v;
+                            colsum[col] += v as i32;
+                        }
+                    }
+                }
+            }
+        }
+        PackedI8 { k, n, kp, np, data, colsum }
+    }
+
+    /// Packs a row-major `[K, N]` slice.
+    pub fn from_row_major(k: usize, n: usize, w: &[i8]) -> PackedI8 {
+        assert_eq!(w.len(), k * n, "weights must hold K × N values");
+        PackedI8::pack(k, n, |r, c| w[r * n + c])
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// `K` padded to a multiple of 4: the length the activation buffer given to [`PackedI8::gemv`] must have.
+    pub fn k_padded(&self) -> usize {
+        self.kp
+    }
+    /// `N` padded to a multiple of [`PANEL`]: the length of the output buffer given to [`PackedI8::gemv`].
+    pub fn n_padded(&self) -> usize {
+        self.np
+    }
+    /// Column sums `Σ_k w[k][n]`.
+    pub fn colsum(&self) -> &[i32] {
+        &self.colsum
+    }
+    /// Bytes of packed weights.
+    pub fn packed_bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    /// `out[n] = Σ_k a[k] · w[k][n]` exactly, for `a` of length [`k_padded`](Self::k_padded) (entries past `K`
+    /// are ignored: their weights are zero) and `out` of length [`n_padded`](Self::n_padded).
+    ///
+    /// # Panics
+    /// If the buffers have the wrong lengths or `isa` is not available on this CPU (see [`Isa::available`]).
+    pub fn gemv(&self, isa: Isa, a: &[u8], out: &mut [i32]) {
+        assert_eq!(a.len(), self.kp, "activation buffer must be K padded to 4");
+        assert_eq!(out.len(), self.np, "output buffer must be N padded to {PANEL}");
+        match isa {
+            Isa::Scalar => gemv_scalar(self, a, out),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                assert!(std::arch::is_x86_feature_detected!("avx2"), "AVX2 is not available");
+                // SAFETY: AVX2 checked above; lengths checked above.
+                unsafe { x86::gemv_avx2(self, a, out) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                assert!(
+                    std::arch::is_x86_feature_detected!("avx512f")
+                        && std::arch::is_x86_feature_detected!("avx512bw")
+                        && std::arch::is_x86_feature_detected!("avx512vnni"),
+                    "AVX-512 VNNI is not available"
+                );
+                // SAFETY: features checked above; lengths checked above.
+                unsafe { x86::gemv_vnni(self, a, out) }
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => {
+                // SAFETY: NEON is part of the aarch64 baseline; lengths checked above.
+                unsafe { arm::gemv_neon(self, a, out) }
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDotprod => {
+                assert!(std::arch::is_aarch64_feature_detected!("dotprod"), "dotprod is not available");
+                // SAFETY: dotprod checked above; lengths checked above.
+                unsafe { arm::gemv_dotprod(self, a, out) }
+            }
+            #[allow(unreachable_patterns)]
+            other => panic!("{other} kernels are not built for {}", std::env::consts::ARCH),
+        }
+    }
+}
+
+fn gemv_scalar(p: &PackedI8, a: &[u8], out: &mut [i32]) {
+    let quads = p.kp / 4;
+    for panel in 0..p.np / PANEL {
+        let mut acc = [0i32; PANEL];
+        for q in 0..quads {
+            let w = &p.data[(panel * quads + q) * PANEL * 4..][..PANEL * 4];
+            let av = &a[q * 4..q * 4 + 4];
+            for (c, acc) in acc.iter_mut().enumerate() {
+                for j in 0..4 {
+                    *acc += av[j] as i32 * w[c * 4 + j] as i32;
+                }
+            }
+        }
+        out[panel * PANEL..][..PANEL].copy_from_slice(&acc);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{PANEL, PackedI8};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn gemv_vnni(p: &PackedI8, a: &[u8], out: &mut [i32]) {
+        let quads = p.kp / 4;
+        let panels = p.np / PANEL;
+        let stride = quads * PANEL * 4;
+        let w = p.data.as_ptr();
+        let a = a.as_ptr();
+        let mut panel = 0;
+        // SAFETY (whole body): every pointer stays inside `p.data` (panels × stride bytes), `a` (4 × quads
+        // bytes) and `out` (panels × 16 i32), as checked by the caller.
+        unsafe {
+            while panel + 4 <= panels {
+                let base = w.add(panel * stride);
+                let (mut c0, mut c1, mut c2, mut c3) =
+                    (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512());
+                for q in 0..quads {
+                    let av = _mm512_set1_epi32((a.add(q * 4) as *const i32).read_unaligned());
+                    let o = base.add(q * 64);
+                    c0 = _mm512_dpbusd_epi32(c0, av, _mm512_loadu_si512(o as *const _));
+                    c1 = _mm512_dpbusd_epi32(c1, av, _mm512_loadu_si512(o.add(stride) as *const _));
+                    c2 = _mm512_dpbusd_epi32(c2, av, _mm512_loadu_si512(o.add(2 * stride) as *const _));
+                    c3 = _mm512_dpbusd_epi32(c3, av, _mm512_loadu_si512(o.add(3 * stride) as *const _));
+                }
+                let dst = out.as_mut_ptr().add(panel * PANEL);
+                _mm512_storeu_si512(dst as *mut _, c0);
+                _mm512_storeu_si512(dst.add(16) as *mut _, c1);
+                _mm512_storeu_si512(dst.add(32) as *mut _, c2);
+                _mm512_storeu_si512(dst.add(48) as *mut _, c3);
+                panel += 4;
+            }
+            while panel < panels {
+                let base = w.add(panel * stride);
+                let (mut c0, mut c1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                let mut q = 0;
+                while q + 2 <= quads {
+                    let a0 = _mm512_set1_epi32((a.add(q * 4) as *const i32).read_unaligned());
+                    let a1 = _mm512_set1_epi32((a.add(q * 4 + 4) as *const i32).read_unaligned());
+                    c0 = _mm512_dpbusd_epi32(c0, a0, _mm512_loadu_si512(base.add(q * 64) as *const _));
+                    c1 = _mm512_dpbusd_epi32(c1, a1, _mm512_loadu_si512(base.add(q * 64 + 64) as *const _));
+                    q += 2;
+                }
+                if q < quads {
+                    let a0 = _mm512_set1_epi32((a.add(q * 4) as *const i32).read_unaligned());
+                    c0 = _mm512_dpbusd_epi32(c0, a0, _mm512_loadu_si512(base.add(q * 64) as *const _));
+                }
+                _mm512_storeu_si512(out.as_mut_ptr().add(panel * PANEL) as *mut _, _mm512_add_epi32(c0, c1));
+                panel += 1;
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn gemv_avx2(p: &PackedI8, a: &[u8], out: &mut [i32]) {
+        let quads = p.kp / 4;
+        let panels = p.np / PANEL;
+        // Each activation quad as four i16, repeated: the multiplier for a 16-byte chunk (4 columns × 4 k).
+        let aq: Vec<i64> = (0..quads)
+            .map(|q| {
+                let v = |j: usize| a[q * 4 + j] as u64;
+                (v(0) | v(1) << 16 | v(2) << 32 | v(3) << 48) as i64
+            })
+            .collect();
+        // SAFETY (whole body): pointers stay inside `p.data`, `aq` and `out`, as checked by the caller.
+        unsafe {
+            for panel in 0..panels {
+                let base = p.data.as_ptr().add(panel * quads * PANEL * 4);
+                let mut acc = [_mm256_setzero_si256(); 4];
+                for (q, &aq) in aq.iter().enumerate() {
+                    let av = _mm256_set1_epi64x(aq);
+                    let o = base.add(q * 64);
+                    for (chunk, acc) in acc.iter_mut().enumerate() {
+                        let w = _mm256_cvtepi8_epi16(_mm_loadu_si128(o.add(chunk * 16) as *const __m128i));
+                        *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(w, av));
+                    }
+                }
+                // acc[chunk] lanes: column (4·chunk + l/2), half l%2; add the halves.
+                for (chunk, acc) in acc.iter().enumerate() {
+                    let mut lanes = [0i32; 8];
+                    _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, *acc);
+                    for c in 0..4 {
+                        out[panel * PANEL + chunk * 4 + c] = lanes[2 * c] + lanes[2 * c + 1];
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use super::{PANEL, PackedI8};
+    use std::arch::aarch64::*;
+
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn gemv_neon(p: &PackedI8, a: &[u8], out: &mut [i32]) {
+        let quads = p.kp / 4;
+        let panels = p.np / PANEL;
+        // SAFETY (whole body): pointers stay inside `p.data`, `a` and `out`, as checked by the caller.
+        unsafe {
+            for panel in 0..panels {
+                let base = p.data.as_ptr().add(panel * quads * PANEL * 4);
+                // One accumulator per column: lanes hold the 4 k of a quad, summed at the end.
+                let mut acc = [vdupq_n_s32(0); PANEL];
+                for q in 0..quads {
+                    let a4 = vreinterpret_s16_u16(vget_low_u16(vmovl_u8(vld1_u8(
+                        [a[q * 4], a[q * 4 + 1], a[q * 4 + 2], a[q * 4 + 3], 0, 0, 0, 0].as_ptr(),
+                    ))));
+                    let o = base.add(q * 64);
+                    for chunk in 0..4 {
+                        let w = vld1q_s8(o.add(chunk * 16));
+                        let lo = vmovl_s8(vget_low_s8(w));
+                        let hi = vmovl_s8(vget_high_s8(w));
+                        let c = chunk * 4;
+                        acc[c] = vmlal_s16(acc[c], vget_low_s16(lo), a4);
+                        acc[c + 1] = vmlal_s16(acc[c + 1], vget_high_s16(lo), a4);
+                        acc[c + 2] = vmlal_s16(acc[c + 2], vget_low_s16(hi), a4);
+                        acc[c + 3] = vmlal_s16(acc[c + 3], vget_high_s16(hi), a4);
+                    }
+                }
+                for (c, acc) in acc.iter().enumerate() {
+                    out[panel * PANEL + c] = vaddvq_s32(*acc);
+                }
+            }
+        }
+    }
+
+    /// `sdot` works on i8 × i8: the activations are shifted to `a - 128` and `128 · colsum` is added back.
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) unsafe fn gemv_dotprod(p: &PackedI8, a: &[u8], out: &mut [i32]) {
+        let quads = p.kp / 4;
+        let panels = p.np / PANEL;
+        let shifted: Vec<i32> = (0..quads)
+            .map(|q| i32::from_le_bytes([a[q * 4] ^ 0x80, a[q * 4 + 1] ^ 0x80, a[q * 4 + 2] ^ 0x80, a[q * 4 + 3] ^ 0x80]))
+            .collect();
+        // SAFETY (whole body): pointers stay inside `p.data`, `shifted` and `out`, as checked by the caller.
+        unsafe {
+            for panel in 0..panels {
+                let base = p.data.as_ptr().add(panel * quads * PANEL * 4);
+                let mut acc = [vdupq_n_s32(0); 4];
+                for (q, &s) in shifted.iter().enumerate() {
+                    let av = vreinterpretq_s8_s32(vdupq_n_s32(s));
+                    let o = base.add(q * 64);
+                    for (chunk, acc) in acc.iter_mut().enumerate() {
+                        let w = vld1q_s8(o.add(chunk * 16));
+                        std::arch::asm!(
+                            "sdot {acc:v}.4s, {w:v}.16b, {a:v}.16b",
+                            acc = inout(vreg) *acc,
+                            w = in(vreg) w,
+                            a = in(vreg) av,
+                            options(pure, nomem, nostack)
+                        );
+                    }
+                }
+                for (chunk, acc) in acc.iter().enumerate() {
+                    let mut lanes = [0i32; 4];
+                    vst1q_s32(lanes.as_mut_ptr(), *acc);
+                    for c in 0..4 {
+                        let col = panel * PANEL + chunk * 4 + c;
+                        let colsum = p.colsum.get(col).copied().unwrap_or(0);
+                        out[col] = lanes[c] + 128 * colsum;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! pupil's SIMD kernels against scalar references (proptest: odd sizes, edge values, zero points), and
+//! end to end: models with pupil's operators give tract's own outputs.
+
+use proptest::prelude::*;
+use pupil_runtime::kernels::{self, Acceleration, Isa, PackedI8, pupil_nodes, zoo};
+use pupil_runtime::onnx::{GraphBuilder, dtype};
+use pupil_runtime::spec::Dim;
+use tract_onnx::prelude::*;
+
+/// `Σ_k a[k] · w[k][n]` on the unpacked row-major `[K, N]` matrix.
+fn reference(a: &[u8], w: &[i8], k: usize, n: usize) -> Vec<i32> {
+    (0..n).map(|j| (0..k).map(|i| a[i] as i32 * w[i * n + j] as i32).sum()).collect()
+}
+
+fn run_all_isas(a: &[u8], w: &[i8], k: usize, n: usize) -> Vec<(Isa, Vec<i32>)> {
+    let p = PackedI8::from_row_major(k, n, w);
+    let mut padded = a.to_vec();
+    padded.resize(p.k_padded(), 0);
+    Isa::available()
+        .into_iter()
+        .map(|isa| {
+            let mut out = vec![i32::MIN; p.n_padded()];
+            p.gemv(isa, &padded, &mut out);
+            out.truncate(n);
+            (isa, out)
+        })
+        .collect()
+}
+
+fn edge_u8() -> impl Strategy<Value = u8> {
+    prop_oneof![Just(0u8), Just(255u8), Just(128u8), Just(1u8), any::<u8>()]
+}
+
+fn edge_i8() -> impl Strategy<Value = i8> {
+    prop_oneof![Just(-128i8), Just(127i8), Just(0i8), Just(-1i8), any::<i8>()]
+}
+
+fn gemv_case() -> impl Strategy<Value = (usize, usize, Vec<u8>, Vec<i8>)> {
+    (1usize..200, 1usize..80).prop_flat_map(|(k, n)| {
+        (Just(k), Just(n), proptest::collection::vec(edge_u8(), k), proptest::collection::vec(edge_i8(), k * n))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn every_isa_matches_the_scalar_reference((k, n, a, w) in gemv_case()) {
+        let expected = reference(&a, &w, k, n);
+        for (isa, got) in run_all_isas(&a, &w, k, n) {
+            prop_assert_eq!(&got, &expected, "isa {} k {} n {}", isa, k, n);
+        }
+    }
+
+    #[test]
+    fn column_sums_are_exact((k, n, _a, w) in gemv_case()) {
+        let p = PackedI8::from_row_major(k, n, &w);
+        let expected: Vec<i32> = (0..n).map(|j| (0..k).map(|i| w[i * n + j] as i32).sum()).collect();
+        prop_assert_eq!(p.colsum(), &expected[..]);
+    }
+}
+
+#[test]
+fn extreme_values_over_a_long_k_do_not_overflow_or_saturate() {
+    // 255 × −128 summed 4099 times: −133 799 360, far past i16 and the pairwise saturation of vpmaddubsw.
+    let (k, n) = (4099, 33);
+    let a = vec![255u8; k];
+    let w: Vec<i8> = (0..k * n).map(|i| if i % 3 == 0 { 127 } else { -128 }).collect();
+    let expected = reference(&a, &w, k, n);
+    for (isa, got) in run_all_isas(&a, &w, k, n) {
+        assert_eq!(got, expected, "isa {isa}");
+    }
+}
+
+#[test]
+fn a_cpu_part_names_tracts_core_kind() {
+    let big_little = "processor : 0\nCPU part : 0xd05\nprocessor : 4\nCPU part : 0xd0a\n";
+    assert_eq!(kernels::aarch64_kind_from_cpuinfo(big_little), Some("a75"));
+    assert_eq!(kernels::aarch64_kind_from_cpuinfo("CPU part\t: 0xd03\n"), Some("a53"));
+    assert_eq!(kernels::aarch64_kind_from_cpuinfo("CPU part : 0xd44\n"), Some("generic"));
+    assert_eq!(kernels::aarch64_kind_from_cpuinfo("model name : Xeon\n"), None);
+}
+
+#[test]
+fn isa_names_round_trip_and_scalar_is_always_there() {
+    let available = Isa::available();
+    assert_eq!(available[0], Isa::Scalar);
+    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDotprod] {
+        assert_eq!(Isa::parse(isa.name()), Some(isa));
+    }
+    assert_eq!(Isa::parse("sse9"), None);
+}
+
+fn optimized(bytes: &[u8], shape: &[usize], accel: Acceleration) -> (TypedModel, usize) {
+    let mut m = tract_onnx::onnx().model_for_read(&mut &bytes[..]).unwrap();
+    m.set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), shape)).unwrap();
+    let (typed, replaced) = kernels::optimize_with(m, accel).unwrap();
+    (typed, replaced.len())
+}
+
+fn run(model: &TypedModel, input: &Tensor) -> Vec<f32> {
+    let plan = model.clone().into_runnable().unwrap();
+    let out = plan.run(tvec![input.clone().into_tvalue()]).unwrap();
+    let out = out[0].clone().into_tensor();
+    out.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+}
+
+/// `f32 → QuantizeLinear → MatMulInteger → Cast f32`: integer all the way, so pupil must equal tract exactly.
+fn matmul_integer_model(m: usize, k: usize, n: usize, a_signed: bool, w_signed: bool, az: i32, wz: i32, seed: u64) -> Vec<u8> {
+    let mut rng = zoo::Rng::new(seed);
+    let mut b = GraphBuilder::new("mmi");
+    let x = b.input("input", &[Dim::Fixed(m), Dim::Fixed(k)]);
+    let (adt, wdt) = (if a_signed { dtype::I8 } else { dtype::U8 }, if w_signed { dtype::I8 } else { dtype::U8 });
+    let sx = b.init_f32("sx", &[], &[1.0 / 64.0]);
+    let zx = b.init_raw("zx", &[], adt, vec![az as u8]);
+    let w: Vec<u8> = (0..k * n).map(|_| rng.next_u64() as u8).collect();
+    let w = b.init_raw("w", &[k, n], wdt, w);
+    let zw = b.init_raw("zw", &[], wdt, vec![wz as u8]);
+    let xq = b.op("QuantizeLinear", &[&x, &sx, &zx], &[]);
+    let y = b.op("MatMulInteger", &[&xq, &w, &zx, &zw], &[]);
+    b.node("Cast", &[&y], &["out"], &[("to", pupil_runtime::onnx::Attr::Int(dtype::F32 as i64))]);
+    b.output("out", &[Dim::Fixed(m), Dim::Fixed(n)]);
+    b.to_bytes()
+}
+
+#[test]
+fn matmul_integer_is_exact_for_every_signedness_and_zero_point() {
+    let cases = [
+        (1, 37, 19, false, true, 128, 0),
+        (1, 64, 16, false, true, 0, 0),
+        (3, 101, 45, true, true, -128, 127),
+        (2, 8, 3, false, false, 255, 1),
+        (1, 333, 70, true, false, 5, 200),
+        (1, 1, 1, true, true, 127, -128),
+    ];
+    for (i, &(m, k, n, a_s, w_s, az, wz)) in cases.iter().enumerate() {
+        let bytes = matmul_integer_model(m, k, n, a_s, w_s, az, wz, i as u64);
+        let (plain, none) = optimized(&bytes, &[m, k], Acceleration::Off);
+        assert_eq!(none, 0);
+        let mut rng = zoo::Rng::new(100 + i as u64);
+        // Inputs spread over the whole quantized range, and past it (saturation).
+        let input: Vec<f32> = (0..m * k).map(|_| rng.sym(5.0)).collect();
+        let input = Tensor::from_shape(&[m, k], &input).unwrap();
+        let expected = run(&plain, &input);
+        for isa in Isa::available() {
+            let (fast, replaced) = optimized(&bytes, &[m, k], Acceleration::With(isa));
+            assert_eq!(replaced, 1, "case {i}: the MatMulInteger should run on pupil's kernel");
+            assert_eq!(pupil_nodes(&fast).len(), 1, "case {i}: the optimised plan keeps pupil's node");
+            let got = run(&fast, &input);
+            assert_eq!(
+                got, expected,
+                "case {i} ({m}x{k}x{n}, a signed {a_s}, w signed {w_s}, zero points {az}/{wz}) on {isa}"
+            );
+        }
+    }
+}
+
+#[test]
+fn int8_mlp_matches_tract_within_one_quantization_step() {
+    let sizes = [784, 96, 50, 10];
+    let bytes = zoo::mlp_int8(&sizes, 11, 8).to_bytes();
+    let (plain, _) = optimized(&bytes, &[1, 784], Acceleration::Off);
+    let mut rng = zoo::Rng::new(5);
+    for isa in Isa::available() {
+        let (fast, replaced) = optimized(&bytes, &[1, 784], Acceleration::With(isa));
+        assert_eq!(replaced, 3, "every QLinearMatMul runs on pupil's kernel");
+        for _ in 0..5 {
+            let input: Vec<f32> = (0..784).map(|_| rng.unit()).collect();
+            let input = Tensor::from_shape(&[1, 784], &input).unwrap();
+            let a = run(&plain, &input);
+            let b = run(&fast, &input);
+            let range = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+            // The requantization rounds in f32 where tract uses fixed point: the u8 outputs may differ by
+            // one step (1/255 of the layer's range), which can carry through the next layers a little.
+            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst <= 0.03 * range, "{isa}: max |Δ| {worst} for outputs up to {range}: {a:?} vs {b:?}");
+        }
+    }
+}
+
+#[test]
+fn kernels_off_leaves_the_graph_to_tract() {
+    let bytes = zoo::mlp_int8(&[20, 8, 4], 1, 2).to_bytes();
+    let (typed, replaced) = optimized(&bytes, &[1, 20], Acceleration::Off);
+    assert_eq!(replaced, 0);
+    assert!(pupil_nodes(&typed).is_empty());
+}
+
+#[test]
+fn the_model_api_uses_pupils_kernels_and_agrees_with_tract() {
+    let bytes = zoo::mlp_int8(&[784, 64, 10], 3, 4).to_bytes();
+    Acceleration::set_default(Some(Acceleration::Off));
+    let plain = pupil_runtime::Model::from_bytes(&bytes, Default::default()).unwrap();
+    Acceleration::set_default(Some(Acceleration::On));
+    let fast = pupil_runtime::Model::from_bytes(&bytes, Default::default()).unwrap();
+    Acceleration::set_default(None);
+    assert!(pupil_nodes(plain.typed_model()).is_empty());
+    assert_eq!(pupil_nodes(fast.typed_model()).len(), 2);
+    let input: Vec<f32> = (0..784).map(|i| (i % 17) as f32 / 17.0).collect();
+    let (a, b) = (plain.run(&input).unwrap(), fast.run(&input).unwrap());
+    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(worst < 0.05, "{a:?} vs {b:?}");
+    assert_eq!(plain.predict(&input).unwrap().top[0].index, fast.predict(&input).unwrap().top[0].index);
+}

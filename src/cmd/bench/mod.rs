@@ -1,0 +1,395 @@
+//! `pupil bench`: pupil against ONNX Runtime on the same ONNX files, same thread count, in one run,
+//! interleaved: p50/p90 latency at batch 1, the ratio pupil/ORT, and cold start. Also `--generate DIR`
+//! to write the benchmark suite (MLPs, CNN, MobileNet-style CNN, f32 and int8).
+
+mod ort_backend;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use pupil_runtime::kernels::{Acceleration, pupil_nodes, zoo};
+use pupil_runtime::{Model, ModelOptions};
+use serde::Serialize;
+
+use crate::output::{print_json, table};
+use ort_backend::OrtModel;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Folder of ONNX models to benchmark (`NAME.int8.onnx` counts as the int8 variant of `NAME.onnx`).
+    /// Default: the generated suite, plus the students in `models/` when there are any.
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// Write the generated suite (f32 and int8 ONNX files) to this folder and exit.
+    #[arg(long, value_name = "DIR")]
+    pub generate: Option<PathBuf>,
+    /// Thread counts to measure, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub threads: Vec<usize>,
+    /// Timed runs per contender (after warm-up).
+    #[arg(long, default_value_t = 300)]
+    pub runs: usize,
+    /// Untimed warm-up runs per contender.
+    #[arg(long, default_value_t = 30)]
+    pub warmup: usize,
+    /// Only models whose name contains this text.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Do not run ONNX Runtime.
+    #[arg(long)]
+    pub no_ort: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One ONNX file in the benchmark.
+struct Entry {
+    name: String,
+    precision: &'static str,
+    bytes: Vec<u8>,
+    source: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Latency {
+    p50_us: f64,
+    p90_us: f64,
+    cold_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    model: String,
+    precision: &'static str,
+    threads: usize,
+    /// Nodes pupil's own kernels run.
+    pupil_kernel_nodes: usize,
+    /// tract alone (pupil's kernels off): the "before".
+    tract: Latency,
+    /// pupil (tract + pupil's kernels): the "after".
+    pupil: Latency,
+    ort: Option<Latency>,
+    /// pupil p50 / ORT p50.
+    ratio_pupil_ort: Option<f64>,
+    /// tract p50 / ORT p50.
+    ratio_tract_ort: Option<f64>,
+    /// Largest |pupil − ORT| over the outputs of one input.
+    max_abs_diff_vs_ort: Option<f32>,
+    /// Largest |pupil − tract| over the outputs of one input.
+    max_abs_diff_vs_tract: f32,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    device: pupil_runtime::DeviceFingerprint,
+    ort: Option<String>,
+    ort_skipped_because: Option<String>,
+    runs: usize,
+    warmup: usize,
+    rows: Vec<Row>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+fn is_int8(name: &str) -> bool {
+    name.contains(".int8") || name.contains("-int8") || name.contains("_int8")
+}
+
+/// The generated suite: f32 models and their int8 variants from pupil's quantizer (static, per-channel,
+/// calibrated on 64 random inputs in `[0, 1)`); the plain `QLinearMatMul` MLPs when the quantizer refuses.
+fn generated() -> anyhow::Result<Vec<Entry>> {
+    let mut v = vec![];
+    let standin = zoo::suite_int8_standin();
+    for m in zoo::suite_f32() {
+        let int8 = match quantized(&m.bytes) {
+            Ok(bytes) => Some(Entry {
+                name: m.name.clone(),
+                precision: "int8",
+                bytes,
+                source: "generated, pupil quantize (static, per-channel, minmax)".into(),
+            }),
+            Err(e) => {
+                eprintln!("{}: pupil quantize failed ({e:#}); using the plain QLinearMatMul variant if any", m.name);
+                standin.iter().find(|s| s.name == format!("{}.int8", m.name)).map(|s| Entry {
+                    name: m.name.clone(),
+                    precision: "int8",
+                    bytes: s.bytes.clone(),
+                    source: "generated (QLinearMatMul)".into(),
+                })
+            }
+        };
+        v.push(Entry { name: m.name, precision: "f32", bytes: m.bytes, source: "generated".into() });
+        v.extend(int8);
+    }
+    Ok(v)
+}
+
+/// int8 variant from pupil's quantizer, calibrated on random inputs in `[0, 1)`.
+fn quantized(f32_bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let model = Model::from_bytes(f32_bytes, ModelOptions::default())?;
+    let mut rng = zoo::Rng::new(99);
+    let calibration: Vec<f32> = (0..64 * model.example_len()).map(|_| rng.unit()).collect();
+    let options = pupil_runtime::quantize::QuantizeOptions::default();
+    let (bytes, _report) = pupil_runtime::quantize::quantize(f32_bytes, &options, Some(&calibration))?;
+    Ok(bytes)
+}
+
+fn from_dir(dir: &Path) -> anyhow::Result<Vec<Entry>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .collect();
+    files.sort();
+    let mut v = vec![];
+    for f in files {
+        let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+        let precision = if is_int8(&stem) { "int8" } else { "f32" };
+        let name = stem.replace(".int8", "").replace("-int8", "").replace("_int8", "");
+        let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
+        v.push(Entry { name, precision, bytes, source: f.display().to_string() });
+    }
+    Ok(v)
+}
+
+fn generate(dir: &Path) -> anyhow::Result<i32> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut t = table(&["file", "size", "source"]);
+    for e in generated()? {
+        let suffix = if e.precision == "int8" { ".int8" } else { "" };
+        let path = dir.join(format!("{}{suffix}.onnx", e.name));
+        pupil_runtime::onnx::write_atomic(&path, &e.bytes)?;
+        t.add_row(vec![path.display().to_string(), crate::output::bytes(e.bytes.len() as u64), e.source]);
+    }
+    println!("{t}");
+    Ok(0)
+}
+
+fn load_pupil(bytes: &[u8], threads: usize, accel: Acceleration) -> anyhow::Result<(Model, Duration)> {
+    Acceleration::set_default(Some(accel));
+    let t0 = Instant::now();
+    let model = Model::from_bytes(bytes, ModelOptions::default().with_threads(threads));
+    Acceleration::set_default(None);
+    let model = model?;
+    Ok((model, t0.elapsed()))
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn bench_one(
+    e: &Entry,
+    threads: usize,
+    args: &Args,
+    use_ort: bool,
+    input_seed: u64,
+) -> anyhow::Result<Row> {
+    // Cold start: load + optimise + first inference.
+    let (tract, t_load) = load_pupil(&e.bytes, threads, Acceleration::Off)?;
+    let mut rng = zoo::Rng::new(input_seed);
+    let input: Vec<f32> = (0..tract.example_len()).map(|_| rng.unit()).collect();
+    let t0 = Instant::now();
+    let out_tract = tract.run(&input)?;
+    let tract_cold = t_load + t0.elapsed();
+    let (pupil, p_load) = load_pupil(&e.bytes, threads, Acceleration::On)?;
+    let t0 = Instant::now();
+    let out_pupil = pupil.run(&input)?;
+    let pupil_cold = p_load + t0.elapsed();
+    let kernel_nodes = pupil_nodes(pupil.typed_model()).len();
+
+    let mut ort = None;
+    let mut ort_cold = Duration::ZERO;
+    let mut out_ort = None;
+    if use_ort {
+        let t0 = Instant::now();
+        let mut o = OrtModel::load(&e.bytes, tract.example_shape(), threads).map_err(anyhow::Error::msg)?;
+        let out = o.run(&input).map_err(anyhow::Error::msg)?;
+        ort_cold = t0.elapsed();
+        out_ort = Some(out);
+        ort = Some(o);
+    }
+
+    for _ in 0..args.warmup {
+        tract.run(&input)?;
+        pupil.run(&input)?;
+        if let Some(o) = ort.as_mut() {
+            o.run(&input).map_err(anyhow::Error::msg)?;
+        }
+    }
+    let mut times: [Vec<Duration>; 3] = Default::default();
+    for i in 0..args.runs {
+        // Rotate who goes first so no contender always runs on a cache warmed by the same neighbour.
+        for slot in 0..3 {
+            let who = (slot + i) % 3;
+            let t0 = Instant::now();
+            match who {
+                0 => drop(tract.run(&input)?),
+                1 => drop(pupil.run(&input)?),
+                _ => match ort.as_mut() {
+                    Some(o) => drop(o.run(&input).map_err(anyhow::Error::msg)?),
+                    None => continue,
+                },
+            }
+            times[who].push(t0.elapsed());
+        }
+    }
+    for t in times.iter_mut() {
+        t.sort();
+    }
+    let lat = |t: &[Duration], cold: Duration| Latency {
+        p50_us: percentile(t, 0.5),
+        p90_us: percentile(t, 0.9),
+        cold_ms: cold.as_secs_f64() * 1e3,
+    };
+    let tract_l = lat(&times[0], tract_cold);
+    let pupil_l = lat(&times[1], pupil_cold);
+    let ort_l = ort.as_ref().map(|_| lat(&times[2], ort_cold));
+    Ok(Row {
+        model: e.name.clone(),
+        precision: e.precision,
+        threads,
+        pupil_kernel_nodes: kernel_nodes,
+        ratio_pupil_ort: ort_l.as_ref().map(|o| pupil_l.p50_us / o.p50_us),
+        ratio_tract_ort: ort_l.as_ref().map(|o| tract_l.p50_us / o.p50_us),
+        max_abs_diff_vs_ort: out_ort.as_ref().map(|o| max_abs_diff(&out_pupil, o)),
+        max_abs_diff_vs_tract: max_abs_diff(&out_pupil, &out_tract),
+        tract: tract_l,
+        pupil: pupil_l,
+        ort: ort_l,
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    if let Some(dir) = &args.generate {
+        return generate(dir);
+    }
+    if args.threads.is_empty() || args.threads.contains(&0) {
+        bail!("--threads needs counts of at least 1, got {:?}", args.threads);
+    }
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let mut entries = match &args.models {
+        Some(dir) => from_dir(dir)?,
+        None => {
+            let mut v = generated()?;
+            let students = Path::new("models");
+            if students.is_dir() {
+                v.extend(from_dir(students)?);
+            }
+            v
+        }
+    };
+    if let Some(only) = &args.only {
+        entries.retain(|e| e.name.contains(only.as_str()));
+    }
+    if entries.is_empty() {
+        bail!("no models to benchmark");
+    }
+    let (use_ort, ort_version, ort_skip) = if args.no_ort {
+        (false, None, Some("--no-ort".to_string()))
+    } else {
+        match ort_backend::init() {
+            Ok(lib) => (true, Some(format!("{} ({})", ort_backend::version(), lib.display())), None),
+            Err(why) => {
+                eprintln!("ONNX Runtime skipped: {why}");
+                (false, None, Some(why))
+            }
+        }
+    };
+    let total = (entries.len() * args.threads.len()) as u64;
+    let bar = ProgressBar::new(total);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("valid template"));
+    let mut rows = vec![];
+    for e in &entries {
+        for &t in &args.threads {
+            bar.set_message(format!("{} {} ×{t}", e.name, e.precision));
+            match bench_one(e, t, &args, use_ort, 7) {
+                Ok(r) => rows.push(r),
+                Err(err) => bar.println(format!("{} ({}, {}): {err:#}", e.name, e.precision, e.source)),
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    let report = Report {
+        device: pupil_runtime::DeviceFingerprint::current(),
+        ort: ort_version,
+        ort_skipped_because: ort_skip,
+        runs: args.runs,
+        warmup: args.warmup,
+        rows,
+    };
+    if args.json {
+        print_json(&report)?;
+        return Ok(0);
+    }
+    println!("{}", markdown_table(&report));
+    Ok(0)
+}
+
+fn us(v: f64) -> String {
+    if v >= 1000.0 { format!("{:.0}", v) } else { format!("{:.1}", v) }
+}
+
+/// The report as the table printed on the terminal (comfy-table).
+fn markdown_table(r: &Report) -> String {
+    let mut t = table(&[
+        "model",
+        "prec",
+        "thr",
+        "tract p50 µs",
+        "pupil p50/p90 µs",
+        "ORT p50/p90 µs",
+        "pupil/ORT",
+        "tract/ORT",
+        "cold pupil/ORT ms",
+        "pupil kernels",
+        "max |Δ| vs ORT",
+    ]);
+    for row in &r.rows {
+        let na = || "–".to_string();
+        t.add_row(vec![
+            row.model.clone(),
+            row.precision.to_string(),
+            row.threads.to_string(),
+            us(row.tract.p50_us),
+            format!("{} / {}", us(row.pupil.p50_us), us(row.pupil.p90_us)),
+            row.ort.as_ref().map(|o| format!("{} / {}", us(o.p50_us), us(o.p90_us))).unwrap_or_else(na),
+            row.ratio_pupil_ort.map(|x| format!("{x:.2}")).unwrap_or_else(na),
+            row.ratio_tract_ort.map(|x| format!("{x:.2}")).unwrap_or_else(na),
+            format!(
+                "{:.1} / {}",
+                row.pupil.cold_ms,
+                row.ort.as_ref().map(|o| format!("{:.1}", o.cold_ms)).unwrap_or_else(na)
+            ),
+            row.pupil_kernel_nodes.to_string(),
+            row.max_abs_diff_vs_ort.map(|d| format!("{d:.2e}")).unwrap_or_else(na),
+        ]);
+    }
+    let mut s = format!(
+        "{} ({}, {} cores; SIMD: {})\n",
+        r.device.cpu,
+        r.device.arch,
+        r.device.cores,
+        r.device.simd.join(" ")
+    );
+    match (&r.ort, &r.ort_skipped_because) {
+        (Some(v), _) => s.push_str(&format!("ONNX Runtime {v}\n")),
+        (None, Some(why)) => s.push_str(&format!("ONNX Runtime skipped: {why}\n")),
+        _ => {}
+    }
+    s.push_str(&format!("batch 1, {} timed runs after {} warm-up, interleaved\n", r.runs, r.warmup));
+    s.push_str(&t.to_string());
+    s
+}
