@@ -70,6 +70,10 @@ pub enum Error {
     #[error("cannot write model: {reason}")]
     Write { reason: String },
 
+    /// The quantizer refused its input (calibration data, an already quantized model, ...).
+    #[error("quantization: {0}")]
+    Quantize(crate::quantize::QuantizeError),
+
     /// A bug in pupil or tract: a panic caught at the boundary, never left to unwind into the caller.
     #[error("internal error (please report): {reason}")]
     Internal { reason: String },

@@ -20,6 +20,7 @@ pub mod parity;
 pub mod prediction;
 pub mod preprocess;
 pub mod profile;
+pub mod quantize;
 pub mod spec;
 
 pub use device::DeviceFingerprint;
@@ -28,6 +29,7 @@ pub use meta::{ColorMode, Layout, ModelMeta, PreprocessSpec, ResizeMode};
 pub use model::{Batch, Model, ModelInfo, ModelOptions};
 pub use prediction::{Class, Prediction};
 pub use profile::{ProfileOptions, ProfileReport};
+pub use quantize::{QuantizeOptions, QuantizeReport};
 pub use spec::{Dim, ElementType, TensorSpec};
 
 /// Version of pupil-runtime.

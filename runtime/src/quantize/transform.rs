@@ -303,13 +303,6 @@ impl Builder {
         });
     }
 
-    fn act_dtype(&self) -> i32 {
-        match self.act {
-            ActivationType::U8 => dtype::U8,
-            ActivationType::I8 => dtype::I8,
-        }
-    }
-
     /// Scalar scale and zero point initializers for `q`, named after `base`.
     fn qparam_inits(&mut self, base: &str, q: &QParams) -> (String, String) {
         let scale = format!("{base}.scale");
