@@ -251,22 +251,40 @@ mod x86 {
         // bytes) and `out` (panels × 16 i32), as checked by the caller.
         unsafe {
             while panel + 4 <= panels {
+                // 4 panels × 2 quads: 8 independent accumulators hide vpdpbusd's latency.
                 let base = w.add(panel * stride);
-                let (mut c0, mut c1, mut c2, mut c3) =
-                    (_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512());
-                for q in 0..quads {
-                    let av = _mm512_set1_epi32((a.add(q * 4) as *const i32).read_unaligned());
+                let z = _mm512_setzero_si512();
+                let (mut c0, mut c1, mut c2, mut c3) = (z, z, z, z);
+                let (mut d0, mut d1, mut d2, mut d3) = (z, z, z, z);
+                let mut q = 0;
+                while q + 2 <= quads {
+                    let a0 = _mm512_set1_epi32((a.add(q * 4) as *const i32).read_unaligned());
+                    let a1 = _mm512_set1_epi32((a.add(q * 4 + 4) as *const i32).read_unaligned());
                     let o = base.add(q * 64);
-                    c0 = _mm512_dpbusd_epi32(c0, av, _mm512_loadu_si512(o as *const _));
-                    c1 = _mm512_dpbusd_epi32(c1, av, _mm512_loadu_si512(o.add(stride) as *const _));
-                    c2 = _mm512_dpbusd_epi32(c2, av, _mm512_loadu_si512(o.add(2 * stride) as *const _));
-                    c3 = _mm512_dpbusd_epi32(c3, av, _mm512_loadu_si512(o.add(3 * stride) as *const _));
+                    c0 = _mm512_dpbusd_epi32(c0, a0, _mm512_loadu_si512(o as *const _));
+                    c1 = _mm512_dpbusd_epi32(c1, a0, _mm512_loadu_si512(o.add(stride) as *const _));
+                    c2 = _mm512_dpbusd_epi32(c2, a0, _mm512_loadu_si512(o.add(2 * stride) as *const _));
+                    c3 = _mm512_dpbusd_epi32(c3, a0, _mm512_loadu_si512(o.add(3 * stride) as *const _));
+                    let o = o.add(64);
+                    d0 = _mm512_dpbusd_epi32(d0, a1, _mm512_loadu_si512(o as *const _));
+                    d1 = _mm512_dpbusd_epi32(d1, a1, _mm512_loadu_si512(o.add(stride) as *const _));
+                    d2 = _mm512_dpbusd_epi32(d2, a1, _mm512_loadu_si512(o.add(2 * stride) as *const _));
+                    d3 = _mm512_dpbusd_epi32(d3, a1, _mm512_loadu_si512(o.add(3 * stride) as *const _));
+                    q += 2;
+                }
+                if q < quads {
+                    let a0 = _mm512_set1_epi32((a.add(q * 4) as *const i32).read_unaligned());
+                    let o = base.add(q * 64);
+                    c0 = _mm512_dpbusd_epi32(c0, a0, _mm512_loadu_si512(o as *const _));
+                    c1 = _mm512_dpbusd_epi32(c1, a0, _mm512_loadu_si512(o.add(stride) as *const _));
+                    c2 = _mm512_dpbusd_epi32(c2, a0, _mm512_loadu_si512(o.add(2 * stride) as *const _));
+                    c3 = _mm512_dpbusd_epi32(c3, a0, _mm512_loadu_si512(o.add(3 * stride) as *const _));
                 }
                 let dst = out.as_mut_ptr().add(panel * PANEL);
-                _mm512_storeu_si512(dst as *mut _, c0);
-                _mm512_storeu_si512(dst.add(16) as *mut _, c1);
-                _mm512_storeu_si512(dst.add(32) as *mut _, c2);
-                _mm512_storeu_si512(dst.add(48) as *mut _, c3);
+                _mm512_storeu_si512(dst as *mut _, _mm512_add_epi32(c0, d0));
+                _mm512_storeu_si512(dst.add(16) as *mut _, _mm512_add_epi32(c1, d1));
+                _mm512_storeu_si512(dst.add(32) as *mut _, _mm512_add_epi32(c2, d2));
+                _mm512_storeu_si512(dst.add(48) as *mut _, _mm512_add_epi32(c3, d3));
                 panel += 4;
             }
             while panel < panels {

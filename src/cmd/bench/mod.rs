@@ -43,6 +43,9 @@ pub struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Print a Markdown table (for docs/results/speed.md) instead of the terminal table.
+    #[arg(long, conflicts_with = "json")]
+    pub markdown: bool,
 }
 
 /// One ONNX file in the benchmark.
@@ -334,8 +337,56 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         print_json(&report)?;
         return Ok(0);
     }
-    println!("{}", markdown_table(&report));
+    if args.markdown {
+        println!("{}", markdown(&report));
+    } else {
+        println!("{}", terminal_table(&report));
+    }
     Ok(0)
+}
+
+/// The report as a GitHub Markdown table.
+fn markdown(r: &Report) -> String {
+    let mut s = header(r);
+    s.push_str("\n| model | prec | threads | tract p50 µs (before) | pupil p50 / p90 µs | ORT p50 / p90 µs | pupil/ORT | tract/ORT | cold start pupil / ORT ms | pupil kernel nodes | max abs Δ vs ORT |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for row in &r.rows {
+        let na = || "–".to_string();
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} / {} | {} | {} | {} | {:.1} / {} | {} | {} |\n",
+            row.model,
+            row.precision,
+            row.threads,
+            us(row.tract.p50_us),
+            us(row.pupil.p50_us),
+            us(row.pupil.p90_us),
+            row.ort.as_ref().map(|o| format!("{} / {}", us(o.p50_us), us(o.p90_us))).unwrap_or_else(na),
+            row.ratio_pupil_ort.map(|x| format!("**{x:.2}**")).unwrap_or_else(na),
+            row.ratio_tract_ort.map(|x| format!("{x:.2}")).unwrap_or_else(na),
+            row.pupil.cold_ms,
+            row.ort.as_ref().map(|o| format!("{:.1}", o.cold_ms)).unwrap_or_else(na),
+            row.pupil_kernel_nodes,
+            row.max_abs_diff_vs_ort.map(|d| format!("{d:.2e}")).unwrap_or_else(na),
+        ));
+    }
+    s
+}
+
+fn header(r: &Report) -> String {
+    let mut s = format!(
+        "{} ({}, {} cores; SIMD: {})\n",
+        r.device.cpu,
+        r.device.arch,
+        r.device.cores,
+        r.device.simd.join(" ")
+    );
+    match (&r.ort, &r.ort_skipped_because) {
+        (Some(v), _) => s.push_str(&format!("ONNX Runtime {v}\n")),
+        (None, Some(why)) => s.push_str(&format!("ONNX Runtime skipped: {why}\n")),
+        _ => {}
+    }
+    s.push_str(&format!("batch 1, {} timed runs after {} warm-up, interleaved\n", r.runs, r.warmup));
+    s
 }
 
 fn us(v: f64) -> String {
@@ -343,7 +394,7 @@ fn us(v: f64) -> String {
 }
 
 /// The report as the table printed on the terminal (comfy-table).
-fn markdown_table(r: &Report) -> String {
+fn terminal_table(r: &Report) -> String {
     let mut t = table(&[
         "model",
         "prec",
@@ -377,19 +428,7 @@ fn markdown_table(r: &Report) -> String {
             row.max_abs_diff_vs_ort.map(|d| format!("{d:.2e}")).unwrap_or_else(na),
         ]);
     }
-    let mut s = format!(
-        "{} ({}, {} cores; SIMD: {})\n",
-        r.device.cpu,
-        r.device.arch,
-        r.device.cores,
-        r.device.simd.join(" ")
-    );
-    match (&r.ort, &r.ort_skipped_because) {
-        (Some(v), _) => s.push_str(&format!("ONNX Runtime {v}\n")),
-        (None, Some(why)) => s.push_str(&format!("ONNX Runtime skipped: {why}\n")),
-        _ => {}
-    }
-    s.push_str(&format!("batch 1, {} timed runs after {} warm-up, interleaved\n", r.runs, r.warmup));
+    let mut s = header(r);
     s.push_str(&t.to_string());
     s
 }
