@@ -1,7 +1,7 @@
 //! The student network as a burn module (MLP or CNN built from a recipe's `Architecture`), its max-norm
 //! constraint, and the plain weights it hands to the ONNX exporter.
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};

@@ -60,6 +60,7 @@ pub fn load_npy(inputs: &Path, labels: Option<&Path>) -> Result<Dataset, DataErr
 /// Writes an f32 array as `.npy`.
 pub fn write_npy(path: &Path, shape: &[usize], values: &[f32]) -> Result<(), DataError> {
     let file = std::fs::File::create(path).map_err(io_err(path))?;
+    use npyz::WriterBuilder;
     let mut writer = npyz::WriteOptions::new()
         .default_dtype()
         .shape(&shape.iter().map(|d| *d as u64).collect::<Vec<_>>())
