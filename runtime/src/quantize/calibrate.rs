@@ -25,6 +25,7 @@ fn invalid(e: impl std::fmt::Display) -> Error {
 struct Runner {
     plan: std::sync::Arc<TypedRunnableModel>,
     names: Vec<String>,
+    is_input: Vec<bool>,
     example_shape: Vec<usize>,
 }
 
@@ -36,21 +37,24 @@ impl Runner {
         model.set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), dims)).map_err(|e| invalid(format!("{e:#}")))?;
         let mut outlets = vec![];
         let mut names = vec![];
+        let mut is_input = vec![];
         for name in wanted {
             if let Some(o) = model.find_outlet_label(name) {
                 outlets.push(o);
                 names.push(name.clone());
+                is_input.push(false);
             } else if let Some(i) = model.input_outlets().map_err(|e| invalid(format!("{e:#}")))?.first()
                 && model.node(i.node).name == *name
             {
                 outlets.push(*i);
                 names.push(name.clone());
+                is_input.push(true);
             }
         }
         model.select_output_outlets(&outlets).map_err(|e| invalid(format!("{e:#}")))?;
         let typed = model.into_optimized().map_err(|e| invalid(format!("{e:#}")))?;
         let plan = typed.into_runnable().map_err(|e| invalid(format!("{e:#}")))?;
-        Ok(Runner { plan, names, example_shape: example_shape.to_vec() })
+        Ok(Runner { plan, names, is_input, example_shape: example_shape.to_vec() })
     }
 
     /// Calls `f(tensor index, values)` for every exposed tensor on every chunk of the data.
@@ -128,7 +132,13 @@ pub fn calibrate(
             let levels = match options.activations {
                 super::ActivationType::U8 | super::ActivationType::I8 => 128,
             };
-            for (name, (h, (lo, hi))) in runner.names.iter().zip(hists.iter().zip(&minmax)) {
+            for (i, (name, (h, (lo, hi)))) in runner.names.iter().zip(hists.iter().zip(&minmax)).enumerate() {
+                let graph = proto.graph.as_ref().expect("checked by decode_onnx");
+                if runner.is_input[i] || graph.input.iter().any(|g| &g.name == name) {
+                    // The model input is data with a known range, not an activation distribution: keep it whole.
+                    ranges.insert(name.clone(), (*lo, *hi));
+                    continue;
+                }
                 // Non-negative tensors (after ReLU) use all 256 levels on one side.
                 let levels = if *lo >= 0.0 { levels * 2 } else { levels };
                 let t = h.kl_threshold(levels);
@@ -221,7 +231,13 @@ impl Histogram {
         if total == 0 || self.hi <= self.lo {
             return self.hi;
         }
-        let h: Vec<f64> = self.counts.iter().map(|&c| c as f64).collect();
+        // Exact zeros (ReLU outputs, image backgrounds) are represented exactly whatever the threshold: leaving
+        // them in would drag the threshold towards 0.
+        let mut h: Vec<f64> = self.counts.iter().map(|&c| c as f64).collect();
+        h[0] = 0.0;
+        if h.iter().sum::<f64>() <= 0.0 {
+            return self.hi;
+        }
         let mut best = (f64::INFINITY, BINS);
         for i in levels..=BINS {
             // Reference distribution: the first i bins, with the clipped outliers folded into the last one.

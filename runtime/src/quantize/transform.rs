@@ -671,67 +671,53 @@ fn emit_dynamic(b: &mut Builder, node: &pb::NodeProto, c: &Compute, base: &str, 
     form.to_string()
 }
 
-/// The f16 variant: every f32 initializer and constant becomes f16, the graph computes in f16, the input is cast
-/// from f32 and the outputs back to f32, so the interface does not change.
+/// The f16 variant: every f32 weight (initializers of 16 values or more) is stored as f16 and cast back to f32
+/// by a `Cast` node that tract folds at load time. Halves the file; the arithmetic stays f32 because tract
+/// 0.23.9's `Gemm` expansion does not run in f16 ("expected F16 got F32"), and ONNX Runtime's CPU provider lacks
+/// f16 kernels for most operators.
 pub fn to_f16(proto: &pb::ModelProto) -> Result<(pb::ModelProto, Vec<NodeReport>)> {
     let graph = proto.graph.as_ref().expect("checked by decode_onnx");
     let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
-    let input = graph.input.iter().find(|i| !inits.contains(i.name.as_str())).map(|i| i.name.clone()).unwrap_or_default();
-    let outputs: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
-    let half_name = |s: &str| format!("{s}.f16");
-    let to_half = |t: &pb::TensorProto| -> pb::TensorProto {
+    let mut nodes = vec![];
+    let mut initializer = vec![];
+    for t in &graph.initializer {
         match f32_data(t) {
-            Some(v) => pb::TensorProto {
-                name: t.name.clone(),
-                dims: t.dims.clone(),
-                data_type: dtype::F16,
-                raw_data: v.iter().flat_map(|x| f16_bits(*x).to_le_bytes()).collect(),
-                ..Default::default()
-            },
-            None => t.clone(),
+            Some(v) if v.len() >= 16 => {
+                let half = format!("{}.f16", t.name);
+                initializer.push(pb::TensorProto {
+                    name: half.clone(),
+                    dims: t.dims.clone(),
+                    data_type: dtype::F16,
+                    raw_data: v.iter().flat_map(|x| f16_bits(*x).to_le_bytes()).collect(),
+                    ..Default::default()
+                });
+                nodes.push(pb::NodeProto {
+                    name: format!("{}.to_f32", t.name),
+                    op_type: "Cast".into(),
+                    input: vec![half],
+                    output: vec![t.name.clone()],
+                    attribute: vec![int_attr("to", dtype::F32 as i64)],
+                    ..Default::default()
+                });
+            }
+            _ => initializer.push(t.clone()),
         }
-    };
-    let mut nodes = vec![pb::NodeProto {
-        name: format!("{input}.to_f16"),
-        op_type: "Cast".into(),
-        input: vec![input.clone()],
-        output: vec![half_name(&input)],
-        attribute: vec![int_attr("to", dtype::F16 as i64)],
-        ..Default::default()
-    }];
+    }
     let mut reports = vec![];
     for (i, node) in graph.node.iter().enumerate() {
-        let mut n = node.clone();
-        for s in n.input.iter_mut().chain(n.output.iter_mut()) {
-            if *s == input || outputs.contains(s.as_str()) {
-                *s = half_name(s);
-            }
-        }
-        for a in n.attribute.iter_mut() {
-            if let Some(t) = &a.t {
-                a.t = Some(to_half(t));
-            }
-            if n.op_type == "Cast" && a.name == "to" && a.i == dtype::F32 as i64 {
-                a.i = dtype::F16 as i64;
-            }
-        }
-        reports.push(NodeReport { node: node_base(node, i), op: node.op_type.clone(), outcome: NodeOutcome::Half, output_range: None });
-        nodes.push(n);
-    }
-    for o in &graph.output {
-        nodes.push(pb::NodeProto {
-            name: format!("{}.to_f32", o.name),
-            op_type: "Cast".into(),
-            input: vec![half_name(&o.name)],
-            output: vec![o.name.clone()],
-            attribute: vec![int_attr("to", dtype::F32 as i64)],
-            ..Default::default()
+        let has_weights = node.input.iter().any(|s| nodes.iter().any(|n: &pb::NodeProto| n.output[0] == *s));
+        reports.push(NodeReport {
+            node: node_base(node, i),
+            op: node.op_type.clone(),
+            outcome: if has_weights { NodeOutcome::Half } else { NodeOutcome::KeptFloat { why: FloatReason::NoIntegerForm } },
+            output_range: None,
         });
+        nodes.push(node.clone());
     }
     let new_graph = pb::GraphProto {
         node: nodes,
         name: graph.name.clone(),
-        initializer: graph.initializer.iter().map(to_half).collect(),
+        initializer,
         doc_string: graph.doc_string.clone(),
         input: graph.input.iter().filter(|i| !inits.contains(i.name.as_str())).cloned().collect(),
         output: graph.output.clone(),
