@@ -10,6 +10,7 @@ pub mod experiment;
 mod inspect;
 mod profile;
 mod parity;
+mod quantize;
 mod run;
 pub mod train;
 mod verify;
@@ -42,6 +43,8 @@ pub enum Command {
     Experiment(experiment::Args),
     /// Teacher vs student vs quantized students: distillation and quantization gaps, thresholds, charts, layers.
     Parity(parity::Args),
+    /// Quantize a student to int8 (static with calibration, or dynamic) or f16 for tract's integer kernels.
+    Quantize(quantize::Args),
     /// Record inputs and teacher/student outputs in a parity bundle for checking a student on a device.
     Bundle(bundle::Args),
     /// Check a student against a parity bundle on this machine; exits 2 when a threshold fails.
@@ -54,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Inspect(a) => inspect::run(a),
         Command::Run(a) => run::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Profile(a) => profile::run(a),
         Command::Train(a) => train::run(a),
         Command::Distill(a) => distill::run(a),
