@@ -80,12 +80,12 @@ impl OrtModel {
     /// Creates a session with `threads` intra-op threads and every graph optimisation on.
     pub fn load(bytes: &[u8], example_shape: &[usize], threads: usize) -> Result<OrtModel, String> {
         let (env, _) = ENV.get().and_then(|r| r.as_ref().ok()).ok_or("ONNX Runtime is not loaded")?;
-        let session = Session::builder(env)
-            .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::All))
-            .and_then(|b| b.with_intra_threads(threads))
-            .and_then(|b| b.with_inter_threads(1))
-            .and_then(|mut b| b.commit_from_memory(bytes))
-            .map_err(|e| format!("ONNX Runtime cannot load the model: {e}"))?;
+        let err = |e: &dyn std::fmt::Display| format!("ONNX Runtime cannot load the model: {e}");
+        let builder = Session::builder(env).map_err(|e| err(&e))?;
+        let builder = builder.with_optimization_level(GraphOptimizationLevel::All).map_err(|e| err(&e))?;
+        let builder = builder.with_intra_threads(threads).map_err(|e| err(&e))?;
+        let mut builder = builder.with_inter_threads(1).map_err(|e| err(&e))?;
+        let session = builder.commit_from_memory(bytes).map_err(|e| err(&e))?;
         let shape = std::iter::once(1).chain(example_shape.iter().map(|d| *d as i64)).collect();
         Ok(OrtModel { session, shape })
     }
