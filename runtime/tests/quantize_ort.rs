@@ -11,9 +11,9 @@ use pupil_runtime::{Batch, Model, ModelOptions};
 const SCRIPT: &str = r#"
 import sys, numpy as np, onnxruntime as ort
 model, data, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-x = np.fromfile(data, dtype=np.float32).reshape(n, -1)
 s = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 inp = s.get_inputs()[0]
+x = np.fromfile(data, dtype=np.float32).reshape([n] + list(inp.shape[1:]))
 y = s.run(None, {inp.name: x})[0]
 print(" ".join(str(int(v)) for v in y.argmax(axis=1)))
 "#;

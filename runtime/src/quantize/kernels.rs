@@ -101,6 +101,19 @@ pub fn kernel_report(bytes: &[u8]) -> Result<(Vec<KernelReport>, Vec<String>)> {
 /// The ONNX node whose name is the longest prefix of tract's node name (tract names the nodes it derives
 /// `onnx_name.suffix`).
 fn owner(tract_name: &str, onnx: &[(String, String)]) -> (String, String) {
+    let found = owner_by_prefix(tract_name, onnx);
+    // tract renames a fused product after the last op it absorbed (`fc.add_bias` for `fc.matmul_integer` + Add):
+    // attribute it to the integer product the quantizer emitted for the same layer.
+    if !INTEGER_OPS.contains(&found.1.as_str())
+        && let Some((base, _)) = found.0.split_once('.')
+        && let Some(n) = onnx.iter().find(|(n, op)| n.starts_with(&format!("{base}.")) && INTEGER_OPS.contains(&op.as_str()))
+    {
+        return n.clone();
+    }
+    found
+}
+
+fn owner_by_prefix(tract_name: &str, onnx: &[(String, String)]) -> (String, String) {
     onnx.iter()
         .filter(|(n, _)| {
             !n.is_empty()
