@@ -28,6 +28,8 @@ pub struct PupilQMatMul {
     bias: Vec<f32>,
     /// Output element type (i32 for `MatMulInteger`, u8 / i8 for `QLinearMatMul`).
     out_dt: DatumType,
+    /// The output shape of the replaced node (rows × `n`, with tract's unit axes).
+    out_shape: TVec<TDim>,
 }
 
 impl PartialEq for PupilQMatMul {
@@ -114,14 +116,21 @@ impl Op for PupilQMatMul {
 }
 
 impl EvalOp for PupilQMatMul {
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let a = &inputs[0];
         let shape = a.shape();
         let k = *shape.last().context("PupilQMatMul input has rank 0")?;
         ensure!(k == self.packed.k(), "PupilQMatMul expected K = {}, got input shape {shape:?}", self.packed.k());
         let m: usize = shape[..shape.len() - 1].iter().product();
-        let mut out_shape: TVec<usize> = shape.into();
-        *out_shape.last_mut().unwrap() = self.packed.n();
+        let mut out_shape: TVec<usize> = tvec![];
+        for d in &self.out_shape {
+            out_shape.push(d.eval(ctx.symbols).to_usize()?);
+        }
+        ensure!(
+            out_shape.iter().product::<usize>() == m * self.packed.n(),
+            "PupilQMatMul: output shape {out_shape:?} does not hold {m} rows of {}",
+            self.packed.n()
+        );
         // SAFETY: every element is written by `compute` below (m × n values).
         let mut out = unsafe { Tensor::uninitialized_dt(self.out_dt, &out_shape)? };
         let view = a.try_as_plain_ram()?;
@@ -139,10 +148,8 @@ impl EvalOp for PupilQMatMul {
 }
 
 impl TypedOp for PupilQMatMul {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut shape: TVec<TDim> = inputs[0].shape.iter().cloned().collect();
-        *shape.last_mut().context("rank 0 input")? = self.packed.n().to_dim();
-        Ok(tvec!(self.out_dt.fact(&*shape)))
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(self.out_dt.fact(&*self.out_shape)))
     }
     as_op!();
 }
@@ -176,11 +183,14 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
         return Ok(None);
     }
     let rank = a_fact.rank();
-    if rank < 1 {
+    let out_fact = model.outlet_fact(OutletId::new(node.id, 0))?.clone();
+    let out_rank = out_fact.rank();
+    if rank < 1 || out_rank < 1 {
         return Ok(None);
     }
     let axes = &op.axes;
-    // a: [.., m, k], b: [k, n] or [n, k], c: [.., m, n].
+    // a: [.., k] (other axes: the rows), b: [k, n] or [n, k], c: [.., n]; tract drops or adds unit axes
+    // (e.g. `mk,kn->n` at batch 1), which is fine as long as the rows keep their order.
     let k_axis = axes.axis((InOut::In(0), rank - 1))?;
     if !k_axis.outputs[0].is_empty() || k_axis.inputs[1].len() != 1 {
         return Ok(None);
@@ -188,12 +198,24 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
     let b_k_pos = k_axis.inputs[1][0];
     let b_n_pos = 1 - b_k_pos;
     let n_axis = axes.axis((InOut::In(1), b_n_pos))?;
-    if n_axis.outputs[0].as_slice() != [rank - 1] || !n_axis.inputs[0].is_empty() {
+    if n_axis.outputs[0].as_slice() != [out_rank - 1] || !n_axis.inputs[0].is_empty() {
         return Ok(None);
     }
+    let mut last_out = None;
     for i in 0..rank - 1 {
         let ax = axes.axis((InOut::In(0), i))?;
-        if ax.outputs[0].as_slice() != [i] || !ax.inputs[1].is_empty() {
+        if !ax.inputs[1].is_empty() || ax.inputs[0].len() != 1 {
+            return Ok(None);
+        }
+        match ax.outputs[0].as_slice() {
+            [] if a_fact.shape[i].is_one() => {}
+            [o] if last_out.is_none_or(|l| l < *o) => last_out = Some(*o),
+            _ => return Ok(None),
+        }
+    }
+    for o in 0..out_rank - 1 {
+        let ax = axes.axis((InOut::Out(0), o))?;
+        if ax.inputs[0].is_empty() && (!ax.inputs[1].is_empty() || !out_fact.shape[o].is_one()) {
             return Ok(None);
         }
     }
@@ -228,7 +250,7 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
     let a0 = a0[0].round() as i32 + if a_dt == DatumType::I8 { 128 } else { 0 };
     let b0: Vec<i32> = b0.iter().map(|v| v.round() as i32 - if b_is_u8 { 128 } else { 0 }).collect();
     let scale: Vec<f32> = b_scale.iter().map(|bs| a_scale[0] * bs).collect();
-    let out_dt = model.outlet_fact(OutletId::new(node.id, 0))?.datum_type;
+    let out_dt = out_fact.datum_type;
     Ok(Some(PupilQMatMul {
         packed: Arc::new(packed),
         isa,
@@ -240,5 +262,6 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
         c0: c0[0],
         bias: bias.clone(),
         out_dt,
+        out_shape: out_fact.shape.iter().cloned().collect(),
     }))
 }
