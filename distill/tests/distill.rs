@@ -122,7 +122,10 @@ fn a_stopped_run_resumes_where_it_left_off() {
     assert_eq!(resumed.resumed_from, Some(1));
     assert_eq!(resumed.epochs, 3);
     assert_eq!(resumed.history.len(), 3);
-    assert_eq!(resumed.history[0], first.history[0], "history before the stop was lost");
+    // History before the stop survives the checkpoint (f64s round-trip through JSON, so compare with a tolerance).
+    let (h0, f0) = (&resumed.history[0], &first.history[0]);
+    assert_eq!((h0.epoch, h0.heldout), (f0.epoch, f0.heldout), "history before the stop was lost");
+    assert!((h0.loss - f0.loss).abs() < 1e-9, "epoch-1 loss changed across the checkpoint");
     assert!(out.exists());
     // Epochs 2–3 continued from the checkpoint: the result matches the uninterrupted run.
     let (a, b) = (resumed.history[2].loss, reference.history[2].loss);
