@@ -117,6 +117,7 @@ fn three_way_report_separates_the_gaps_and_writes_json_and_charts() {
     ]);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    println!("{out}"); // shown with --nocapture: what the report looks like
     assert!(out.contains("PASS: every threshold holds"), "{out}");
     assert!(out.contains("every shared layer stays above 20 dB"), "{out}");
 
@@ -183,6 +184,7 @@ fn layers_flag_names_the_damaged_layer() {
         "--layers",
     ]);
     let (out, _) = text(&o);
+    println!("{out}");
     assert!(out.contains("first layer below 20 dB: `fc1` (Gemm)"), "{out}");
 }
 
