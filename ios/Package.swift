@@ -13,7 +13,7 @@ let package = Package(
         // libpupil_bindings.a for device, simulator (arm64 + x86_64 fat) and the C header + module map of the
         // `PupilBindingsFFI` module the generated Swift imports.
         .binaryTarget(name: "PupilBindingsFFI", path: "PupilBindingsFFI.xcframework"),
-        // Generated (Sources/Pupil/pupil.swift, by bindings/scripts/generate.sh) + hand-written (PupilModel.swift).
+        // Generated (Sources/Pupil/Pupil.swift, by bindings/scripts/generate.sh) + hand-written (PupilModel.swift).
         .target(
             name: "Pupil",
             dependencies: ["PupilBindingsFFI"],

@@ -2,7 +2,7 @@
 # Generates pupil's Kotlin and Swift bindings from the host build of libpupil_bindings with the workspace's
 # uniffi-bindgen, into the committed locations:
 #   android/pupil/src/main/kotlin/dev/pupil/ffi/pupil.kt      (Kotlin, package dev.pupil.ffi)
-#   ios/Sources/Pupil/pupil.swift                              (Swift)
+#   ios/Sources/Pupil/Pupil.swift                              (Swift)
 #   ios/include/PupilBindingsFFI.h, ios/include/module.modulemap (C header + module map for the XCFramework)
 #
 #   bindings/scripts/generate.sh           regenerate and overwrite
@@ -27,7 +27,7 @@ trap 'rm -rf "$out"' EXIT
 
 declare -A files=(
     ["$out/kotlin/dev/pupil/ffi/pupil.kt"]="android/pupil/src/main/kotlin/dev/pupil/ffi/pupil.kt"
-    ["$out/swift/pupil.swift"]="ios/Sources/Pupil/pupil.swift"
+    ["$out/swift/Pupil.swift"]="ios/Sources/Pupil/Pupil.swift"
     ["$out/swift/PupilBindingsFFI.h"]="ios/include/PupilBindingsFFI.h"
     ["$out/swift/PupilBindingsFFI.modulemap"]="ios/include/module.modulemap"
 )

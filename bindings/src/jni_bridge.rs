@@ -191,9 +191,9 @@ fn direct_region(
     if buf.is_null() {
         return Err(JniFailure::Argument(format!("{what} buffer must not be null")));
     }
-    let addr = env.get_direct_buffer_address(buf).map_err(|_| {
-        JniFailure::Argument(format!("{what} must be a direct ByteBuffer (ByteBuffer.allocateDirect)"))
-    })?;
+    let addr = env
+        .get_direct_buffer_address(buf)
+        .map_err(|_| JniFailure::Argument(format!("{what} must be a direct ByteBuffer (ByteBuffer.allocateDirect)")))?;
     let capacity = env.get_direct_buffer_capacity(buf)?;
     if offset < 0 || offset as usize + len > capacity {
         return Err(JniFailure::Argument(format!(

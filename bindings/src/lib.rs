@@ -16,6 +16,7 @@ uniffi::setup_scaffolding!("pupil");
 pub mod error;
 pub mod jni_bridge;
 pub mod predictor;
+pub mod reports;
 pub mod tensor;
 
 pub use error::PupilError;
@@ -23,6 +24,7 @@ pub use predictor::{
     ClassScore, DeviceInfo, ElementKind, ModelSummary, PredictionResult, Predictor, PredictorOptions, TensorDim,
     TensorInfo,
 };
+pub use reports::{GapSummary, OperatorShare, ParityGap, ParityReport, ProfileReport};
 
 /// Versions of the library: pupil-runtime's and tract's.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]

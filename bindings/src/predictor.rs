@@ -96,9 +96,13 @@ fn class_score(c: &pupil_runtime::Class) -> ClassScore {
 /// One dimension of a tensor.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
 pub enum TensorDim {
-    Fixed { size: u64 },
+    Fixed {
+        size: u64,
+    },
     /// A symbolic dimension such as the batch size `N`.
-    Symbol { name: String },
+    Symbol {
+        name: String,
+    },
 }
 
 /// Element types a tensor may have.

@@ -184,7 +184,8 @@ impl Predictor {
     /// Times `runs` predictions (after 10 warm-up runs) and, when `op_runs > 0`, each operator.
     pub fn profile(&self, runs: u32, op_runs: u32) -> Result<ProfileReport, PupilError> {
         guard("profile", || {
-            let options = ProfileOptions { runs: runs as usize, op_runs: op_runs as usize, ..ProfileOptions::default() };
+            let options =
+                ProfileOptions { runs: runs as usize, op_runs: op_runs as usize, ..ProfileOptions::default() };
             let r = self.model().profile(&options)?;
             let json = serde_json::to_string(&r).map_err(|e| PupilError::Internal(e.to_string()))?;
             let top_operators = r

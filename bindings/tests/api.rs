@@ -42,7 +42,10 @@ fn predict_equals_the_runtime_bit_for_bit() {
         assert_eq!(got.top.len(), 4, "top_k 5 is capped at the 4 classes");
         assert_eq!(p.run(le(&x)).unwrap(), le(&m.run(&x).unwrap()));
         let top2 = p.top_k(le(&x), 2).unwrap();
-        assert_eq!(top2.iter().map(|c| c.index as usize).collect::<Vec<_>>(), vec![want.top[0].index, want.top[1].index]);
+        assert_eq!(
+            top2.iter().map(|c| c.index as usize).collect::<Vec<_>>(),
+            vec![want.top[0].index, want.top[1].index]
+        );
     }
     let batch: Vec<f32> = (0..3).flat_map(input).collect();
     let results = p.predict_batch(le(&batch)).unwrap();
@@ -70,7 +73,10 @@ fn bad_inputs_are_typed_errors_naming_the_problem() {
         Err(PupilError::ImageSize(m)) => assert!(m.contains("16 bytes") && m.contains("got 12"), "{m}"),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(Predictor::from_bytes(b"nope".to_vec(), PredictorOptions::default()), Err(PupilError::NotOnnx(_))));
+    assert!(matches!(
+        Predictor::from_bytes(b"nope".to_vec(), PredictorOptions::default()),
+        Err(PupilError::NotOnnx(_))
+    ));
     let zero = PredictorOptions { threads: 0, ..PredictorOptions::default() };
     assert!(matches!(Predictor::from_bytes(model_bytes(), zero), Err(PupilError::Options(m)) if m.contains("threads")));
     let fixed3 = PredictorOptions { batch: Some(0), ..PredictorOptions::default() };
