@@ -106,7 +106,16 @@ fn run(model: &TypedModel, input: &Tensor) -> Vec<f32> {
 }
 
 /// `f32 → QuantizeLinear → MatMulInteger → Cast f32`: integer all the way, so pupil must equal tract exactly.
-fn matmul_integer_model(m: usize, k: usize, n: usize, a_signed: bool, w_signed: bool, az: i32, wz: i32, seed: u64) -> Vec<u8> {
+fn matmul_integer_model(
+    m: usize,
+    k: usize,
+    n: usize,
+    a_signed: bool,
+    w_signed: bool,
+    az: i32,
+    wz: i32,
+    seed: u64,
+) -> Vec<u8> {
     let mut rng = zoo::Rng::new(seed);
     let mut b = GraphBuilder::new("mmi");
     let x = b.input("input", &[Dim::Fixed(m), Dim::Fixed(k)]);

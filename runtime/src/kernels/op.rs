@@ -225,10 +225,8 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
     for slot in 2..9 {
         let Some(t) = konst(model, node.inputs[slot]) else { return Ok(None) };
         let Some(v) = floats(&t) else { return Ok(None) };
-        let per_column_ok = matches!(slot, 2 | 5 | 6)
-            && v.len() == n
-            && n > 1
-            && axes.axis((InOut::In(slot), 0))?.repr == n_axis.repr;
+        let per_column_ok =
+            matches!(slot, 2 | 5 | 6) && v.len() == n && n > 1 && axes.axis((InOut::In(slot), 0))?.repr == n_axis.repr;
         if v.len() != 1 && !per_column_ok {
             return Ok(None);
         }

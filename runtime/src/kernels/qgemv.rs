@@ -389,7 +389,9 @@ mod arm {
         let quads = p.kp / 4;
         let panels = p.np / PANEL;
         let shifted: Vec<i32> = (0..quads)
-            .map(|q| i32::from_le_bytes([a[q * 4] ^ 0x80, a[q * 4 + 1] ^ 0x80, a[q * 4 + 2] ^ 0x80, a[q * 4 + 3] ^ 0x80]))
+            .map(|q| {
+                i32::from_le_bytes([a[q * 4] ^ 0x80, a[q * 4 + 1] ^ 0x80, a[q * 4 + 2] ^ 0x80, a[q * 4 + 3] ^ 0x80])
+            })
             .collect();
         // SAFETY (whole body): pointers stay inside `p.data`, `shifted` and `out`, as checked by the caller.
         unsafe {

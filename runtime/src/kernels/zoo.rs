@@ -116,11 +116,7 @@ pub fn cnn(seed: u64) -> GraphBuilder {
     for (l, cout) in [32usize, 64].into_iter().enumerate() {
         let c = conv(&mut b, &mut rng, &x, &format!("conv{l}"), cin, cout, 3, 1, 1);
         let r = b.op("Relu", &[&c], &[]);
-        x = b.op(
-            "MaxPool",
-            &[&r],
-            &[("kernel_shape", Attr::Ints(vec![2, 2])), ("strides", Attr::Ints(vec![2, 2]))],
-        );
+        x = b.op("MaxPool", &[&r], &[("kernel_shape", Attr::Ints(vec![2, 2])), ("strides", Attr::Ints(vec![2, 2]))]);
         cin = cout;
     }
     let flat = b.op("Flatten", &[&x], &[("axis", Attr::Int(1))]);
@@ -199,7 +195,8 @@ pub fn mlp_int8(sizes: &[usize], seed: u64, calibration: usize) -> GraphBuilder 
                 r.1 = r.1.max(*v);
             }
             let (k, n) = (sizes[l], sizes[l + 1]);
-            let mut y: Vec<f32> = (0..n).map(|j| bs[l][j] + (0..k).map(|i| ws[l][j * k + i] * x[i]).sum::<f32>()).collect();
+            let mut y: Vec<f32> =
+                (0..n).map(|j| bs[l][j] + (0..k).map(|i| ws[l][j * k + i] * x[i]).sum::<f32>()).collect();
             let r = &mut out_ranges[l];
             for v in &y {
                 r.0 = r.0.min(*v);

@@ -190,13 +190,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-fn bench_one(
-    e: &Entry,
-    threads: usize,
-    args: &Args,
-    use_ort: bool,
-    input_seed: u64,
-) -> anyhow::Result<Row> {
+fn bench_one(e: &Entry, threads: usize, args: &Args, use_ort: bool, input_seed: u64) -> anyhow::Result<Row> {
     // Cold start: load + optimise + first inference.
     let (tract, t_load) = load_pupil(&e.bytes, threads, Acceleration::Off)?;
     let mut rng = zoo::Rng::new(input_seed);
@@ -373,13 +367,8 @@ fn markdown(r: &Report) -> String {
 }
 
 fn header(r: &Report) -> String {
-    let mut s = format!(
-        "{} ({}, {} cores; SIMD: {})\n",
-        r.device.cpu,
-        r.device.arch,
-        r.device.cores,
-        r.device.simd.join(" ")
-    );
+    let mut s =
+        format!("{} ({}, {} cores; SIMD: {})\n", r.device.cpu, r.device.arch, r.device.cores, r.device.simd.join(" "));
     match (&r.ort, &r.ort_skipped_because) {
         (Some(v), _) => s.push_str(&format!("ONNX Runtime {v}\n")),
         (None, Some(why)) => s.push_str(&format!("ONNX Runtime skipped: {why}\n")),
