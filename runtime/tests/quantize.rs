@@ -175,7 +175,8 @@ fn cnn_f32() -> &'static Vec<u8> {
             (0..8 * 9).map(|_| rng.normal() * 0.5).collect(),
             (0..16 * 8 * 9).map(|_| rng.normal() * 0.2).collect(),
         ];
-        let conv_bias: Vec<Vec<f32>> = vec![(0..8).map(|_| rng.normal() * 0.05).collect(), (0..16).map(|_| rng.normal() * 0.05).collect()];
+        let conv_bias: Vec<Vec<f32>> =
+            vec![(0..8).map(|_| rng.normal() * 0.05).collect(), (0..16).map(|_| rng.normal() * 0.05).collect()];
         let build = |fc: &[f32], fc_bias: &[f32]| {
             let mut w = |l: usize, i: usize| -> f32 {
                 if l < 2 {
@@ -249,7 +250,10 @@ fn assert_kernels(bytes: &[u8], expected_integer: usize, expected_float: usize) 
         }
         // Nothing is recomputed from constants on every run (weights are pre-packed, never dequantized per run).
         if !node.op_is::<Const>() && !node.inputs.is_empty() {
-            assert!(!node.inputs.iter().all(|i| typed.node(i.node).op_is::<Const>()), "per-run op on constants: {node}");
+            assert!(
+                !node.inputs.iter().all(|i| typed.node(i.node).op_is::<Const>()),
+                "per-run op on constants: {node}"
+            );
         }
     }
     assert_eq!((integer, float), (expected_integer, expected_float), "(integer, f32) matrix products");
@@ -268,7 +272,14 @@ fn mlp_static_int8_agrees_and_runs_on_integer_kernels() {
     assert_eq!(report.quantized_nodes(), 3);
     assert_eq!(report.nodes.iter().filter(|n| matches!(n.outcome, NodeOutcome::Folded { .. })).count(), 2);
     assert!(report.kernels.iter().all(|k| k.expected_integer && k.integer), "{:#?}", report.kernels);
-    let ops: Vec<String> = pupil_runtime::model::decode_onnx(&bytes).unwrap().graph.unwrap().node.iter().map(|n| n.op_type.clone()).collect();
+    let ops: Vec<String> = pupil_runtime::model::decode_onnx(&bytes)
+        .unwrap()
+        .graph
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type.clone())
+        .collect();
     // One QuantizeLinear at the input, no float round trip between the layers, no DequantizeLinear at all.
     assert_eq!(ops.iter().filter(|o| *o == "QuantizeLinear").count(), 1, "{ops:?}");
     assert_eq!(ops.iter().filter(|o| *o == "DequantizeLinear").count(), 0, "{ops:?}");
@@ -300,7 +311,14 @@ fn cnn_static_int8_agrees_and_runs_on_integer_kernels() {
     // visible share, so the file ratio is 0.30 here; the weight payload itself is int8 (checked below).
     assert!(report.size_ratio() <= 0.31, "size ratio {}", report.size_ratio());
     let proto = pupil_runtime::model::decode_onnx(&bytes).unwrap();
-    let weight_bytes: usize = proto.graph.unwrap().initializer.iter().filter(|t| t.data_type == pupil_runtime::onnx::dtype::F32 && t.dims.iter().product::<i64>() > 64).map(|t| t.raw_data.len()).sum();
+    let weight_bytes: usize = proto
+        .graph
+        .unwrap()
+        .initializer
+        .iter()
+        .filter(|t| t.data_type == pupil_runtime::onnx::dtype::F32 && t.dims.iter().product::<i64>() > 64)
+        .map(|t| t.raw_data.len())
+        .sum();
     assert_eq!(weight_bytes, 0, "no f32 weight tensor left");
 }
 
@@ -356,7 +374,9 @@ fn f16_variant_halves_the_file_and_agrees() {
         let reference = predictions(f32_bytes, &d.test.0[..500 * 784]);
         let (bytes, report) = quantize(f32_bytes, &QuantizeOptions::f16(), None).unwrap();
         assert!(report.size_ratio() <= 0.52, "ratio {}", report.size_ratio());
-        assert!(report.nodes.iter().filter(|n| n.op == "Gemm" || n.op == "Conv").all(|n| n.outcome == NodeOutcome::Half));
+        assert!(
+            report.nodes.iter().filter(|n| n.op == "Gemm" || n.op == "Conv").all(|n| n.outcome == NodeOutcome::Half)
+        );
         let agree = agreement(&reference, &predictions(&bytes, &d.test.0[..500 * 784]));
         assert!(agree >= 0.995, "agreement {agree}");
     }
@@ -370,7 +390,14 @@ fn keep_float_keeps_the_named_node_in_f32() {
     let last = report.nodes.iter().rfind(|n| n.op == "Gemm").unwrap();
     assert_eq!(last.outcome, NodeOutcome::KeptFloat { why: FloatReason::KeepFloat });
     assert_kernels(&bytes, 2, 1);
-    let ops: Vec<String> = pupil_runtime::model::decode_onnx(&bytes).unwrap().graph.unwrap().node.iter().map(|n| n.op_type.clone()).collect();
+    let ops: Vec<String> = pupil_runtime::model::decode_onnx(&bytes)
+        .unwrap()
+        .graph
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type.clone())
+        .collect();
     // fc0 stays requantized (fc1 consumes it in int8); fc1 feeds the f32 Gemm, so it accumulates in int32 and
     // rescales to f32 once.
     assert_eq!(ops.iter().filter(|o| *o == "Gemm").count(), 1, "{ops:?}");
@@ -385,7 +412,8 @@ fn keep_float_keeps_the_named_node_in_f32() {
 fn unsupported_operators_stay_float_and_are_reported() {
     // A Softmax at the end: no integer form, kept f32 and reported.
     let mut rng = Lcg(3);
-    let w: Vec<Vec<f32>> = vec![(0..784 * 16).map(|_| rng.normal() * 0.1).collect(), (0..16 * 10).map(|_| rng.normal()).collect()];
+    let w: Vec<Vec<f32>> =
+        vec![(0..784 * 16).map(|_| rng.normal() * 0.1).collect(), (0..16 * 10).map(|_| rng.normal()).collect()];
     let b = vec![vec![0.0; 16], vec![0.0; 10]];
     let mut g = zoo::mlp(&[784, 16, 10], &w, &b);
     let mut proto = g.build();
@@ -427,9 +455,15 @@ fn bad_input_is_refused_with_typed_errors() {
     );
     let mut nan = vec![0.0; 784];
     nan[3] = f32::NAN;
-    assert!(matches!(quantize_err(f32_bytes, &options, Some(&nan)), QuantizeError::NonFiniteCalibration { index: 3, .. }));
+    assert!(matches!(
+        quantize_err(f32_bytes, &options, Some(&nan)),
+        QuantizeError::NonFiniteCalibration { index: 3, .. }
+    ));
     let (int8, _) = quantize(f32_bytes, &options, Some(&data().train.0[..100 * 784])).unwrap();
-    assert!(matches!(quantize_err(&int8, &options, Some(&data().train.0[..784])), QuantizeError::AlreadyQuantized { .. }));
+    assert!(matches!(
+        quantize_err(&int8, &options, Some(&data().train.0[..784])),
+        QuantizeError::AlreadyQuantized { .. }
+    ));
     assert!(matches!(quantize_err(&int8, &QuantizeOptions::dynamic(), None), QuantizeError::AlreadyQuantized { .. }));
     let keep = QuantizeOptions { keep_float: vec!["no_such_node".into()], ..Default::default() };
     assert_eq!(

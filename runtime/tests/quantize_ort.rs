@@ -65,11 +65,15 @@ fn onnx_runtime_runs_the_quantized_models_with_the_same_predictions() {
                 .unwrap();
             if tag == "f16" && !out.status.success() {
                 // ONNX Runtime's CPU provider lacks f16 kernels for some operators (e.g. MaxPool, Gemm on x86).
-                eprintln!("{name} {tag}: ONNX Runtime refused: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+                eprintln!(
+                    "{name} {tag}: ONNX Runtime refused: {}",
+                    String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+                );
                 continue;
             }
             assert!(out.status.success(), "{name} {tag}: onnxruntime failed: {}", String::from_utf8_lossy(&out.stderr));
-            let ort: Vec<usize> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(|v| v.parse().unwrap()).collect();
+            let ort: Vec<usize> =
+                String::from_utf8_lossy(&out.stdout).split_whitespace().map(|v| v.parse().unwrap()).collect();
             let model = Model::from_bytes(&bytes, ModelOptions::default().with_batch(Batch::Symbolic)).unwrap();
             let tract: Vec<usize> = model.run_batch(&input).unwrap().chunks(10).map(argmax).collect();
             let agree = tract.iter().zip(&ort).filter(|(a, b)| a == b).count() as f64 / n as f64;

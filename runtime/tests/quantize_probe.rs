@@ -8,8 +8,12 @@ fn rnd(seed: &mut u64) -> f32 {
     ((*seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
 }
 
-fn i8s(n: usize, s: &mut u64) -> Vec<u8> { (0..n).map(|_| ((rnd(s) * 200.0) as i8) as u8).collect() }
-fn i32s(n: usize, s: &mut u64) -> Vec<u8> { (0..n).flat_map(|_| ((rnd(s) * 2000.0) as i32).to_le_bytes()).collect() }
+fn i8s(n: usize, s: &mut u64) -> Vec<u8> {
+    (0..n).map(|_| ((rnd(s) * 200.0) as i8) as u8).collect()
+}
+fn i32s(n: usize, s: &mut u64) -> Vec<u8> {
+    (0..n).flat_map(|_| ((rnd(s) * 2000.0) as i32).to_le_bytes()).collect()
+}
 
 /// form: 0 = QLinearConv 1x1 chain, 1 = QLinearMatMul chain, 2 = f32 gemm
 fn mlp(sizes: &[usize], form: u32) -> Vec<u8> {
@@ -34,14 +38,17 @@ fn mlp(sizes: &[usize], form: u32) -> Vec<u8> {
             let bias = b.init_f32(&format!("b{i}"), &[m], &vec![0.01; m]);
             let out = if i + 1 == layers { "logits".to_string() } else { b.fresh("add") };
             x = b.node("Add", &[&y, &bias], &[&out], &[]);
-            if i + 1 < layers { x = b.op("Relu", &[&x], &[]); }
+            if i + 1 < layers {
+                x = b.op("Relu", &[&x], &[]);
+            }
         }
         b.output("logits", &[n, Dim::Fixed(sizes[layers])]);
         return b.to_bytes();
     }
     if form == 2 {
-        let ws: Vec<Vec<f32>> = (0..layers).map(|i| (0..sizes[i]*sizes[i+1]).map(|_| rnd(&mut s)*0.1).collect()).collect();
-        let bs: Vec<Vec<f32>> = (0..layers).map(|i| (0..sizes[i+1]).map(|_| rnd(&mut s)*0.1).collect()).collect();
+        let ws: Vec<Vec<f32>> =
+            (0..layers).map(|i| (0..sizes[i] * sizes[i + 1]).map(|_| rnd(&mut s) * 0.1).collect()).collect();
+        let bs: Vec<Vec<f32>> = (0..layers).map(|i| (0..sizes[i + 1]).map(|_| rnd(&mut s) * 0.1).collect()).collect();
         let mut g = pupil_runtime::onnx::zoo::mlp(sizes, &ws, &bs);
         return g.to_bytes();
     }
@@ -92,11 +99,15 @@ fn dump(model: &Model) {
 
 fn time(model: &Model, len: usize) -> f64 {
     let x: Vec<f32> = (0..len).map(|i| (i % 7) as f32 * 0.1).collect();
-    for _ in 0..200 { model.run(&x).unwrap(); }
+    for _ in 0..200 {
+        model.run(&x).unwrap();
+    }
     let mut v = vec![];
     for _ in 0..15 {
         let t = std::time::Instant::now();
-        for _ in 0..200 { model.run(&x).unwrap(); }
+        for _ in 0..200 {
+            model.run(&x).unwrap();
+        }
         v.push(t.elapsed().as_secs_f64() * 1e6 / 200.0);
     }
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -112,7 +123,9 @@ fn probe() {
             std::fs::write(format!("/tmp/probe_{}_{form}.onnx", sizes[1]), &bytes).unwrap();
             let m = Model::from_bytes(&bytes, ModelOptions::default()).unwrap();
             println!("== sizes {sizes:?} form {form}: {:.1} us", time(&m, sizes[0]));
-            if std::env::var("DUMP").is_ok() { dump(&m); }
+            if std::env::var("DUMP").is_ok() {
+                dump(&m);
+            }
         }
     }
 }
@@ -132,8 +145,11 @@ fn cnn_q() -> Vec<u8> {
         let ys = b.init_f32(&format!("ys{l}"), &[], &[0.05]);
         let yz = b.init_raw(&format!("yz{l}"), &[], dtype::U8, vec![0]);
         let bias = b.init_raw(&format!("b{l}"), &[cout], dtype::I32, i32s(cout, &mut s));
-        q = b.op("QLinearConv", &[&q, &xs, &xz, &w, &ws, &wz, &ys, &yz, &bias],
-            &[("kernel_shape", Attr::Ints(vec![3, 3])), ("pads", Attr::Ints(vec![1, 1, 1, 1]))]);
+        q = b.op(
+            "QLinearConv",
+            &[&q, &xs, &xz, &w, &ws, &wz, &ys, &yz, &bias],
+            &[("kernel_shape", Attr::Ints(vec![3, 3])), ("pads", Attr::Ints(vec![1, 1, 1, 1]))],
+        );
         q = b.op("MaxPool", &[&q], &[("kernel_shape", Attr::Ints(vec![2, 2])), ("strides", Attr::Ints(vec![2, 2]))]);
         cin = cout;
     }
@@ -166,7 +182,9 @@ fn probe_cnn() {
     std::fs::write("/tmp/probe_cnn_q.onnx", &bytes).unwrap();
     let m = Model::from_bytes(&bytes, ModelOptions::default()).unwrap();
     println!("== cnn int8: {:.1} us", time(&m, 784));
-    if std::env::var("DUMP").is_ok() { dump(&m); }
+    if std::env::var("DUMP").is_ok() {
+        dump(&m);
+    }
     let mut seed = 3u64;
     let mut w = |_l: usize, _i: usize| rnd(&mut seed) * 0.1;
     let bytes = pupil_runtime::onnx::zoo::cnn(28, &[32, 64], 10, &mut w).to_bytes();

@@ -66,7 +66,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         activations: if args.i8_activations { ActivationType::I8 } else { ActivationType::U8 },
         keep_float: args.keep_float.clone(),
     };
-    let model_bytes = std::fs::read(&args.model).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.model.display()))?;
+    let model_bytes =
+        std::fs::read(&args.model).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.model.display()))?;
     let calibration = match (&args.calibrate, mode) {
         (Some(spec), Mode::Static) => {
             let model = Model::load(&args.model, ModelOptions::default())?;
@@ -117,7 +118,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         report.quantized_nodes(),
         report.nodes.len(),
         match report.calibration {
-            Some(c) => format!(", {c} calibration on {} examples, {} activations", report.calibration_examples, report.activations),
+            Some(c) => format!(
+                ", {c} calibration on {} examples, {} activations",
+                report.calibration_examples, report.activations
+            ),
             None => String::new(),
         }
     );
@@ -141,7 +145,14 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             (true, false) => "NO (expected)",
             (false, false) => "no",
         };
-        k.add_row(vec![r.node.clone(), r.op.clone(), r.kernel.clone(), r.accumulator.clone(), r.shape.clone(), mark.into()]);
+        k.add_row(vec![
+            r.node.clone(),
+            r.op.clone(),
+            r.kernel.clone(),
+            r.accumulator.clone(),
+            r.shape.clone(),
+            mark.into(),
+        ]);
     }
     println!("matrix products in tract's optimised graph (batch 1):\n{k}");
     for w in &report.warnings {

@@ -115,7 +115,11 @@ pub fn quantize_weight(w: f32, scale: f32) -> i8 {
 /// Quantizes a `[channels, per_channel]` row-major weight tensor symmetrically, one scale per channel
 /// (`per_channel = true`) or one for the whole tensor.
 pub fn quantize_weights(w: &[f32], channels: usize, per_channel: bool) -> QuantizedWeights {
-    assert!(channels > 0 && w.len() % channels == 0, "weights of {} values do not split in {channels} channels", w.len());
+    assert!(
+        channels > 0 && w.len() % channels == 0,
+        "weights of {} values do not split in {channels} channels",
+        w.len()
+    );
     let per = w.len() / channels;
     let absmax = |s: &[f32]| s.iter().fold(0f32, |m, v| if v.is_finite() { m.max(v.abs()) } else { m });
     let scales: Vec<f32> = if per_channel {

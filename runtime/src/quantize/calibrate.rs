@@ -34,7 +34,9 @@ impl Runner {
         let mut model = tract_onnx::onnx().model_for_proto_model(proto).map_err(|e| invalid(format!("{e:#}")))?;
         let n = model.symbols.sym("N").to_dim();
         let dims: TVec<TDim> = std::iter::once(n).chain(example_shape.iter().map(|d| d.to_dim())).collect();
-        model.set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), dims)).map_err(|e| invalid(format!("{e:#}")))?;
+        model
+            .set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), dims))
+            .map_err(|e| invalid(format!("{e:#}")))?;
         let mut outlets = vec![];
         let mut names = vec![];
         let mut is_input = vec![];

@@ -106,7 +106,8 @@ fn owner(tract_name: &str, onnx: &[(String, String)]) -> (String, String) {
     // attribute it to the integer product the quantizer emitted for the same layer.
     if !INTEGER_OPS.contains(&found.1.as_str())
         && let Some((base, _)) = found.0.split_once('.')
-        && let Some(n) = onnx.iter().find(|(n, op)| n.starts_with(&format!("{base}.")) && INTEGER_OPS.contains(&op.as_str()))
+        && let Some(n) =
+            onnx.iter().find(|(n, op)| n.starts_with(&format!("{base}.")) && INTEGER_OPS.contains(&op.as_str()))
     {
         return n.clone();
     }

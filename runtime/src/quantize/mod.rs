@@ -124,7 +124,9 @@ pub enum QuantizeError {
     #[error("the calibration set is empty")]
     EmptyCalibration,
     /// The calibration data does not split into examples of the model's input shape.
-    #[error("calibration data of {got} values does not split into examples of shape {example_shape:?} ({expected} values each)")]
+    #[error(
+        "calibration data of {got} values does not split into examples of shape {example_shape:?} ({expected} values each)"
+    )]
     CalibrationShape { expected: usize, got: usize, example_shape: Vec<usize> },
     /// A NaN or infinity in the calibration data.
     #[error("non-finite calibration value {value} at index {index}")]

@@ -24,14 +24,18 @@ pub fn example_shape(graph: &pb::GraphProto) -> Result<Vec<usize>> {
     let inits: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
     let inputs: Vec<&pb::ValueInfoProto> = graph.input.iter().filter(|i| !inits.contains(i.name.as_str())).collect();
     if inputs.len() != 1 {
-        return Err(unsupported(format!("pupil quantizes single-input models, this one has {} inputs", inputs.len())).into());
+        return Err(
+            unsupported(format!("pupil quantizes single-input models, this one has {} inputs", inputs.len())).into()
+        );
     }
     let input = inputs[0];
     let Some(Value::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
         return Err(unsupported(format!("input `{}` has no tensor type", input.name)).into());
     };
     if t.elem_type != dtype::F32 {
-        return Err(unsupported(format!("input `{}` must be f32, its element type is {}", input.name, t.elem_type)).into());
+        return Err(
+            unsupported(format!("input `{}` must be f32, its element type is {}", input.name, t.elem_type)).into()
+        );
     }
     let dims = t.shape.as_ref().map(|s| s.dim.clone()).unwrap_or_default();
     if dims.len() < 2 {
@@ -123,7 +127,11 @@ fn analyse(node: &pb::NodeProto, inits: &HashMap<&str, &pb::TensorProto>) -> std
             }
             let alpha = if kind == Kind::Gemm { attr_f(node, "alpha", 1.0) } else { 1.0 };
             let beta = if kind == Kind::Gemm { attr_f(node, "beta", 1.0) } else { 1.0 };
-            let (m, k) = if trans_b { (w.dims[0] as usize, w.dims[1] as usize) } else { (w.dims[1] as usize, w.dims[0] as usize) };
+            let (m, k) = if trans_b {
+                (w.dims[0] as usize, w.dims[1] as usize)
+            } else {
+                (w.dims[1] as usize, w.dims[0] as usize)
+            };
             let mut weight = vec![0f32; m * k];
             for r in 0..m {
                 for c in 0..k {
@@ -155,7 +163,9 @@ fn analyse(node: &pb::NodeProto, inits: &HashMap<&str, &pb::TensorProto>) -> std
             let k = wdata.len() / m.max(1);
             let bias = match bias_init {
                 Some(b) if b.len() == m => Some(b),
-                Some(b) => return Err(FloatReason::Unsupported(format!("bias of {} values for {m} channels", b.len()))),
+                Some(b) => {
+                    return Err(FloatReason::Unsupported(format!("bias of {} values for {m} channels", b.len())));
+                }
                 None => None,
             };
             Ok(Compute {
@@ -322,7 +332,13 @@ impl Builder {
             return name.to_string();
         }
         if let Some(q) = self.quantized.get(name).cloned() {
-            self.node(format!("{name}.dequantize"), "DequantizeLinear", &[&q.name, &q.scale, &q.zero_point], &[name], vec![]);
+            self.node(
+                format!("{name}.dequantize"),
+                "DequantizeLinear",
+                &[&q.name, &q.scale, &q.zero_point],
+                &[name],
+                vec![],
+            );
             self.float.insert(name.to_string());
         }
         name.to_string()
@@ -333,7 +349,8 @@ impl Builder {
         if let Some(q) = self.quantized.get(name) {
             return Ok(q.clone());
         }
-        let (lo, hi) = *ranges.get(name).ok_or_else(|| unsupported(format!("no calibrated range for tensor `{name}`")))?;
+        let (lo, hi) =
+            *ranges.get(name).ok_or_else(|| unsupported(format!("no calibrated range for tensor `{name}`")))?;
         let q = QParams::from_range(lo, hi, self.act);
         let f = self.float(name);
         let qname = format!("{name}.q");
@@ -398,7 +415,12 @@ pub fn quantize_graph(
         nodes: vec![],
         inits: vec![],
         quantized: HashMap::new(),
-        float: graph.initializer.iter().map(|t| t.name.clone()).chain(real_input.iter().map(|s| s.to_string())).collect(),
+        float: graph
+            .initializer
+            .iter()
+            .map(|t| t.name.clone())
+            .chain(real_input.iter().map(|s| s.to_string()))
+            .collect(),
         dynamic: HashMap::new(),
         act: if ranges.is_some() { options.activations } else { ActivationType::U8 },
     };
@@ -516,8 +538,10 @@ fn emit_static(
     let qx = b.quantized(&c.x, ranges)?;
     let w = quantize_weights(&c.weight, c.m, options.per_channel);
     let wscale = |ch: usize| if options.per_channel { w.scales[ch] } else { w.scales[0] };
-    let bias_q: Option<Vec<i32>> =
-        c.bias.as_ref().map(|bias| bias.iter().enumerate().map(|(ch, v)| quantize_bias(*v, qx.q.scale, wscale(ch))).collect());
+    let bias_q: Option<Vec<i32>> = c
+        .bias
+        .as_ref()
+        .map(|bias| bias.iter().enumerate().map(|(ch, v)| quantize_bias(*v, qx.q.scale, wscale(ch))).collect());
     let nscale = w.scales.len() as i64;
     let wscale_dims: Vec<i64> = if options.per_channel { vec![nscale] } else { vec![] };
     let wscale_name = format!("{base}.weight_scale");
@@ -530,8 +554,9 @@ fn emit_static(
     if quantized_out || c.kind == Kind::Conv {
         // Requantized output: QLinearConv / QLinearMatMul.
         let out_name = if quantized_out { final_out.clone() } else { c.out.clone() };
-        let (lo, hi) =
-            *ranges.get(&out_name).ok_or_else(|| unsupported(format!("no calibrated range for tensor `{out_name}`")))?;
+        let (lo, hi) = *ranges
+            .get(&out_name)
+            .ok_or_else(|| unsupported(format!("no calibrated range for tensor `{out_name}`")))?;
         let lo = if quantized_out && relu.is_some() { lo.max(0.0) } else { lo };
         let qy = QParams::from_range(lo, hi, b.act);
         let qname = format!("{out_name}.q");
@@ -544,16 +569,8 @@ fn emit_static(
             Kind::Conv => {
                 let wname = format!("{base}.weight_i8");
                 b.inits.push(tensor(&wname, &c.weight_dims, dtype::I8, bytes_i8(&w.values)));
-                let mut inputs: Vec<&str> = vec![
-                    qx.name.as_str(),
-                    &qx.scale,
-                    &qx.zero_point,
-                    &wname,
-                    &wscale_name,
-                    &wzp_name,
-                    &ys,
-                    &yz,
-                ];
+                let mut inputs: Vec<&str> =
+                    vec![qx.name.as_str(), &qx.scale, &qx.zero_point, &wname, &wscale_name, &wzp_name, &ys, &yz];
                 if bias_q.is_some() {
                     inputs.push(&bias_name);
                 }
@@ -565,23 +582,35 @@ fn emit_static(
                 let wname = format!("{base}.weight_i8");
                 b.inits.push(tensor(&wname, &[c.m as i64, c.k as i64, 1, 1], dtype::I8, bytes_i8(&w.values)));
                 let s4 = format!("{base}.shape_nk11");
-                b.inits.push(tensor(&s4, &[4], dtype::I64, [0i64, c.k as i64, 1, 1].iter().flat_map(|v| v.to_le_bytes()).collect()));
+                b.inits.push(tensor(
+                    &s4,
+                    &[4],
+                    dtype::I64,
+                    [0i64, c.k as i64, 1, 1].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ));
                 let x4 = format!("{}.nk11", qx.name);
                 b.node(format!("{base}.to_nk11"), "Reshape", &[&qx.name, &s4], &[&x4], vec![]);
                 let y4 = format!("{qname}.nm11");
-                let mut inputs: Vec<&str> = vec![x4.as_str(), &qx.scale, &qx.zero_point, &wname, &wscale_name, &wzp_name, &ys, &yz];
+                let mut inputs: Vec<&str> =
+                    vec![x4.as_str(), &qx.scale, &qx.zero_point, &wname, &wscale_name, &wzp_name, &ys, &yz];
                 if bias_q.is_some() {
                     inputs.push(&bias_name);
                 }
                 b.node(format!("{base}.qlinear"), "QLinearConv", &inputs, &[&y4], vec![]);
                 let s2 = format!("{base}.shape_nm");
-                b.inits.push(tensor(&s2, &[2], dtype::I64, [0i64, c.m as i64].iter().flat_map(|v| v.to_le_bytes()).collect()));
+                b.inits.push(tensor(
+                    &s2,
+                    &[2],
+                    dtype::I64,
+                    [0i64, c.m as i64].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ));
                 b.node(format!("{base}.to_nm"), "Reshape", &[&y4, &s2], &[&qname], vec![]);
                 "Reshape → QLinearConv 1×1 → Reshape"
             }
             Kind::MatMul => {
                 let wname = b.weights_km(&format!("{base}.weight_i8"), &w.values, c.m, c.k);
-                let inputs: [&str; 8] = [qx.name.as_str(), &qx.scale, &qx.zero_point, &wname, &wscale_name, &wzp_name, &ys, &yz];
+                let inputs: [&str; 8] =
+                    [qx.name.as_str(), &qx.scale, &qx.zero_point, &wname, &wscale_name, &wzp_name, &ys, &yz];
                 b.node(format!("{base}.qlinear"), "QLinearMatMul", &inputs, &[&qname], vec![]);
                 "QLinearMatMul"
             }
@@ -709,7 +738,11 @@ pub fn to_f16(proto: &pb::ModelProto) -> Result<(pb::ModelProto, Vec<NodeReport>
         reports.push(NodeReport {
             node: node_base(node, i),
             op: node.op_type.clone(),
-            outcome: if has_weights { NodeOutcome::Half } else { NodeOutcome::KeptFloat { why: FloatReason::NoIntegerForm } },
+            outcome: if has_weights {
+                NodeOutcome::Half
+            } else {
+                NodeOutcome::KeptFloat { why: FloatReason::NoIntegerForm }
+            },
             output_range: None,
         });
         nodes.push(node.clone());
