@@ -223,7 +223,7 @@ pub(crate) fn run(job: &Job, teacher_path: Option<&Path>) -> Result<Outcome> {
                 });
             }
             if let Some(labels) = &data.labels {
-                let l = logits.detach().into_data().convert::<f32>().into_vec::<f32>().unwrap_or_default();
+                let l = logits.detach().into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
                 correct += idx
                     .iter()
                     .enumerate()
@@ -483,7 +483,7 @@ pub(crate) fn infer(net: &Net, inputs: &[f32], per: usize) -> Vec<f32> {
         let end = (start + 1000).min(n);
         let x = Tensor::<2>::from_data(TensorData::new(inputs[start * per..end * per].to_vec(), [end - start, per]), &device);
         let y = valid.forward(x);
-        out.extend(y.into_data().convert::<f32>().into_vec::<f32>().expect("f32 logits"));
+        out.extend(y.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 logits"));
     }
     out
 }

@@ -183,7 +183,7 @@ impl Net {
 }
 
 fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 tensor data")
+    t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 tensor data")
 }
 
 /// A network's weights as plain arrays (what the ONNX exporter writes).
