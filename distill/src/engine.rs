@@ -128,7 +128,8 @@ pub(crate) fn run(job: &Job, teacher_path: Option<&Path>) -> Result<Outcome> {
     if job.resume && state_path.exists() {
         let state: CheckpointState = serde_json::from_slice(&std::fs::read(&state_path).map_err(io(&state_path))?)
             .map_err(|e| DistillError::Checkpoint { path: state_path.clone(), reason: e.to_string() })?;
-        let mismatch = |reason: &str| DistillError::CheckpointMismatch { path: ckpt_dir.clone(), reason: reason.into() };
+        let mismatch =
+            |reason: &str| DistillError::CheckpointMismatch { path: ckpt_dir.clone(), reason: reason.into() };
         if state.recipe_toml != recipe_toml {
             return Err(mismatch("the recipe differs"));
         }
@@ -311,9 +312,11 @@ pub(crate) fn run(job: &Job, teacher_path: Option<&Path>) -> Result<Outcome> {
         net = net.shift_output_bias(s.class, s.shift);
     }
     let heldout = job.heldout.as_ref().map(|h| evaluate(&net, h));
-    let preprocess = job.preprocess.clone().or_else(|| teacher_meta.as_ref().and_then(|m| m.preprocess.clone())).or_else(|| {
-        (input_len == 784).then(|| PreprocessSpec::mnist(Layout::Nchw))
-    });
+    let preprocess = job
+        .preprocess
+        .clone()
+        .or_else(|| teacher_meta.as_ref().and_then(|m| m.preprocess.clone()))
+        .or_else(|| (input_len == 784).then(|| PreprocessSpec::mnist(Layout::Nchw)));
     let labels = job
         .labels
         .clone()
@@ -321,7 +324,8 @@ pub(crate) fn run(job: &Job, teacher_path: Option<&Path>) -> Result<Outcome> {
         .or_else(|| teacher_meta.as_ref().and_then(|m| m.labels.clone()).filter(|c| c.len() == classes))
         .unwrap_or_else(|| (0..classes).map(|c| c.to_string()).collect());
     let weights = net.valid().weights();
-    let graph = export::build_onnx(&recipe.name, &weights, recipe.model.input_shape(), preprocess.as_ref(), Some(&labels));
+    let graph =
+        export::build_onnx(&recipe.name, &weights, recipe.model.input_shape(), preprocess.as_ref(), Some(&labels));
     let bytes = graph.to_bytes();
     let check = job.heldout.as_ref().unwrap_or(&data);
     let k = job.parity_examples.min(check.len()).max(1);
@@ -481,7 +485,10 @@ pub(crate) fn infer(net: &Net, inputs: &[f32], per: usize) -> Vec<f32> {
     let mut out = Vec::new();
     for start in (0..n).step_by(1000) {
         let end = (start + 1000).min(n);
-        let x = Tensor::<2>::from_data(TensorData::new(inputs[start * per..end * per].to_vec(), [end - start, per]), &device);
+        let x = Tensor::<2>::from_data(
+            TensorData::new(inputs[start * per..end * per].to_vec(), [end - start, per]),
+            &device,
+        );
         let y = valid.forward(x);
         out.extend(y.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 logits"));
     }
@@ -498,7 +505,9 @@ fn score(logits: &[f32], data: &crate::Dataset) -> Eval {
     let n = data.len();
     let classes = logits.len() / n.max(1);
     let errors = match &data.labels {
-        Some(labels) => (0..n).filter(|&i| argmax(&logits[i * classes..(i + 1) * classes]) != labels[i] as usize).count(),
+        Some(labels) => {
+            (0..n).filter(|&i| argmax(&logits[i * classes..(i + 1) * classes]) != labels[i] as usize).count()
+        }
         None => 0,
     };
     Eval { examples: n, errors, accuracy: 1.0 - errors as f64 / n.max(1) as f64 }
@@ -515,7 +524,9 @@ pub fn eval_onnx(path: &Path, data: &crate::Dataset) -> Result<Eval> {
     let per = data.example_len();
     let mut logits = Vec::new();
     for chunk in data.inputs.chunks(per * 1000) {
-        logits.extend(model.run_batch(chunk).map_err(|source| DistillError::Teacher { path: path.to_path_buf(), source })?);
+        logits.extend(
+            model.run_batch(chunk).map_err(|source| DistillError::Teacher { path: path.to_path_buf(), source })?,
+        );
     }
     Ok(score(&logits, data))
 }
@@ -524,7 +535,8 @@ fn load_module(net: Net, path: &Path) -> Result<Net> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     let record = burn::store::ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes))
         .map_err(|e| DistillError::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })?;
-    net.try_load_record(record).map_err(|e| DistillError::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })
+    net.try_load_record(record)
+        .map_err(|e| DistillError::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 /// Writes `epoch-NNNN/{model,optim}.bpk`, then `state.json` atomically, then removes older epoch directories.
@@ -550,5 +562,6 @@ fn save_checkpoint(dir: &Path, net: &Net, optim: &ModuleOptimizer, state: Checkp
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
-    pupil_runtime::onnx::write_atomic(path, bytes).map_err(|e| DistillError::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })
+    pupil_runtime::onnx::write_atomic(path, bytes)
+        .map_err(|e| DistillError::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })
 }

@@ -46,9 +46,13 @@ pub enum DistillError {
     NonFiniteLoss { value: f32, epoch: usize, batch: usize, last_good: usize, checkpoint: PathBuf },
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
-    #[error("the checkpoint in {path} was made by a different recipe or data set ({reason}); delete it or run without --resume")]
+    #[error(
+        "the checkpoint in {path} was made by a different recipe or data set ({reason}); delete it or run without --resume"
+    )]
     CheckpointMismatch { path: PathBuf, reason: String },
-    #[error("the exported ONNX {path} differs from the trained network by {max_diff:e} (allowed {tolerance:e}) on {examples} examples")]
+    #[error(
+        "the exported ONNX {path} differs from the trained network by {max_diff:e} (allowed {tolerance:e}) on {examples} examples"
+    )]
     ExportParity { path: PathBuf, max_diff: f32, tolerance: f32, examples: usize },
     #[error("exporting {path}: {source}")]
     Export {

@@ -99,5 +99,9 @@ pub fn parity(onnx: &[u8], path: &Path, inputs: &[f32], expected: &[f32]) -> Res
             expected.len()
         )));
     }
-    Ok(got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) }))
+    Ok(got
+        .iter()
+        .zip(expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) }))
 }

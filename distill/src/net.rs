@@ -43,7 +43,9 @@ impl Net {
                 let mut convs = Vec::new();
                 let (mut c, mut h, mut w) = (input[0], input[1], input[2]);
                 for &out in channels {
-                    let conv = Conv2dConfig::new([c, out], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device);
+                    let conv = Conv2dConfig::new([c, out], [3, 3])
+                        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                        .init(device);
                     let bn = batch_norm.then(|| BatchNormConfig::new(out).init(device));
                     let pool = (*pool == Pool::Max).then(|| MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init());
                     if pool.is_some() {

@@ -259,8 +259,8 @@ impl Default for DistillSettings {
 impl Recipe {
     /// Parses a recipe from TOML text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Recipe, DistillError> {
-        let recipe: Recipe =
-            toml::from_str(text).map_err(|e| DistillError::Recipe { origin: origin.to_string(), reason: e.to_string() })?;
+        let recipe: Recipe = toml::from_str(text)
+            .map_err(|e| DistillError::Recipe { origin: origin.to_string(), reason: e.to_string() })?;
         recipe.validate(origin)?;
         Ok(recipe)
     }
@@ -272,7 +272,8 @@ impl Recipe {
             return Recipe::from_toml(text, path_or_name);
         }
         let path = Path::new(path_or_name);
-        let text = std::fs::read_to_string(path).map_err(|source| DistillError::Io { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| DistillError::Io { path: path.to_path_buf(), source })?;
         Recipe::from_toml(&text, path_or_name)
     }
 
@@ -336,7 +337,12 @@ impl Recipe {
                     return bad("model.channels must be non-empty and positive, model.fc positive".into());
                 }
                 if *pool == Pool::Max && (input[1] >> channels.len() == 0 || input[2] >> channels.len() == 0) {
-                    return bad(format!("{} 2×2 poolings shrink a {}×{} input to nothing", channels.len(), input[1], input[2]));
+                    return bad(format!(
+                        "{} 2×2 poolings shrink a {}×{} input to nothing",
+                        channels.len(),
+                        input[1],
+                        input[2]
+                    ));
                 }
             }
         }

@@ -54,7 +54,8 @@ pub fn soft_targets(
     check_teacher(&model, teacher, data, classes)?;
     let teacher_sha256 = model.info().sha256.clone();
     let data_sha256 = data_sha256(data);
-    let cache_file = cache_dir.join(format!("teacher-{}-data-{}.safetensors", &teacher_sha256[..16], &data_sha256[..16]));
+    let cache_file =
+        cache_dir.join(format!("teacher-{}-data-{}.safetensors", &teacher_sha256[..16], &data_sha256[..16]));
     let n = data.len();
     if let Some(logits) = read_cache(&cache_file, n, classes) {
         tracing::info!("teacher outputs reused from {}", cache_file.display());
@@ -85,7 +86,15 @@ pub fn soft_targets(
     }
     bar.finish_and_clear();
     write_cache(&cache_file, &logits, n, classes, &teacher_sha256, &data_sha256)?;
-    Ok(TeacherOutputs { teacher: teacher.to_path_buf(), teacher_sha256, data_sha256, logits, classes, cache_file, from_cache: false })
+    Ok(TeacherOutputs {
+        teacher: teacher.to_path_buf(),
+        teacher_sha256,
+        data_sha256,
+        logits,
+        classes,
+        cache_file,
+        from_cache: false,
+    })
 }
 
 /// Fails with a typed error when the teacher's input or output width does not fit.
@@ -99,7 +108,11 @@ pub fn check_teacher(model: &Model, teacher: &Path, data: &Dataset, classes: usi
         });
     }
     if model.classes() != classes {
-        return Err(DistillError::TeacherClasses { teacher: teacher.to_path_buf(), expected: classes, got: model.classes() });
+        return Err(DistillError::TeacherClasses {
+            teacher: teacher.to_path_buf(),
+            expected: classes,
+            got: model.classes(),
+        });
     }
     Ok(())
 }
@@ -122,9 +135,14 @@ fn write_cache(path: &Path, logits: &[f32], n: usize, classes: usize, teacher: &
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![n, classes], &bytes)
         .map_err(|e| DistillError::Engine(format!("teacher cache: {e}")))?;
-    let meta = HashMap::from([("teacher_sha256".to_string(), teacher.to_string()), ("data_sha256".to_string(), data.to_string())]);
-    let out = safetensors::serialize([("logits", view)], Some(meta)).map_err(|e| DistillError::Engine(format!("teacher cache: {e}")))?;
-    pupil_runtime::onnx::write_atomic(path, &out).map_err(|source| DistillError::Export { path: path.to_path_buf(), source })
+    let meta = HashMap::from([
+        ("teacher_sha256".to_string(), teacher.to_string()),
+        ("data_sha256".to_string(), data.to_string()),
+    ]);
+    let out = safetensors::serialize([("logits", view)], Some(meta))
+        .map_err(|e| DistillError::Engine(format!("teacher cache: {e}")))?;
+    pupil_runtime::onnx::write_atomic(path, &out)
+        .map_err(|source| DistillError::Export { path: path.to_path_buf(), source })
 }
 
 /// `softmax(logits / t)` and its log, row by row, in f64 for accuracy.

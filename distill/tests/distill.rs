@@ -32,7 +32,8 @@ fn tiny() -> Recipe {
 /// A random-weight MLP teacher written with the runtime's zoo (for the bad-input tests).
 fn zoo_teacher(dir: &Path, inputs: usize, classes: usize) -> PathBuf {
     let sizes = [inputs, 8, classes];
-    let w: Vec<Vec<f32>> = (0..2).map(|l| (0..sizes[l] * sizes[l + 1]).map(|i| ((i * 7 % 13) as f32 - 6.0) / 50.0).collect()).collect();
+    let w: Vec<Vec<f32>> =
+        (0..2).map(|l| (0..sizes[l] * sizes[l + 1]).map(|i| ((i * 7 % 13) as f32 - 6.0) / 50.0).collect()).collect();
     let b: Vec<Vec<f32>> = (0..2).map(|l| vec![0.0; sizes[l + 1]]).collect();
     let path = dir.join(format!("teacher-{inputs}-{classes}.onnx"));
     std::fs::write(&path, pupil_runtime::onnx::zoo::mlp(&sizes, &w, &b).to_bytes()).unwrap();
@@ -184,7 +185,8 @@ fn bad_inputs_are_typed_errors_before_training() {
     assert!(matches!(e, DistillError::NoLabels { .. }), "{e}");
 
     // Unknown recipe key, and a bad value.
-    let text = pupil_distill::recipe::builtin("tiny").unwrap().replace("batch_size = 64", "batch_size = 64\nbatch_sise = 3");
+    let text =
+        pupil_distill::recipe::builtin("tiny").unwrap().replace("batch_size = 64", "batch_size = 64\nbatch_sise = 3");
     let e = Recipe::from_toml(&text, "typo.toml").unwrap_err();
     assert!(matches!(e, DistillError::Recipe { .. }) && e.to_string().contains("batch_sise"), "{e}");
     let text = pupil_distill::recipe::builtin("tiny").unwrap().replace("temperature = 4.0", "temperature = -1.0");

@@ -183,7 +183,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     });
 
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let report = Report { experiment: "hinton-mnist", command, rows, speed, minutes: started.elapsed().as_secs_f64() / 60.0 };
+    let report =
+        Report { experiment: "hinton-mnist", command, rows, speed, minutes: started.elapsed().as_secs_f64() / 60.0 };
     write_report(&args.results, &report)?;
     let mut t = table(&["row", "paper (errors/10k)", "pupil (errors/10k)", "epochs"]);
     for r in &report.rows {
@@ -198,7 +199,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     println!(
         "800-800 student training speed at batch 128: pupil {:.0} examples/s; PyTorch: {}",
         report.speed.pupil_examples_per_sec,
-        report.speed.pytorch_examples_per_sec.map(|s| format!("{s:.0} examples/s")).unwrap_or(report.speed.pytorch_note.clone())
+        report
+            .speed
+            .pytorch_examples_per_sec
+            .map(|s| format!("{s:.0} examples/s"))
+            .unwrap_or(report.speed.pytorch_note.clone())
     );
     println!("wrote {}/hinton-mnist.md and .json", args.results.display());
     Ok(0)
@@ -260,7 +265,8 @@ fn bias_sweep(model: &Path, test: &Dataset) -> anyhow::Result<(usize, usize, f32
 
 /// Times PyTorch on the same model and batch size, only if `python3 -c 'import torch'` works.
 fn pytorch_speed(mut s: Speed) -> Speed {
-    let ok = std::process::Command::new("python3").args(["-c", "import torch"]).output().is_ok_and(|o| o.status.success());
+    let ok =
+        std::process::Command::new("python3").args(["-c", "import torch"]).output().is_ok_and(|o| o.status.success());
     if !ok {
         s.pytorch_note = "not measured: PyTorch is not installed on this machine".into();
         return s;
@@ -320,7 +326,10 @@ fn write_report(dir: &Path, r: &Report) -> anyhow::Result<()> {
         r.speed.model,
         r.speed.batch,
         r.speed.pupil_examples_per_sec,
-        r.speed.pytorch_examples_per_sec.map(|s| format!("{s:.0} examples/s ({})", r.speed.pytorch_note)).unwrap_or(r.speed.pytorch_note.clone())
+        r.speed
+            .pytorch_examples_per_sec
+            .map(|s| format!("{s:.0} examples/s ({})", r.speed.pytorch_note))
+            .unwrap_or(r.speed.pytorch_note.clone())
     );
     md += &format!("\n## Rerun\n\n```\n{}\n```\n\nThe run took {:.1} minutes.\n", r.command, r.minutes);
     pupil_runtime::onnx::write_atomic(&dir.join("hinton-mnist.md"), md.as_bytes())?;

@@ -104,7 +104,12 @@ pub fn report(o: &Outcome, json: bool) -> anyhow::Result<()> {
     if let Some(t) = &o.teacher {
         let acc = t.heldout.map(|e| format!(", held-out {} errors / {}", e.errors, e.examples)).unwrap_or_default();
         let src = if t.from_cache { "cached" } else { "computed" };
-        println!("teacher {} (sha256 {}…){acc}; soft targets {src}: {}", t.path.display(), &t.sha256[..12], t.cache_file.display());
+        println!(
+            "teacher {} (sha256 {}…){acc}; soft targets {src}: {}",
+            t.path.display(),
+            &t.sha256[..12],
+            t.cache_file.display()
+        );
     }
     match (&o.model, &o.card) {
         (Some(m), Some(c)) => {
@@ -117,7 +122,11 @@ pub fn report(o: &Outcome, json: bool) -> anyhow::Result<()> {
                 println!("export parity: max |onnx − burn| = {d:.2e} ✓");
             }
         }
-        _ => println!("stopped after epoch {} (checkpoint in {}); continue with --resume", o.epochs, o.checkpoint_dir.display()),
+        _ => println!(
+            "stopped after epoch {} (checkpoint in {}); continue with --resume",
+            o.epochs,
+            o.checkpoint_dir.display()
+        ),
     }
     Ok(())
 }

@@ -8,10 +8,9 @@ use super::{DataError, Dataset, Split, io_err};
 fn read_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     let file = std::fs::File::open(path).map_err(io_err(path))?;
     let mut bytes = vec![];
-    flate2::read::GzDecoder::new(file).read_to_end(&mut bytes).map_err(|e| DataError::Format {
-        path: path.to_path_buf(),
-        reason: format!("not a gzip file: {e}"),
-    })?;
+    flate2::read::GzDecoder::new(file)
+        .read_to_end(&mut bytes)
+        .map_err(|e| DataError::Format { path: path.to_path_buf(), reason: format!("not a gzip file: {e}") })?;
     Ok(bytes)
 }
 

@@ -71,7 +71,8 @@ impl FromStr for DataSpec {
     type Err = DataError;
     fn from_str(s: &str) -> Result<Self, DataError> {
         let bad = |reason: &str| DataError::Spec { spec: s.to_string(), reason: reason.to_string() };
-        let (kind, rest) = s.split_once(':').ok_or_else(|| bad("expected KIND:PATH with KIND one of mnist, npy, images"))?;
+        let (kind, rest) =
+            s.split_once(':').ok_or_else(|| bad("expected KIND:PATH with KIND one of mnist, npy, images"))?;
         if rest.is_empty() {
             return Err(bad("the path is empty"));
         }

@@ -48,13 +48,7 @@ pub fn load_npy(inputs: &Path, labels: Option<&Path>) -> Result<Dataset, DataErr
             Some(l.into_iter().map(|v| v as u32).collect())
         }
     };
-    Ok(Dataset {
-        name: inputs.display().to_string(),
-        example_shape,
-        inputs: values,
-        labels,
-        class_names: None,
-    })
+    Ok(Dataset { name: inputs.display().to_string(), example_shape, inputs: values, labels, class_names: None })
 }
 
 /// Writes an f32 array as `.npy`.
