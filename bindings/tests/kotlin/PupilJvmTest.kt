@@ -158,11 +158,12 @@ fun main(args: Array<String>) {
     r.test("predictRgba(decoded PNG) equals predictImage") {
         val img = ImageIO.read(fx.digitPngFile)
         val rgba = ByteArray(img.width * img.height * 4)
+        // The raw samples: BufferedImage.getRGB would colour-convert a gray PNG (linear gray → sRGB).
+        check(img.raster.numBands == 1) { "digit.png should be 8-bit gray, has ${img.raster.numBands} bands" }
         for (y in 0 until img.height) for (x in 0 until img.width) {
-            val argb = img.getRGB(x, y)
+            val g = img.raster.getSample(x, y, 0).toByte()
             val o = (y * img.width + x) * 4
-            rgba[o] = (argb shr 16).toByte(); rgba[o + 1] = (argb shr 8).toByte()
-            rgba[o + 2] = argb.toByte(); rgba[o + 3] = (argb ushr 24).toByte()
+            rgba[o] = g; rgba[o + 1] = g; rgba[o + 2] = g; rgba[o + 3] = 255.toByte()
         }
         val p = model.predictRgbaBlocking(rgba, img.width, img.height)
         check(bits(p.logits) == bits(fx.digitLogits)) { "rgba logits ${p.logits.toList()} != ${fx.digitLogits.toList()}" }
