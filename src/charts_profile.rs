@@ -17,11 +17,9 @@ fn write_svg(
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-        root.fill(&WHITE)
-            .map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
+        root.fill(&WHITE).map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
         draw(&root)?;
-        root.present()
-            .map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
+        root.present().map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
     }
     pupil_runtime::onnx::write_atomic(path, svg.as_bytes())?;
     Ok(())
@@ -70,21 +68,12 @@ pub fn latency_histogram(report: &ProfileReport, title: &str, path: &Path) -> an
                 Rectangle::new([(x0, 0), (x0 + width, c)], BLUE.mix(0.55).filled())
             }))
             .map_err(plot_err)?;
-        for (name, v, color) in [
-            ("p50", l.p50_ms, GREEN),
-            ("p90", l.p90_ms, MAGENTA),
-            ("p99", l.p99_ms, RED),
-        ] {
+        for (name, v, color) in [("p50", l.p50_ms, GREEN), ("p90", l.p90_ms, MAGENTA), ("p99", l.p99_ms, RED)] {
             chart
-                .draw_series(std::iter::once(PathElement::new(
-                    vec![(v, 0), (v, ytop)],
-                    color.stroke_width(2),
-                )))
+                .draw_series(std::iter::once(PathElement::new(vec![(v, 0), (v, ytop)], color.stroke_width(2))))
                 .map_err(plot_err)?
                 .label(format!("{name} {v:.3} ms"))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
         }
         chart
             .configure_series_labels()
@@ -98,21 +87,12 @@ pub fn latency_histogram(report: &ProfileReport, title: &str, path: &Path) -> an
 }
 
 fn shorten(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(n - 1).collect::<String>())
-    }
+    if s.chars().count() <= n { s.to_string() } else { format!("{}…", s.chars().take(n - 1).collect::<String>()) }
 }
 
 /// Horizontal bars: the `top` slowest nodes by share of operator time. Returns `false` (and writes nothing) when
 /// the report has no per-operator timing.
-pub fn operator_bars(
-    report: &ProfileReport,
-    title: &str,
-    top: usize,
-    path: &Path,
-) -> anyhow::Result<bool> {
+pub fn operator_bars(report: &ProfileReport, title: &str, top: usize, path: &Path) -> anyhow::Result<bool> {
     let Some(ops) = &report.operators else {
         return Ok(false);
     };
@@ -125,11 +105,7 @@ pub fn operator_bars(
         .iter()
         .rev()
         .map(|r| {
-            let kernel = r
-                .kernel
-                .as_deref()
-                .map(|k| format!(" [{}]", shorten(k, 28)))
-                .unwrap_or_default();
+            let kernel = r.kernel.as_deref().map(|k| format!(" [{}]", shorten(k, 28))).unwrap_or_default();
             format!("{} · {}{}", shorten(&r.node, 28), r.op, kernel)
         })
         .collect();

@@ -35,7 +35,8 @@ fn run_predicts_the_digit_of_a_png_and_an_npy() {
     let model = write(dir.path(), "mlp.onnx", &centroid.onnx());
     let labels = test.labels.as_ref().unwrap();
     // Three test digits the reference classifier gets right.
-    let picks: Vec<usize> = (0..200).filter(|&i| argmax(&centroid.logits(test.example(i))) == labels[i] as usize).take(3).collect();
+    let picks: Vec<usize> =
+        (0..200).filter(|&i| argmax(&centroid.logits(test.example(i))) == labels[i] as usize).take(3).collect();
     for &i in &picks {
         let px: Vec<u8> = test.example(i).iter().map(|v| (v * 255.0).round() as u8).collect();
         let img = image::GrayImage::from_raw(28, 28, px).unwrap();

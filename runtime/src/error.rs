@@ -43,7 +43,9 @@ pub enum Error {
     UndecodableImage { reason: String },
 
     /// The image decodes, but its size is not what the model's preprocessing spec accepts.
-    #[error("wrong image size: expected {expected_width}x{expected_height}, got {got_width}x{got_height} (the preprocessing spec does not resize)")]
+    #[error(
+        "wrong image size: expected {expected_width}x{expected_height}, got {got_width}x{got_height} (the preprocessing spec does not resize)"
+    )]
     ImageSize { expected_width: u32, expected_height: u32, got_width: u32, got_height: u32 },
 
     /// The model carries no usable preprocessing spec, or one that contradicts its input shape.

@@ -195,14 +195,14 @@ impl ModelMeta {
         let mut meta = ModelMeta { props, ..Default::default() };
         for (k, v) in &meta.props {
             if k == PREPROCESS_KEY {
-                let spec: PreprocessSpec = serde_json::from_str(v)
-                    .map_err(|e| Error::Metadata { key: k.clone(), reason: e.to_string() })?;
+                let spec: PreprocessSpec =
+                    serde_json::from_str(v).map_err(|e| Error::Metadata { key: k.clone(), reason: e.to_string() })?;
                 spec.validate()?;
                 meta.preprocess = Some(spec);
                 meta.preprocess_source = Some(SpecSource::Onnx);
             } else if k == LABELS_KEY {
-                let labels: Vec<String> = serde_json::from_str(v)
-                    .map_err(|e| Error::Metadata { key: k.clone(), reason: e.to_string() })?;
+                let labels: Vec<String> =
+                    serde_json::from_str(v).map_err(|e| Error::Metadata { key: k.clone(), reason: e.to_string() })?;
                 meta.labels = Some(labels);
             }
         }

@@ -114,8 +114,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn dims_of(vi: &pb::ValueInfoProto) -> (Vec<Dim>, ElementType) {
-    use pb::type_proto::Value;
     use pb::tensor_shape_proto::dimension::Value as D;
+    use pb::type_proto::Value;
     let mut dims = vec![];
     let mut dtype = ElementType::Other;
     if let Some(Value::TensorType(t)) = vi.r#type.as_ref().and_then(|t| t.value.as_ref()) {
@@ -327,9 +327,8 @@ impl Model {
             .find(|n| n.output.first() == Some(&outputs[0].name))
             .is_some_and(|n| n.op_type == "Softmax");
 
-        let mut meta = ModelMeta::from_props(
-            proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect(),
-        )?;
+        let mut meta =
+            ModelMeta::from_props(proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect())?;
         if let Some((json, name)) = &card {
             meta.merge_card(json, name)?;
         }
@@ -358,7 +357,8 @@ impl Model {
         let classes = out_fact
             .shape
             .last()
-            .and_then(|d| DimLike::to_usize(d).ok())
+            .and_then(|d| d.as_i64())
+            .and_then(|d| usize::try_from(d).ok())
             .ok_or_else(|| invalid(format!("output shape {:?} has no fixed class dimension", out_fact.shape)))?;
         if let Some(labels) = &meta.labels
             && labels.len() != classes
@@ -528,8 +528,9 @@ impl Model {
     /// Runs a batch given with its full shape (`[n, ..example_shape]`), checking the shape first.
     pub fn run_shaped(&self, shape: &[usize], input: &[f32]) -> Result<Vec<f32>> {
         if shape.len() != self.example_shape.len() + 1 || shape[1..] != self.example_shape[..] {
-            let expected: Vec<usize> =
-                std::iter::once(shape.first().copied().unwrap_or(1)).chain(self.example_shape.iter().copied()).collect();
+            let expected: Vec<usize> = std::iter::once(shape.first().copied().unwrap_or(1))
+                .chain(self.example_shape.iter().copied())
+                .collect();
             return Err(Error::InputShape { input: self.inputs[0].name.clone(), expected, got: shape.to_vec() });
         }
         self.check_input(input, shape[0])?;
@@ -587,6 +588,11 @@ impl Model {
 
     /// Turns one example's raw outputs into a [`Prediction`].
     pub fn prediction(&self, outputs: &[f32]) -> Prediction {
-        Prediction::from_outputs(outputs, self.output_is_probability, self.labels(), self.options.top_k.min(self.classes))
+        Prediction::from_outputs(
+            outputs,
+            self.output_is_probability,
+            self.labels(),
+            self.options.top_k.min(self.classes),
+        )
     }
 }

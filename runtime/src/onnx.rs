@@ -255,7 +255,12 @@ pub mod zoo {
 
     /// A small CNN on `[N, 1, side, side]`: `Conv 3x3 (pad 1) → Relu → MaxPool 2` for each entry of `channels`,
     /// then `Flatten → Gemm` to `classes`. Weights come from `weight(layer, index)`.
-    pub fn cnn(side: usize, channels: &[usize], classes: usize, weight: &mut dyn FnMut(usize, usize) -> f32) -> GraphBuilder {
+    pub fn cnn(
+        side: usize,
+        channels: &[usize],
+        classes: usize,
+        weight: &mut dyn FnMut(usize, usize) -> f32,
+    ) -> GraphBuilder {
         let mut b = GraphBuilder::new("cnn");
         let n = Dim::Symbol("N".into());
         let mut x = b.input("input", &[n.clone(), Dim::Fixed(1), Dim::Fixed(side), Dim::Fixed(side)]);

@@ -6,7 +6,9 @@ use pupil_runtime::{Batch, Dim, Error, Layout, Model, ModelOptions, PreprocessSp
 
 fn tiny_mlp() -> GraphBuilder {
     let sizes = [784, 16, 10];
-    let w: Vec<Vec<f32>> = (0..2).map(|l| (0..sizes[l] * sizes[l + 1]).map(|i| ((i * 7 + l) % 13) as f32 / 13.0 - 0.5).collect()).collect();
+    let w: Vec<Vec<f32>> = (0..2)
+        .map(|l| (0..sizes[l] * sizes[l + 1]).map(|i| ((i * 7 + l) % 13) as f32 / 13.0 - 0.5).collect())
+        .collect();
     let b: Vec<Vec<f32>> = (0..2).map(|l| vec![0.01; sizes[l + 1]]).collect();
     zoo::mlp(&sizes, &w, &b)
 }

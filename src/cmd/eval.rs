@@ -40,19 +40,18 @@ pub struct EvalReport {
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
     let options = ModelOptions { threads: args.load.threads, batch: Batch::Symbolic, ..Default::default() };
-    let model = Model::load(&args.model, options.clone()).or_else(|_| {
-        Model::load(&args.model, ModelOptions { batch: Batch::Fixed(1), ..options })
-    })?;
+    let model = Model::load(&args.model, options.clone())
+        .or_else(|_| Model::load(&args.model, ModelOptions { batch: Batch::Fixed(1), ..options }))?;
     let mut ds = args.data.load(model.meta().preprocess.as_ref())?;
     if let Some(n) = args.limit {
         ds = ds.take(n);
     }
     ds.check_example_len(model.example_len())?;
-    let labels = ds.labels.clone().ok_or_else(|| anyhow::anyhow!("`{}` has no labels: eval needs labelled data", args.data))?;
+    let labels =
+        ds.labels.clone().ok_or_else(|| anyhow::anyhow!("`{}` has no labels: eval needs labelled data", args.data))?;
     ds.check_labels(model.classes())?;
-    let bar = ProgressBar::new(ds.len() as u64).with_style(
-        ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}]")?,
-    );
+    let bar = ProgressBar::new(ds.len() as u64)
+        .with_style(ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}]")?);
     bar.set_message("eval");
     let chunk = 500;
     let mut predicted = Vec::with_capacity(ds.len());

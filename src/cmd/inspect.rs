@@ -67,7 +67,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     println!("{ops}");
     match (&model.meta().preprocess, model.meta().preprocess_source) {
         (Some(spec), Some(source)) => {
-            println!("preprocessing ({}): {}", serde_json::to_value(source)?.as_str().unwrap_or(""), serde_json::to_string(spec)?)
+            println!(
+                "preprocessing ({}): {}",
+                serde_json::to_value(source)?.as_str().unwrap_or(""),
+                serde_json::to_string(spec)?
+            )
         }
         _ => println!("preprocessing: none"),
     }

@@ -3,13 +3,13 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
-pub mod distill;
 mod bundle;
+pub mod distill;
 mod eval;
 pub mod experiment;
 mod inspect;
-mod profile;
 mod parity;
+mod profile;
 mod quantize;
 mod run;
 pub mod train;

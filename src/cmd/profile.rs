@@ -54,14 +54,9 @@ pub struct Args {
 }
 
 fn progress_bar(json: bool) -> ProgressBar {
-    let bar = if json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(1)
-    };
+    let bar = if json { ProgressBar::hidden() } else { ProgressBar::new(1) };
     bar.set_style(
-        ProgressStyle::with_template("{msg:>28} {bar:40} {pos}/{len} [{elapsed_precise}]")
-            .expect("static template"),
+        ProgressStyle::with_template("{msg:>28} {bar:40} {pos}/{len} [{elapsed_precise}]").expect("static template"),
     );
     bar
 }
@@ -69,20 +64,14 @@ fn progress_bar(json: bool) -> ProgressBar {
 /// Loads and profiles one model; adds accuracy when data is given.
 fn profile_one(path: &Path, args: &Args) -> anyhow::Result<ProfileReport> {
     let batch = args.batch as usize;
-    let options = ModelOptions {
-        batch: Batch::Fixed(batch),
-        threads: args.load.threads,
-        ..Default::default()
-    };
+    let options = ModelOptions { batch: Batch::Fixed(batch), threads: args.load.threads, ..Default::default() };
     let name = path.display().to_string();
     // Reset the peak-RSS counter so the load's own peak is measured exactly (see `pupil_runtime::profile::memory`).
     memory::reset_peak();
     let model = Model::load(path, options).with_context(|| format!("loading {name}"))?;
     let data = match &args.data {
         Some(spec) => {
-            let mut ds = spec
-                .load(model.meta().preprocess.as_ref())
-                .with_context(|| format!("loading {spec}"))?;
+            let mut ds = spec.load(model.meta().preprocess.as_ref()).with_context(|| format!("loading {spec}"))?;
             if let Some(n) = args.limit {
                 ds = ds.take(n);
             }
@@ -95,13 +84,7 @@ fn profile_one(path: &Path, args: &Args) -> anyhow::Result<ProfileReport> {
     let input = data.as_ref().map(|ds| {
         let per = ds.example_len();
         // The first `batch` examples, repeated when the data has fewer.
-        (0..batch)
-            .flat_map(|i| {
-                ds.inputs[(i % ds.len()) * per..(i % ds.len() + 1) * per]
-                    .iter()
-                    .copied()
-            })
-            .collect()
+        (0..batch).flat_map(|i| ds.inputs[(i % ds.len()) * per..(i % ds.len() + 1) * per].iter().copied()).collect()
     });
     let opts = ProfileOptions {
         runs: args.runs as usize,
@@ -133,22 +116,10 @@ fn profile_one(path: &Path, args: &Args) -> anyhow::Result<ProfileReport> {
 
 /// Accuracy over the whole data, with a symbolic-batch copy of the model when it has one (much faster than
 /// padding every chunk to the profiled batch).
-fn accuracy(
-    path: &Path,
-    model: &Model,
-    ds: &pupil_distill::Dataset,
-    args: &Args,
-) -> anyhow::Result<Accuracy> {
-    let labels = ds
-        .labels
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("`--data` has no labels: accuracy needs them"))?;
+fn accuracy(path: &Path, model: &Model, ds: &pupil_distill::Dataset, args: &Args) -> anyhow::Result<Accuracy> {
+    let labels = ds.labels.as_ref().ok_or_else(|| anyhow::anyhow!("`--data` has no labels: accuracy needs them"))?;
     ds.check_labels(model.classes())?;
-    let options = ModelOptions {
-        batch: Batch::Symbolic,
-        threads: args.load.threads,
-        ..Default::default()
-    };
+    let options = ModelOptions { batch: Batch::Symbolic, threads: args.load.threads, ..Default::default() };
     let symbolic = Model::load(path, options).ok();
     let m = symbolic.as_ref().unwrap_or(model);
     let bar = progress_bar(args.json);
@@ -159,23 +130,15 @@ fn accuracy(
     let mut correct = 0;
     for start in (0..ds.len()).step_by(chunk) {
         let end = (start + chunk).min(ds.len());
-        correct += m
-            .accuracy(&ds.inputs[start * per..end * per], &labels[start..end])?
-            .correct;
+        correct += m.accuracy(&ds.inputs[start * per..end * per], &labels[start..end])?.correct;
         bar.set_position(end as u64);
     }
     bar.finish_and_clear();
-    Ok(Accuracy {
-        examples: ds.len(),
-        correct,
-        accuracy: correct as f64 / ds.len() as f64,
-    })
+    Ok(Accuracy { examples: ds.len(), correct, accuracy: correct as f64 / ds.len() as f64 })
 }
 
 fn short(path: &Path) -> String {
-    path.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| path.display().to_string())
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
@@ -243,11 +206,7 @@ fn write_out(
 }
 
 fn ms(v: f64) -> String {
-    if v < 1.0 {
-        format!("{:.1} µs", v * 1e3)
-    } else {
-        format!("{v:.2} ms")
-    }
+    if v < 1.0 { format!("{:.1} µs", v * 1e3) } else { format!("{v:.2} ms") }
 }
 
 fn macs(n: u64) -> String {
@@ -261,12 +220,9 @@ fn macs(n: u64) -> String {
 
 fn memory_cell(g: &Option<memory::MemoryGrowth>) -> String {
     match g {
-        Some(g) => format!(
-            "{}{} peak, {} kept",
-            if g.exact { "+" } else { "≥ +" },
-            bytes(g.peak_growth),
-            bytes(g.retained())
-        ),
+        Some(g) => {
+            format!("{}{} peak, {} kept", if g.exact { "+" } else { "≥ +" }, bytes(g.peak_growth), bytes(g.retained()))
+        }
         None => "n/a on this OS".into(),
     }
 }
@@ -274,77 +230,35 @@ fn memory_cell(g: &Option<memory::MemoryGrowth>) -> String {
 /// The rows both the single and the side-by-side table show: (metric, value).
 fn rows(r: &ProfileReport) -> Vec<(&'static str, String)> {
     let l = &r.latency;
-    let by_type: Vec<String> = r
-        .model
-        .parameter_bytes
-        .iter()
-        .map(|(k, v)| format!("{k} {}", bytes(*v)))
-        .collect();
+    let by_type: Vec<String> = r.model.parameter_bytes.iter().map(|(k, v)| format!("{k} {}", bytes(*v))).collect();
     let c = &r.cold_start;
     let mut rows = vec![
-        (
-            "file size",
-            format!("{} ({} B)", bytes(r.model.file_size), r.model.file_size),
-        ),
-        (
-            "parameters",
-            format!("{} ({})", r.model.parameters, by_type.join(", ")),
-        ),
+        ("file size", format!("{} ({} B)", bytes(r.model.file_size), r.model.file_size)),
+        ("parameters", format!("{} ({})", r.model.parameters, by_type.join(", "))),
         (
             "MACs / example",
-            format!(
-                "{}{}",
-                macs(r.macs.per_example),
-                if r.macs.complete {
-                    ""
-                } else {
-                    " (lower bound)"
-                }
-            ),
+            format!("{}{}", macs(r.macs.per_example), if r.macs.complete { "" } else { " (lower bound)" }),
         ),
-        (
-            "graph nodes (onnx → tract)",
-            format!("{} → {}", r.model.onnx_nodes, r.model.optimised_nodes),
-        ),
+        ("graph nodes (onnx → tract)", format!("{} → {}", r.model.onnx_nodes, r.model.optimised_nodes)),
         ("cold start", ms(c.total_ms)),
         ("  load", ms(c.load_ms)),
         ("  optimise", ms(c.optimise_ms)),
         (
             "  first inference",
-            format!(
-                "{}{}",
-                ms(c.first_inference_ms),
-                if c.first_inference_cold {
-                    ""
-                } else {
-                    " (warm)"
-                }
-            ),
+            format!("{}{}", ms(c.first_inference_ms), if c.first_inference_cold { "" } else { " (warm)" }),
         ),
         ("latency p50", ms(l.p50_ms)),
         (
             "  min / p90 / p99 / max",
-            format!(
-                "{} / {} / {} / {}",
-                ms(l.min_ms),
-                ms(l.p90_ms),
-                ms(l.p99_ms),
-                ms(l.max_ms)
-            ),
+            format!("{} / {} / {} / {}", ms(l.min_ms), ms(l.p90_ms), ms(l.p99_ms), ms(l.max_ms)),
         ),
-        (
-            "  mean ± std",
-            format!("{} ± {}", ms(l.mean_ms), ms(l.std_ms)),
-        ),
+        ("  mean ± std", format!("{} ± {}", ms(l.mean_ms), ms(l.std_ms))),
         ("throughput", format!("{:.0} examples/s", r.throughput)),
         ("memory: load", memory_cell(&r.memory.load)),
         ("memory: inference", memory_cell(&r.memory.inference)),
     ];
     if let Some(a) = &r.accuracy {
-        rows.push((
-            "accuracy",
-            format!("{:.2}% ({}/{})", 100.0 * a.accuracy, a.correct, a.examples),
-        ));
+        rows.push(("accuracy", format!("{:.2}% ({}/{})", 100.0 * a.accuracy, a.correct, a.examples)));
     }
     rows
 }
@@ -359,11 +273,7 @@ fn settings(r: &ProfileReport) -> String {
         r.warmup,
         d.cpu,
         d.cores,
-        if d.simd.is_empty() {
-            "no SIMD detected".to_string()
-        } else {
-            d.simd.join(" ")
-        },
+        if d.simd.is_empty() { "no SIMD detected".to_string() } else { d.simd.join(" ") },
         d.os,
         d.pupil_version,
         d.tract_version
@@ -378,9 +288,7 @@ fn print_operators(r: &ProfileReport, top: usize) {
         ops.runs,
         ms(ops.overhead_ms)
     );
-    let mut t = table(&[
-        "#", "node", "op", "kernel", "geometry", "MACs", "mean", "share",
-    ]);
+    let mut t = table(&["#", "node", "op", "kernel", "geometry", "MACs", "mean", "share"]);
     for (i, n) in ops.nodes.iter().take(top).enumerate() {
         t.add_row(vec![
             (i + 1).to_string(),
@@ -441,10 +349,7 @@ fn print_comparison(c: &ProfileComparison, top: usize) {
             "cold start" => ratio(cmp.cold_start_ratio, "faster", "slower"),
             "latency p50" => ratio(cmp.speed_ratio, "faster", "slower"),
             "memory: inference" => ratio(cmp.memory_ratio, "less", "more"),
-            "accuracy" => cmp
-                .accuracy_delta_pt
-                .map(|d| format!("{d:+.2} pt"))
-                .unwrap_or_default(),
+            "accuracy" => cmp.accuracy_delta_pt.map(|d| format!("{d:+.2} pt")).unwrap_or_default(),
             _ => String::new(),
         };
         t.add_row(vec![k.to_string(), a, b, rcell]);

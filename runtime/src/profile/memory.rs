@@ -35,17 +35,8 @@ impl MemoryGrowth {
     pub fn between(before: MemorySnapshot, after: MemorySnapshot) -> Self {
         let retained = after.rss.saturating_sub(before.rss);
         let exact = after.peak > before.peak || before.peak <= before.rss;
-        let peak_growth = if exact {
-            after.peak.saturating_sub(before.rss)
-        } else {
-            retained
-        };
-        MemoryGrowth {
-            rss_before: before.rss,
-            rss_after: after.rss,
-            peak_growth: peak_growth.max(retained),
-            exact,
-        }
+        let peak_growth = if exact { after.peak.saturating_sub(before.rss) } else { retained };
+        MemoryGrowth { rss_before: before.rss, rss_after: after.rss, peak_growth: peak_growth.max(retained), exact }
     }
 
     /// Memory the phase kept: `rss_after - rss_before` (0 when it shrank).
@@ -98,44 +89,20 @@ mod tests {
     #[test]
     fn parses_proc_status() {
         let s = "Name:\tpupil\nVmPeak:\t  100 kB\nVmHWM:\t    2048 kB\nVmRSS:\t    1024 kB\n";
-        assert_eq!(
-            parse_status(s),
-            Some(MemorySnapshot {
-                rss: 1024 * 1024,
-                peak: 2048 * 1024
-            })
-        );
+        assert_eq!(parse_status(s), Some(MemorySnapshot { rss: 1024 * 1024, peak: 2048 * 1024 }));
         assert_eq!(parse_status("Name: x\n"), None);
     }
 
     #[test]
     fn growth_is_exact_only_when_the_peak_moved() {
-        let before = MemorySnapshot {
-            rss: 100,
-            peak: 500,
-        };
-        let g = MemoryGrowth::between(
-            before,
-            MemorySnapshot {
-                rss: 150,
-                peak: 500,
-            },
-        );
+        let before = MemorySnapshot { rss: 100, peak: 500 };
+        let g = MemoryGrowth::between(before, MemorySnapshot { rss: 150, peak: 500 });
         assert!(!g.exact);
         assert_eq!(g.peak_growth, 50);
-        let g = MemoryGrowth::between(
-            before,
-            MemorySnapshot {
-                rss: 150,
-                peak: 700,
-            },
-        );
+        let g = MemoryGrowth::between(before, MemorySnapshot { rss: 150, peak: 700 });
         assert!(g.exact);
         assert_eq!(g.peak_growth, 600);
-        let reset = MemorySnapshot {
-            rss: 100,
-            peak: 100,
-        };
+        let reset = MemorySnapshot { rss: 100, peak: 100 };
         let g = MemoryGrowth::between(reset, MemorySnapshot { rss: 90, peak: 100 });
         assert!(g.exact);
         assert_eq!((g.peak_growth, g.retained()), (0, 0));

@@ -57,14 +57,7 @@ pub struct ProfileOptions {
 
 impl Default for ProfileOptions {
     fn default() -> Self {
-        ProfileOptions {
-            runs: 100,
-            warmup: 10,
-            op_runs: 20,
-            batch: None,
-            reset_peak_memory: true,
-            input: None,
-        }
+        ProfileOptions { runs: 100, warmup: 10, op_runs: 20, batch: None, reset_peak_memory: true, input: None }
     }
 }
 
@@ -105,11 +98,7 @@ pub(crate) struct LoadClock {
 
 impl LoadClock {
     pub(crate) fn start() -> Self {
-        LoadClock {
-            memory: memory::snapshot(),
-            last: Instant::now(),
-            stats: LoadStats::default(),
-        }
+        LoadClock { memory: memory::snapshot(), last: Instant::now(), stats: LoadStats::default() }
     }
     /// Milliseconds since the previous lap (or the start).
     pub(crate) fn lap(&mut self) -> f64 {
@@ -302,15 +291,11 @@ impl Model {
         progress: &mut dyn FnMut(ProfileStage, usize, usize),
     ) -> Result<ProfileReport> {
         if options.runs == 0 {
-            return Err(Error::Options {
-                reason: "profile runs must be at least 1, got 0".into(),
-            });
+            return Err(Error::Options { reason: "profile runs must be at least 1, got 0".into() });
         }
         let batch = match (self.options().batch, options.batch) {
             (_, Some(0)) => {
-                return Err(Error::Options {
-                    reason: "profile batch must be at least 1, got 0".into(),
-                });
+                return Err(Error::Options { reason: "profile batch must be at least 1, got 0".into() });
             }
             (Batch::Fixed(b), Some(asked)) if asked != b => {
                 return Err(Error::Options {
@@ -329,9 +314,7 @@ impl Model {
                     input: self.inputs()[0].name.clone(),
                     expected: len,
                     got: values.len(),
-                    shape: std::iter::once(batch)
-                        .chain(self.example_shape().iter().copied())
-                        .collect(),
+                    shape: std::iter::once(batch).chain(self.example_shape().iter().copied()).collect(),
                 });
             }
             Some(values) => values.clone(),
@@ -362,9 +345,8 @@ impl Model {
             (Some(b), Some(a)) => Some(MemoryGrowth::between(b, a)),
             _ => None,
         };
-        let latency = LatencyStats::from_samples(samples).ok_or_else(|| Error::Internal {
-            reason: "latency samples were empty or not finite".into(),
-        })?;
+        let latency = LatencyStats::from_samples(samples)
+            .ok_or_else(|| Error::Internal { reason: "latency samples were empty or not finite".into() })?;
 
         // Static costs and per-node timing.
         let typed = self.typed_model();
@@ -374,17 +356,12 @@ impl Model {
         let operators = if options.op_runs == 0 {
             None
         } else {
-            let shape: Vec<usize> = std::iter::once(batch)
-                .chain(self.example_shape().iter().copied())
-                .collect();
-            let tensor =
-                Tensor::from_shape(&shape, input.as_slice()).map_err(|e| Error::Inference {
-                    reason: format!("{e:#}"),
-                })?;
+            let shape: Vec<usize> = std::iter::once(batch).chain(self.example_shape().iter().copied()).collect();
+            let tensor = Tensor::from_shape(&shape, input.as_slice())
+                .map_err(|e| Error::Inference { reason: format!("{e:#}") })?;
             progress(ProfileStage::Operators, 0, options.op_runs);
-            let (times, wall) = catch_panic("timing operators", || {
-                ops::time_nodes(self.plan(), &tensor, options.op_runs)
-            })?;
+            let (times, wall) =
+                catch_panic("timing operators", || ops::time_nodes(self.plan(), &tensor, options.op_runs))?;
             progress(ProfileStage::Operators, options.op_runs, options.op_runs);
             Some(operator_timing(&facts, &times, wall, options.op_runs))
         };
@@ -414,11 +391,7 @@ impl Model {
             batch,
             threads: self.options().threads,
             warmup: options.warmup,
-            macs: MacCount {
-                per_example: per_run / batch as u64,
-                per_run,
-                complete,
-            },
+            macs: MacCount { per_example: per_run / batch as u64, per_run, complete },
             throughput: batch as f64 * 1e3 / latency.mean_ms,
             latency,
             cold_start,
@@ -442,17 +415,12 @@ impl Model {
                 input: self.inputs()[0].name.clone(),
                 expected: labels.len().max(1) * per,
                 got: inputs.len(),
-                shape: std::iter::once(labels.len())
-                    .chain(self.example_shape().iter().copied())
-                    .collect(),
+                shape: std::iter::once(labels.len()).chain(self.example_shape().iter().copied()).collect(),
             });
         }
         if let Some(&bad) = labels.iter().find(|&&l| l as usize >= self.classes()) {
             return Err(Error::Options {
-                reason: format!(
-                    "label {bad} is out of range: the model has {} classes",
-                    self.classes()
-                ),
+                reason: format!("label {bad} is out of range: the model has {} classes", self.classes()),
             });
         }
         let chunk = 512;
@@ -465,11 +433,7 @@ impl Model {
                 .filter(|(o, y)| crate::prediction::argmax(o) == **y as usize)
                 .count();
         }
-        Ok(Accuracy {
-            examples: labels.len(),
-            correct,
-            accuracy: correct as f64 / labels.len() as f64,
-        })
+        Ok(Accuracy { examples: labels.len(), correct, accuracy: correct as f64 / labels.len() as f64 })
     }
 }
 
@@ -481,20 +445,11 @@ fn memory_source() -> &'static str {
     }
 }
 
-fn operator_timing(
-    facts: &[ops::NodeFacts],
-    times: &[Duration],
-    wall: Duration,
-    runs: usize,
-) -> OperatorTiming {
+fn operator_timing(facts: &[ops::NodeFacts], times: &[Duration], wall: Duration, runs: usize) -> OperatorTiming {
     let total: Duration = times.iter().sum();
     let total_s = total.as_secs_f64();
     let share = |d: f64| {
-        if total_s > 0.0 {
-            100.0 * d / total_s
-        } else {
-            0.0
-        }
+        if total_s > 0.0 { 100.0 * d / total_s } else { 0.0 }
     };
     let mut nodes: Vec<OperatorProfile> = facts
         .iter()
@@ -565,47 +520,31 @@ fn ratio(num: f64, den: f64) -> Option<f64> {
 
 fn phrase(r: Option<f64>, more: &str, less: &str) -> Option<String> {
     let r = r?;
-    Some(if r >= 1.0 {
-        format!("{r:.1}× {more}")
-    } else {
-        format!("{:.1}× {less}", 1.0 / r)
-    })
+    Some(if r >= 1.0 { format!("{r:.1}× {more}") } else { format!("{:.1}× {less}", 1.0 / r) })
 }
 
 impl Comparison {
     /// Ratios of `reference` over `subject` (so "N× smaller" reads as the subject's gain).
     pub fn new(subject: &ProfileReport, reference: &ProfileReport) -> Self {
         let per_example = |r: &ProfileReport| r.latency.p50_ms / r.batch as f64;
-        let size_ratio = ratio(
-            reference.model.file_size as f64,
-            subject.model.file_size as f64,
-        );
+        let size_ratio = ratio(reference.model.file_size as f64, subject.model.file_size as f64);
         let speed_ratio = ratio(per_example(reference), per_example(subject));
         let accuracy_delta_pt = match (&subject.accuracy, &reference.accuracy) {
             (Some(s), Some(r)) => Some((s.accuracy - r.accuracy) * 100.0),
             _ => None,
         };
-        let mut parts: Vec<String> = [
-            phrase(size_ratio, "smaller", "larger"),
-            phrase(speed_ratio, "faster", "slower"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let mut parts: Vec<String> = [phrase(size_ratio, "smaller", "larger"), phrase(speed_ratio, "faster", "slower")]
+            .into_iter()
+            .flatten()
+            .collect();
         if let Some(d) = accuracy_delta_pt {
             let sign = if d < 0.0 { "−" } else { "+" };
             parts.push(format!("{sign}{:.1} pt accuracy", d.abs()));
         }
         Comparison {
             size_ratio,
-            parameters_ratio: ratio(
-                reference.model.parameters as f64,
-                subject.model.parameters as f64,
-            ),
-            macs_ratio: ratio(
-                reference.macs.per_example as f64,
-                subject.macs.per_example as f64,
-            ),
+            parameters_ratio: ratio(reference.model.parameters as f64, subject.model.parameters as f64),
+            macs_ratio: ratio(reference.macs.per_example as f64, subject.macs.per_example as f64),
             speed_ratio,
             cold_start_ratio: ratio(reference.cold_start.total_ms, subject.cold_start.total_ms),
             memory_ratio: match (&reference.memory.inference, &subject.memory.inference) {
@@ -629,10 +568,6 @@ pub struct ProfileComparison {
 impl ProfileComparison {
     pub fn new(subject: ProfileReport, reference: ProfileReport) -> Self {
         let comparison = Comparison::new(&subject, &reference);
-        ProfileComparison {
-            subject,
-            reference,
-            comparison,
-        }
+        ProfileComparison { subject, reference, comparison }
     }
 }

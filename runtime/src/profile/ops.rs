@@ -26,9 +26,7 @@ fn resolve(d: &TDim, batch: usize) -> Option<u64> {
     for s in d.symbols() {
         values.set(&s, batch as i64);
     }
-    d.eval_to_i64(&values)
-        .ok()
-        .and_then(|v| u64::try_from(v).ok())
+    d.eval_to_i64(&values).ok().and_then(|v| u64::try_from(v).ok())
 }
 
 /// Facts for every node, indexed by node id.
@@ -60,13 +58,7 @@ pub(crate) fn node_facts(model: &TypedModel, batch: usize) -> Vec<NodeFacts> {
                 }
                 None => (None, None),
             };
-            NodeFacts {
-                name: node.name.clone(),
-                op: node.op.name().to_string(),
-                kernel,
-                geometry,
-                macs,
-            }
+            NodeFacts { name: node.name.clone(), op: node.op.name().to_string(), kernel, geometry, macs }
         })
         .collect()
 }
@@ -79,24 +71,17 @@ pub(crate) fn time_nodes(
     runs: usize,
 ) -> Result<(Vec<Duration>, Duration)> {
     let mut times = vec![Duration::ZERO; plan.model().nodes().len()];
-    let mut state = TypedSimpleState::new(plan).map_err(|e| Error::Inference {
-        reason: format!("{e:#}"),
-    })?;
+    let mut state = TypedSimpleState::new(plan).map_err(|e| Error::Inference { reason: format!("{e:#}") })?;
     let started = Instant::now();
     for _ in 0..runs {
         state
-            .run_plan_with_eval(
-                tvec![input.clone().into_tvalue()],
-                |ctx, op_state, node, inputs| {
-                    let t = Instant::now();
-                    let out = tract_core::plan::eval(ctx, op_state, node, inputs);
-                    times[node.id] += t.elapsed();
-                    out
-                },
-            )
-            .map_err(|e| Error::Inference {
-                reason: format!("{e:#}"),
-            })?;
+            .run_plan_with_eval(tvec![input.clone().into_tvalue()], |ctx, op_state, node, inputs| {
+                let t = Instant::now();
+                let out = tract_core::plan::eval(ctx, op_state, node, inputs);
+                times[node.id] += t.elapsed();
+                out
+            })
+            .map_err(|e| Error::Inference { reason: format!("{e:#}") })?;
     }
     Ok((times, started.elapsed()))
 }
