@@ -13,7 +13,9 @@ fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>), DataError> {
         return Err(bad("Fortran-ordered arrays are not supported; save with np.ascontiguousarray".into()));
     }
     let descr = npy.dtype().descr();
-    let values: Vec<f32> = match descr.as_str() {
+    // npyz renders the descriptor as a Python literal: `'<f4'`.
+    let descr = descr.trim_matches(|c| c == '\'' || c == '"');
+    let values: Vec<f32> = match descr {
         "<f4" => npy.into_vec::<f32>().map_err(|e| bad(e.to_string()))?,
         "<f8" => npy.into_vec::<f64>().map_err(|e| bad(e.to_string()))?.into_iter().map(|v| v as f32).collect(),
         "|u1" => npy.into_vec::<u8>().map_err(|e| bad(e.to_string()))?.into_iter().map(f32::from).collect(),
