@@ -69,6 +69,7 @@ else
 fi
 
 echo "== running the JVM tests"
-java -Xmx256m -Xss4m \
+# The heap is fully committed and touched up front, so RSS growth during the test is native memory, not heap growth.
+java -Xms256m -Xmx256m -XX:+AlwaysPreTouch -Xss4m \
     -Djna.library.path="$libdir" -Djava.library.path="$libdir" \
     -cp "$classes:$stdlib:$coroutines:$jna" dev.pupil.test.PupilJvmTestKt "$fixtures" "$stress"
