@@ -13,3 +13,5 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 rustup target add aarch64-unknown-linux-gnu aarch64-linux-android >/dev/null
+# ONNX Runtime (and numpy) for the cross-check that pupil's int8 files run in ORT too, and for `pupil bench`.
+python3 -c "import onnxruntime, numpy" 2>/dev/null || python3 -m pip install -q onnxruntime numpy
