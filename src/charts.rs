@@ -26,7 +26,8 @@ pub fn write_svg(
     Ok(())
 }
 
-fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
+/// Maps a plotters error into anyhow.
+pub fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
     anyhow!("plotting: {e}")
 }
 

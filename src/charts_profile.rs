@@ -2,32 +2,12 @@
 
 use std::path::Path;
 
-use anyhow::anyhow;
 use plotters::prelude::*;
 use pupil_runtime::profile::ProfileReport;
 
+use crate::charts::{plot_err, write_svg};
+
 const SIZE: (u32, u32) = (900, 520);
-
-/// Renders with plotters into a string, then writes it atomically.
-fn write_svg(
-    path: &Path,
-    size: (u32, u32),
-    draw: impl FnOnce(&DrawingArea<SVGBackend, plotters::coord::Shift>) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
-        draw(&root)?;
-        root.present().map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
-    }
-    pupil_runtime::onnx::write_atomic(path, svg.as_bytes())?;
-    Ok(())
-}
-
-fn plot_err<E: std::fmt::Display>(e: E) -> anyhow::Error {
-    anyhow!("plotting: {e}")
-}
 
 /// Histogram of the timed runs, with p50 / p90 / p99 marked.
 pub fn latency_histogram(report: &ProfileReport, title: &str, path: &Path) -> anyhow::Result<()> {
