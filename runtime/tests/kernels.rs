@@ -211,3 +211,44 @@ fn the_model_api_uses_pupils_kernels_and_agrees_with_tract() {
     assert!(worst < 0.05, "{a:?} vs {b:?}");
     assert_eq!(plain.predict(&input).unwrap().top[0].index, fast.predict(&input).unwrap().top[0].index);
 }
+
+/// What pupil's trainer exports: `[N, 1, 28, 28] → Flatten → Gemm → Relu → Gemm`. tract folds the Flatten into the
+/// first product (K spread over two axes, `NabI,ObI->NO`); quantized by pupil, every product must still run on
+/// pupil's kernels (the first layer holds ~90% of the MACs) and agree with tract, at batch 1 and batch 3.
+#[test]
+fn a_flatten_folded_into_the_first_layer_still_runs_on_pupils_kernels() {
+    let mut rng = zoo::Rng::new(21);
+    let mut g = GraphBuilder::new("image-mlp");
+    let n = Dim::Symbol("N".into());
+    let x = g.input("input", &[n.clone(), Dim::Fixed(1), Dim::Fixed(28), Dim::Fixed(28)]);
+    let flat = g.op("Flatten", &[&x], &[]);
+    let w0: Vec<f32> = (0..32 * 784).map(|_| rng.sym(0.05)).collect();
+    let w0 = g.init_f32("w0", &[32, 784], &w0);
+    let b0 = g.init_f32("b0", &[32], &[0.01; 32]);
+    let h = g.op("Gemm", &[&flat, &w0, &b0], &[("transB", pupil_runtime::onnx::Attr::Int(1))]);
+    let h = g.op("Relu", &[&h], &[]);
+    let w1: Vec<f32> = (0..10 * 32).map(|_| rng.sym(0.2)).collect();
+    let w1 = g.init_f32("w1", &[10, 32], &w1);
+    let b1 = g.init_f32("b1", &[10], &[0.0; 10]);
+    g.node("Gemm", &[&h, &w1, &b1], &["logits"], &[("transB", pupil_runtime::onnx::Attr::Int(1))]);
+    g.output("logits", &[n, Dim::Fixed(10)]);
+    let calib: Vec<f32> = (0..64 * 784).map(|_| rng.unit()).collect();
+    let (q, _) =
+        pupil_runtime::quantize::quantize(&g.to_bytes(), &Default::default(), Some(&calib)).expect("quantizes");
+    for batch in [1, 3] {
+        let shape = [batch, 1, 28, 28];
+        let (plain, _) = optimized(&q, &shape, Acceleration::Off);
+        let input: Vec<f32> = (0..batch * 784).map(|_| rng.unit()).collect();
+        let input = Tensor::from_shape(&shape, &input).unwrap();
+        let expected = run(&plain, &input);
+        for isa in Isa::available() {
+            let (fast, replaced) = optimized(&q, &shape, Acceleration::With(isa));
+            assert_eq!(replaced, 2, "batch {batch}, {isa}: both products on pupil's kernels");
+            assert_eq!(pupil_nodes(&fast)[0].k, 784, "K spans the folded 28×28 axes");
+            let got = run(&fast, &input);
+            let range = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+            let worst = expected.iter().zip(&got).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            assert!(worst <= 0.03 * range, "batch {batch}, {isa}: max |Δ| {worst} (outputs up to {range})");
+        }
+    }
+}

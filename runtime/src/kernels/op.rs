@@ -30,6 +30,8 @@ pub struct PupilQMatMul {
     out_dt: DatumType,
     /// The output shape of the replaced node (rows × `n`, with tract's unit axes).
     out_shape: TVec<TDim>,
+    /// How many trailing axes of the activations make up K (more than one when tract folded a Flatten in).
+    k_dims: usize,
 }
 
 impl PartialEq for PupilQMatMul {
@@ -119,9 +121,11 @@ impl EvalOp for PupilQMatMul {
     fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let a = &inputs[0];
         let shape = a.shape();
-        let k = *shape.last().context("PupilQMatMul input has rank 0")?;
+        ensure!(shape.len() >= self.k_dims, "PupilQMatMul input of rank {} has no {} K axes", shape.len(), self.k_dims);
+        let split = shape.len() - self.k_dims;
+        let k: usize = shape[split..].iter().product();
         ensure!(k == self.packed.k(), "PupilQMatMul expected K = {}, got input shape {shape:?}", self.packed.k());
-        let m: usize = shape[..shape.len() - 1].iter().product();
+        let m: usize = shape[..split].iter().product();
         let mut out_shape: TVec<usize> = tvec![];
         for d in &self.out_shape {
             out_shape.push(d.eval(ctx.symbols).to_usize()?);
@@ -151,6 +155,12 @@ impl TypedOp for PupilQMatMul {
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         Ok(tvec!(self.out_dt.fact(&*self.out_shape)))
     }
+    /// One i32 multiply-accumulate per (row, k, n), like tract's own quantized `EinSum`.
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let shape = &inputs[0].shape;
+        let rows: TDim = shape.iter().take(shape.len().saturating_sub(self.k_dims)).product();
+        Ok(tvec!((Cost::FMA(DatumType::I32), rows * (self.packed.k() * self.packed.n()) as i64)))
+    }
     as_op!();
 }
 
@@ -179,7 +189,7 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
     }
     let Some(b) = konst(model, node.inputs[1]) else { return Ok(None) };
     let b_dt = b.datum_type().unquantized();
-    if b.rank() != 2 || !matches!(b_dt, DatumType::U8 | DatumType::I8) {
+    if !matches!(b_dt, DatumType::U8 | DatumType::I8) {
         return Ok(None);
     }
     let rank = a_fact.rank();
@@ -189,20 +199,36 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
         return Ok(None);
     }
     let axes = &op.axes;
-    // a: [.., k] (other axes: the rows), b: [k, n] or [n, k], c: [.., n]; tract drops or adds unit axes
-    // (e.g. `mk,kn->n` at batch 1), which is fine as long as the rows keep their order.
-    let k_axis = axes.axis((InOut::In(0), rank - 1))?;
-    if !k_axis.outputs[0].is_empty() || k_axis.inputs[1].len() != 1 {
+    // a: [.., K₁, K₂, ..] (the trailing axes summed over; other axes: the rows), b: [K₁, K₂, .., n] or
+    // [n, K₁, K₂, ..], c: [.., n]. tract folds a Flatten into the product (`NabI,ObI->O` for a first layer on
+    // 1×28×28 images) and drops or adds unit axes (`mk,kn->n` at batch 1): fine while the rows keep their order.
+    let mut k_pos_b = vec![];
+    let mut rows = rank;
+    while rows > 0 {
+        let ax = axes.axis((InOut::In(0), rows - 1))?;
+        if ax.outputs[0].is_empty() && ax.inputs[0].len() == 1 && ax.inputs[1].len() == 1 {
+            k_pos_b.push(ax.inputs[1][0]);
+            rows -= 1;
+        } else {
+            break;
+        }
+    }
+    k_pos_b.reverse();
+    let k_dims = k_pos_b.len();
+    if k_dims == 0 || b.rank() != k_dims + 1 || !k_pos_b.windows(2).all(|w| w[1] == w[0] + 1) {
         return Ok(None);
     }
-    let b_k_pos = k_axis.inputs[1][0];
-    let b_n_pos = 1 - b_k_pos;
+    let (k_first, b_n_pos) = match k_pos_b[0] {
+        0 => (true, k_dims),
+        1 => (false, 0),
+        _ => return Ok(None),
+    };
     let n_axis = axes.axis((InOut::In(1), b_n_pos))?;
     if n_axis.outputs[0].as_slice() != [out_rank - 1] || !n_axis.inputs[0].is_empty() {
         return Ok(None);
     }
     let mut last_out = None;
-    for i in 0..rank - 1 {
+    for i in 0..rows {
         let ax = axes.axis((InOut::In(0), i))?;
         if !ax.inputs[1].is_empty() || ax.inputs[0].len() != 1 {
             return Ok(None);
@@ -219,7 +245,8 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
             return Ok(None);
         }
     }
-    let (k, n) = (b.shape()[b_k_pos], b.shape()[b_n_pos]);
+    let k: usize = k_pos_b.iter().map(|&p| b.shape()[p]).product();
+    let n = b.shape()[b_n_pos];
     // Every quantization parameter constant; only b0 and b_scale may vary, and then along n.
     let mut params = vec![];
     for slot in 2..9 {
@@ -240,7 +267,7 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
     } else {
         b_view.as_slice::<i8>()?.to_vec()
     };
-    let packed = if b_k_pos == 0 {
+    let packed = if k_first {
         PackedI8::pack(k, n, |r, c| b_bytes[r * n + c])
     } else {
         PackedI8::pack(k, n, |r, c| b_bytes[c * k + r])
@@ -261,5 +288,6 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
         bias: bias.clone(),
         out_dt,
         out_shape: out_fact.shape.iter().cloned().collect(),
+        k_dims,
     }))
 }
