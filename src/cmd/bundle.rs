@@ -40,22 +40,44 @@ pub struct Args {
 }
 
 #[derive(Debug, Serialize)]
-struct BundleReport {
-    output: String,
-    bytes: u64,
-    examples: usize,
-    classes: usize,
-    example_shape: Vec<usize>,
-    student_sha256: String,
-    teacher_sha256: String,
-    labels: bool,
+pub(crate) struct BundleReport {
+    pub output: String,
+    pub bytes: u64,
+    pub examples: usize,
+    pub classes: usize,
+    pub example_shape: Vec<usize>,
+    pub student_sha256: String,
+    pub teacher_sha256: String,
+    pub labels: bool,
     /// Agreement of the student with the teacher on the recorded examples (host).
-    top1_agreement: f64,
-    accuracy: Option<f64>,
-    thresholds: pupil_runtime::parity::ThresholdSet,
+    pub top1_agreement: f64,
+    pub accuracy: Option<f64>,
+    pub thresholds: pupil_runtime::parity::ThresholdSet,
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
+    let report = compute(&args)?;
+    if args.json {
+        print_json(&report)?;
+        return Ok(0);
+    }
+    let mut t = table(&["field", "value"]);
+    t.add_row(vec!["bundle".to_string(), format!("{} ({})", report.output, crate::output::bytes(report.bytes))]);
+    t.add_row(vec!["examples".to_string(), format!("{} of {} {:?}", report.examples, args.data, report.example_shape)]);
+    t.add_row(vec!["labels".to_string(), if report.labels { "yes".into() } else { "no".into() }]);
+    t.add_row(vec!["student sha256".to_string(), report.student_sha256.clone()]);
+    t.add_row(vec!["teacher sha256".to_string(), report.teacher_sha256.clone()]);
+    t.add_row(vec!["student/teacher top-1 agreement".to_string(), format!("{:.2}%", 100.0 * report.top1_agreement)]);
+    if let Some(a) = report.accuracy {
+        t.add_row(vec!["student accuracy".to_string(), format!("{:.2}%", 100.0 * a)]);
+    }
+    t.add_row(vec!["thresholds".to_string(), serde_json::to_string(&report.thresholds)?]);
+    println!("{t}");
+    Ok(0)
+}
+
+/// Runs teacher and student over the data and writes the bundle; returns what was recorded.
+pub(crate) fn compute(args: &Args) -> anyhow::Result<BundleReport> {
     if args.examples == 0 {
         return Err(anyhow!("-n must be at least 1"));
     }
@@ -112,21 +134,5 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         accuracy: cmp.accuracy,
         thresholds,
     };
-    if args.json {
-        print_json(&report)?;
-        return Ok(0);
-    }
-    let mut t = table(&["field", "value"]);
-    t.add_row(vec!["bundle".to_string(), format!("{} ({})", report.output, crate::output::bytes(report.bytes))]);
-    t.add_row(vec!["examples".to_string(), format!("{} of {} {:?}", report.examples, args.data, report.example_shape)]);
-    t.add_row(vec!["labels".to_string(), if report.labels { "yes".into() } else { "no".into() }]);
-    t.add_row(vec!["student sha256".to_string(), report.student_sha256.clone()]);
-    t.add_row(vec!["teacher sha256".to_string(), report.teacher_sha256.clone()]);
-    t.add_row(vec!["student/teacher top-1 agreement".to_string(), format!("{:.2}%", 100.0 * report.top1_agreement)]);
-    if let Some(a) = report.accuracy {
-        t.add_row(vec!["student accuracy".to_string(), format!("{:.2}%", 100.0 * a)]);
-    }
-    t.add_row(vec!["thresholds".to_string(), serde_json::to_string(&report.thresholds)?]);
-    println!("{t}");
-    Ok(0)
+    Ok(report)
 }

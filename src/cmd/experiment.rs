@@ -182,7 +182,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         note: format!("{threes_after} errors on 3s; shift chosen on the test set, as in the paper"),
     });
 
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = std::iter::once("pupil".to_string()).chain(std::env::args().skip(1)).collect::<Vec<_>>().join(" ");
     let report =
         Report { experiment: "hinton-mnist", command, rows, speed, minutes: started.elapsed().as_secs_f64() / 60.0 };
     write_report(&args.results, &report)?;

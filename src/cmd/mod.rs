@@ -9,6 +9,7 @@ mod eval;
 pub mod experiment;
 mod inspect;
 mod parity;
+pub mod pipeline;
 mod profile;
 mod quantize;
 mod run;
@@ -16,15 +17,19 @@ pub mod train;
 mod verify;
 
 /// Distill a big ONNX teacher into a small student, quantize it, verify parity and profile it.
+///
+/// With no command, runs `pupil pipeline` on the shipped defaults (MNIST and the shipped teacher).
 #[derive(Debug, Parser)]
 #[command(name = "pupil", version, about)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole path on one command: distill → quantize → parity + device bundle → profile → summary (`out/`).
+    Pipeline(pipeline::Args),
     /// Inputs, outputs, operators, parameters, size and preprocessing spec of a model.
     Inspect(inspect::Args),
     /// Run a model on one image or .npy file and print the top classes.
@@ -53,7 +58,9 @@ pub enum Command {
 
 /// Runs a command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    match cli.command {
+    let command = cli.command.unwrap_or_else(|| Command::Pipeline(pipeline::Args::defaults()));
+    match command {
+        Command::Pipeline(a) => pipeline::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Run(a) => run::run(a),
         Command::Eval(a) => eval::run(a),

@@ -205,7 +205,18 @@ pub struct ParityCliReport {
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
-    let thresholds = args.thresholds.load()?;
+    let (report, labels) = compute(&args, args.thresholds.load()?)?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print_report(&report, labels.as_deref());
+    }
+    Ok(if report.passed { 0 } else { EXIT_THRESHOLD })
+}
+
+/// Runs every comparison, writes `parity.json` and the charts when `--out` is given; returns the report and the
+/// teacher's class labels.
+pub(crate) fn compute(args: &Args, thresholds: ThresholdSet) -> anyhow::Result<(ParityCliReport, Option<Vec<String>>)> {
     let teacher = load_model(&args.teacher, args.load.threads)?;
     let students =
         args.students.iter().map(|p| load_model(p, args.load.threads)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -343,12 +354,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         let path = dir.join("parity.json");
         pupil_runtime::onnx::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
-    if args.json {
-        print_json(&report)?;
-    } else {
-        print_report(&report, teacher.labels());
-    }
-    Ok(if report.passed { 0 } else { EXIT_THRESHOLD })
+    Ok((report, teacher.labels().map(|l| l.to_vec())))
 }
 
 fn pct(v: f64) -> String {

@@ -62,7 +62,7 @@ fn progress_bar(json: bool) -> ProgressBar {
 }
 
 /// Loads and profiles one model; adds accuracy when data is given.
-fn profile_one(path: &Path, args: &Args) -> anyhow::Result<ProfileReport> {
+pub(crate) fn profile_one(path: &Path, args: &Args) -> anyhow::Result<ProfileReport> {
     let batch = args.batch as usize;
     let options = ModelOptions { batch: Batch::Fixed(batch), threads: args.load.threads, ..Default::default() };
     let name = path.display().to_string();
@@ -168,7 +168,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn write_out(
+pub(crate) fn write_out(
     dir: &Path,
     args: &Args,
     subject: &ProfileReport,
@@ -328,7 +328,7 @@ fn print_single(r: &ProfileReport, top: usize) {
     print_operators(r, top);
 }
 
-fn print_comparison(c: &ProfileComparison, top: usize) {
+pub(crate) fn print_comparison(c: &ProfileComparison, top: usize) {
     let (s, r) = (&c.subject, &c.reference);
     let sname = s.label.as_deref().unwrap_or("model");
     let rname = r.label.as_deref().unwrap_or("other");
