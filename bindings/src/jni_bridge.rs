@@ -240,18 +240,19 @@ pub extern "system" fn Java_dev_pupil_NativePredictor_nativePredictInto<'local>(
             }
             let src = direct_region(env, &input, in_offset, n_in * 4, "input")?;
             let dst = direct_region(env, &output, out_offset, n_out * 4, "output")?;
-            let outputs = if cfg!(target_endian = "little") && (src as usize) % std::mem::align_of::<f32>() == 0 {
-                // SAFETY: `src` points at n_in * 4 readable bytes inside the direct buffer (checked), aligned for
-                // f32, and the buffer is kept alive by the `input` local reference for the whole call.
-                let values = unsafe { std::slice::from_raw_parts(src as *const f32, n_in) };
-                model.run(values)?
-            } else {
-                // SAFETY: as above, read as bytes.
-                let bytes = unsafe { std::slice::from_raw_parts(src as *const u8, n_in * 4) };
-                let values: Vec<f32> =
-                    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-                model.run(&values)?
-            };
+            let outputs =
+                if cfg!(target_endian = "little") && (src as usize).is_multiple_of(std::mem::align_of::<f32>()) {
+                    // SAFETY: `src` points at n_in * 4 readable bytes inside the direct buffer (checked), aligned for
+                    // f32, and the buffer is kept alive by the `input` local reference for the whole call.
+                    let values = unsafe { std::slice::from_raw_parts(src as *const f32, n_in) };
+                    model.run(values)?
+                } else {
+                    // SAFETY: as above, read as bytes.
+                    let bytes = unsafe { std::slice::from_raw_parts(src as *const u8, n_in * 4) };
+                    let values: Vec<f32> =
+                        bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                    model.run(&values)?
+                };
             // SAFETY: `dst` points at n_out * 4 writable bytes inside the output buffer (checked).
             let out = unsafe { std::slice::from_raw_parts_mut(dst, n_out * 4) };
             for (chunk, v) in out.chunks_exact_mut(4).zip(&outputs) {

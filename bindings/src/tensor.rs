@@ -4,7 +4,7 @@ use crate::error::PupilError;
 
 /// Reads little-endian `f32` values from `bytes`, failing when the length is not a multiple of 4.
 pub fn f32s_from_le_bytes(bytes: &[u8], what: &str) -> Result<Vec<f32>, PupilError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(PupilError::InputLength(format!(
             "{what} is {} bytes, which is not a whole number of little-endian f32 values (4 bytes each)",
             bytes.len()

@@ -250,10 +250,7 @@ pub(crate) fn run(job: &Job, teacher_path: Option<&Path>) -> Result<Outcome> {
         let seconds = t0.elapsed().as_secs_f64();
         let speed = n as f64 / seconds.max(1e-9);
         speeds.push(speed);
-        let heldout = match &job.heldout {
-            Some(h) => Some(evaluate(&net, h)),
-            None => None,
-        };
+        let heldout = job.heldout.as_ref().map(|h| evaluate(&net, h));
         let stats = EpochStats {
             epoch: epoch + 1,
             lr,

@@ -33,12 +33,12 @@ impl DeviceFingerprint {
 fn cpu_model() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     for key in ["model name", "Hardware", "CPU part", "Processor"] {
-        if let Some(line) = info.lines().find(|l| l.starts_with(key)) {
-            if let Some((_, v)) = line.split_once(':') {
-                let v = v.trim();
-                if !v.is_empty() {
-                    return v.to_string();
-                }
+        if let Some(line) = info.lines().find(|l| l.starts_with(key))
+            && let Some((_, v)) = line.split_once(':')
+        {
+            let v = v.trim();
+            if !v.is_empty() {
+                return v.to_string();
             }
         }
     }

@@ -123,7 +123,7 @@ impl PreprocessSpec {
                 return bad(format!("`{name}` has a non-finite value"));
             }
         }
-        if self.std.iter().any(|s| *s == 0.0) {
+        if self.std.contains(&0.0) {
             return bad("`std` has a zero".into());
         }
         if !self.scale.is_finite() || self.scale == 0.0 {

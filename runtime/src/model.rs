@@ -495,7 +495,7 @@ impl Model {
     pub fn run_batch(&self, input: &[f32]) -> Result<Vec<f32>> {
         let per = self.example_len();
         let n = input.len() / per;
-        if n == 0 || input.len() % per != 0 {
+        if n == 0 || !input.len().is_multiple_of(per) {
             return Err(Error::InputLength {
                 input: self.inputs[0].name.clone(),
                 expected: per * n.max(1),

@@ -42,7 +42,7 @@ fn eight_bit_rounded_copy_stays_above_the_bar() {
 fn corrupted_second_conv_of_a_cnn_is_the_first_flagged() {
     let w = |l: usize, i: usize| ((i * 2654435761usize + l * 97) % 1000) as f32 / 1000.0 - 0.5;
     let good = zoo::cnn(28, &[4, 8], 10, &mut |l, i| w(l, i)).to_bytes();
-    let bad = zoo::cnn(28, &[4, 8], 10, &mut |l, i| if l == 1 { w(l, i) * -1.0 + 0.05 } else { w(l, i) }).to_bytes();
+    let bad = zoo::cnn(28, &[4, 8], 10, &mut |l, i| if l == 1 { -w(l, i) + 0.05 } else { w(l, i) }).to_bytes();
     let (x, _) = mnist("t10k", 8);
     let r = layer_divergence(&good, &bad, &[1, 28, 28], &x, 20.0).unwrap();
     let first = r.first_divergent().expect("flagged");

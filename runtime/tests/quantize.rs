@@ -168,15 +168,15 @@ fn mlp_f32() -> &'static Vec<u8> {
 fn cnn_f32() -> &'static Vec<u8> {
     static M: OnceLock<Vec<u8>> = OnceLock::new();
     M.get_or_init(|| {
-        let channels = [8usize, 16];
-        let features = 16 * 7 * 7;
+        let channels = [16usize, 40];
+        let features = 40 * 7 * 7;
         let mut rng = Lcg(11);
         let conv: Vec<Vec<f32>> = vec![
-            (0..8 * 9).map(|_| rng.normal() * 0.5).collect(),
-            (0..16 * 8 * 9).map(|_| rng.normal() * 0.2).collect(),
+            (0..16 * 9).map(|_| rng.normal() * 0.5).collect(),
+            (0..40 * 16 * 9).map(|_| rng.normal() * 0.15).collect(),
         ];
         let conv_bias: Vec<Vec<f32>> =
-            vec![(0..8).map(|_| rng.normal() * 0.05).collect(), (0..16).map(|_| rng.normal() * 0.05).collect()];
+            vec![(0..16).map(|_| rng.normal() * 0.05).collect(), (0..40).map(|_| rng.normal() * 0.05).collect()];
         let build = |fc: &[f32], fc_bias: &[f32]| {
             let mut w = |l: usize, i: usize| -> f32 {
                 if l < 2 {
@@ -307,9 +307,9 @@ fn cnn_static_int8_agrees_and_runs_on_integer_kernels() {
     let quantized = predictions(&bytes, &d.test.0);
     let agree = agreement(&reference, &quantized);
     assert!(agree >= 0.99, "top-1 agreement {agree}");
-    // This CNN has only 9k parameters (36 KB): the per-layer scales, zero points and names (~1.7 KB) are a
-    // visible share, so the file ratio is 0.30 here; the weight payload itself is int8 (checked below).
-    assert!(report.size_ratio() <= 0.31, "size ratio {}", report.size_ratio());
+    // 25.5k parameters (102 KB, the size of a small CNN student): per-channel scales, zero points and names are
+    // a small share, so the whole file is at most 0.27x; the weight payload itself is int8 (checked below).
+    assert!(report.size_ratio() <= 0.27, "size ratio {}", report.size_ratio());
     let proto = pupil_runtime::model::decode_onnx(&bytes).unwrap();
     let weight_bytes: usize = proto
         .graph

@@ -9,15 +9,8 @@ use pupil_runtime::quantize::arith::{
 fn ref_round(x: f64) -> f64 {
     let f = x.floor();
     let d = x - f;
-    if d > 0.5 {
-        f + 1.0
-    } else if d < 0.5 {
-        f
-    } else if f % 2.0 == 0.0 {
-        f
-    } else {
-        f + 1.0
-    }
+    let round_up = d > 0.5 || (d == 0.5 && f % 2.0 != 0.0);
+    if round_up { f + 1.0 } else { f }
 }
 
 /// ONNX QuantizeLinear: saturate(round(x / scale) + zero_point).

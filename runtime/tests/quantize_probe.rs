@@ -1,7 +1,6 @@
 use pupil_runtime::onnx::{Attr, GraphBuilder, dtype};
 use pupil_runtime::spec::Dim;
 use pupil_runtime::{Model, ModelOptions};
-use tract_onnx::prelude::*;
 
 fn rnd(seed: &mut u64) -> f32 {
     *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -49,7 +48,7 @@ fn mlp(sizes: &[usize], form: u32) -> Vec<u8> {
         let ws: Vec<Vec<f32>> =
             (0..layers).map(|i| (0..sizes[i] * sizes[i + 1]).map(|_| rnd(&mut s) * 0.1).collect()).collect();
         let bs: Vec<Vec<f32>> = (0..layers).map(|i| (0..sizes[i + 1]).map(|_| rnd(&mut s) * 0.1).collect()).collect();
-        let mut g = pupil_runtime::onnx::zoo::mlp(sizes, &ws, &bs);
+        let g = pupil_runtime::onnx::zoo::mlp(sizes, &ws, &bs);
         return g.to_bytes();
     }
     let xs = b.init_f32("xs", &[], &[0.02]);
@@ -169,7 +168,7 @@ fn cnn_q() -> Vec<u8> {
     let w = b.init_raw("wl", &[m, 10], dtype::I8, i8s(m * 10, &mut s));
     let mm = b.op("MatMulInteger", &[&q, &w, &xz], &[]);
     let c = b.op("Cast", &[&mm], &[("to", Attr::Int(1))]);
-    let sc = b.init_f32("scl", &[10], &vec![0.001; 10]);
+    let sc = b.init_f32("scl", &[10], &[0.001; 10]);
     b.node("Mul", &[&c, &sc], &["logits"], &[]);
     b.output("logits", &[Dim::Fixed(1), Dim::Fixed(10)]);
     b.to_bytes()

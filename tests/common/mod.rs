@@ -21,9 +21,9 @@ fn class_means(train: &Dataset, n: usize, features: &dyn Fn(&[f32]) -> Vec<f32>)
     let dim = features(train.example(0)).len();
     let mut sums = vec![vec![0f32; dim]; 10];
     let mut counts = [0f32; 10];
-    for i in 0..n.min(train.len()) {
+    for (i, &label) in labels.iter().enumerate().take(n.min(train.len())) {
         let f = features(train.example(i));
-        let c = labels[i] as usize;
+        let c = label as usize;
         counts[c] += 1.0;
         for (s, v) in sums[c].iter_mut().zip(&f) {
             *s += v;

@@ -152,7 +152,7 @@ impl Dataset {
     /// Number of examples.
     pub fn len(&self) -> usize {
         let per = self.example_len();
-        if per == 0 { 0 } else { self.inputs.len() / per }
+        self.inputs.len().checked_div(per).unwrap_or(0)
     }
     /// True when there are no examples.
     pub fn is_empty(&self) -> bool {

@@ -67,6 +67,7 @@ pub fn mlp_weights(sizes: &[usize], seed: u64) -> (Vec<Vec<f32>>, Vec<Vec<f32>>)
     (ws, bs)
 }
 
+#[allow(clippy::too_many_arguments)] // one argument per Conv attribute of the graph being written
 fn conv(
     b: &mut GraphBuilder,
     rng: &mut Rng,

@@ -139,7 +139,7 @@ pub fn layer_divergence(
 ) -> Result<LayerReport> {
     catch_panic("per-layer divergence", || {
         let per: usize = example_shape.iter().product();
-        if per == 0 || inputs.is_empty() || inputs.len() % per != 0 {
+        if per == 0 || inputs.is_empty() || !inputs.len().is_multiple_of(per) {
             return Err(Error::InputLength {
                 input: "input".into(),
                 expected: per.max(1) * (inputs.len() / per.max(1)).max(1),

@@ -184,7 +184,7 @@ pub fn compare(
             candidate.len()
         )));
     }
-    if reference.is_empty() || reference.len() % classes != 0 {
+    if reference.is_empty() || !reference.len().is_multiple_of(classes) {
         return Err(bad(format!("{} output values is not a whole number of {classes}-class rows", reference.len())));
     }
     let n = reference.len() / classes;

@@ -116,7 +116,7 @@ pub fn quantize_weight(w: f32, scale: f32) -> i8 {
 /// (`per_channel = true`) or one for the whole tensor.
 pub fn quantize_weights(w: &[f32], channels: usize, per_channel: bool) -> QuantizedWeights {
     assert!(
-        channels > 0 && w.len() % channels == 0,
+        channels > 0 && w.len().is_multiple_of(channels),
         "weights of {} values do not split in {channels} channels",
         w.len()
     );
