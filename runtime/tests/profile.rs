@@ -281,3 +281,27 @@ fn bad_options_are_typed_errors() {
     let r = model.profile(&ProfileOptions { input: Some(vec![0.25; 20]), ..quick() }).unwrap();
     assert_eq!(r.batch, 2);
 }
+
+/// An int8 student runs on pupil's kernels (`PupilQMatMul`), which report their multiply-accumulates to tract's
+/// cost model: their count is the f32 network's hand count, at batch 1 and 3.
+#[test]
+fn int8_macs_on_pupils_kernels_equal_the_hand_count() {
+    let sizes = [64, 48, 24, 10];
+    let f32_bytes = mlp_bytes(&sizes);
+    let calibration: Vec<f32> = (0..32 * 64).map(|i| ((i * 37) % 101) as f32 / 101.0).collect();
+    let (int8, _) = pupil_runtime::quantize::quantize(&f32_bytes, &Default::default(), Some(&calibration)).unwrap();
+    for batch in [1usize, 3] {
+        let model = Model::from_bytes(&int8, ModelOptions::default().with_batch(Batch::Fixed(batch))).unwrap();
+        assert_eq!(
+            pupil_runtime::kernels::pupil_nodes(model.typed_model()).len(),
+            3,
+            "every product on pupil's kernels"
+        );
+        let r = model.profile(&ProfileOptions { op_runs: 2, ..quick() }).unwrap();
+        let nodes = &r.operators.as_ref().unwrap().nodes;
+        let on_pupil: u64 = nodes.iter().filter(|n| n.op == "PupilQMatMul").filter_map(|n| n.macs).sum();
+        assert_eq!(on_pupil, hand_macs(&sizes) * batch as u64, "batch {batch}");
+        // tract's cost model also counts the output layer's f32 rescale (`Mul`, one per logit) as an FMA.
+        assert_eq!(r.macs.per_run, (hand_macs(&sizes) + 10) * batch as u64, "batch {batch}");
+    }
+}

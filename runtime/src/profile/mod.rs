@@ -513,9 +513,10 @@ pub struct Comparison {
     pub summary: String,
 }
 
+/// `num / den` when both are positive (a zero, e.g. no measurable memory growth, has no meaningful ratio).
 fn ratio(num: f64, den: f64) -> Option<f64> {
     let r = num / den;
-    (den > 0.0 && r.is_finite()).then_some(r)
+    (den > 0.0 && num > 0.0 && r.is_finite()).then_some(r)
 }
 
 fn phrase(r: Option<f64>, more: &str, less: &str) -> Option<String> {
