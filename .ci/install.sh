@@ -6,6 +6,7 @@ for pkg in "$@"; do need_apt+=("$pkg"); done
 command -v qemu-aarch64 >/dev/null || need_apt+=(qemu-user)
 command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 [ -e /usr/share/java/jna.jar ] || need_apt+=(libjna-java)
+command -v clang >/dev/null && command -v llvm-nm >/dev/null || need_apt+=(clang llvm)
 command -v java >/dev/null || need_apt+=(openjdk-17-jdk-headless)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
