@@ -504,10 +504,7 @@ fn quantize_student(
     spinner.finish_and_clear();
     let (q, report) = result?;
     pupil_runtime::onnx::write_atomic(out, &q)?;
-    let card = pupil_runtime::meta::card_path(student);
-    if card.exists() {
-        std::fs::copy(&card, pupil_runtime::meta::card_path(out)).context("copying the model card")?;
-    }
+    super::quantize::write_card(student, out, &q, &report)?;
     Ok(report)
 }
 

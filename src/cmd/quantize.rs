@@ -96,14 +96,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         args.model.with_file_name(format!("{stem}.{suffix}.onnx"))
     });
     pupil_runtime::onnx::write_atomic(&out, &out_bytes)?;
-    // The model card (labels, preprocessing) applies unchanged to the quantized model.
-    let card = pupil_runtime::meta::card_path(&args.model);
-    if card.exists() {
-        let out_card = pupil_runtime::meta::card_path(&out);
-        if out_card != card {
-            std::fs::copy(&card, &out_card)?;
-        }
-    }
+    write_card(&args.model, &out, &out_bytes, &report)?;
     if args.json {
         print_json(&serde_json::json!({ "output": out.display().to_string(), "report": report }))?;
         return Ok(0);
@@ -159,4 +152,46 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         eprintln!("warning: {w}");
     }
     Ok(0)
+}
+
+/// Writes the quantized model's card from the float model's (when it has one): the same labels and preprocessing,
+/// its own sha256, where it came from and how it was quantized; the float model's metrics are kept under
+/// `float_model_metrics`, since they were measured on the float model.
+pub(crate) fn write_card(
+    float_model: &std::path::Path,
+    out: &std::path::Path,
+    out_bytes: &[u8],
+    report: &pupil_runtime::quantize::QuantizeReport,
+) -> anyhow::Result<()> {
+    let card = pupil_runtime::meta::card_path(float_model);
+    let out_card = pupil_runtime::meta::card_path(out);
+    if !card.exists() || out_card == card {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&card).map_err(|e| anyhow::anyhow!("reading {}: {e}", card.display()))?;
+    let mut v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", card.display()))?;
+    if let Some(obj) = v.as_object_mut() {
+        let float_sha = obj.insert("sha256".into(), pupil_runtime::model::sha256_hex(out_bytes).into());
+        if let Some(m) = obj.remove("metrics") {
+            obj.insert("float_model_metrics".into(), m);
+        }
+        obj.insert(
+            "quantized_from".into(),
+            serde_json::json!({ "path": float_model.display().to_string(), "sha256": float_sha }),
+        );
+        obj.insert(
+            "quantization".into(),
+            serde_json::json!({
+                "mode": report.mode,
+                "calibration": report.calibration,
+                "calibration_examples": report.calibration_examples,
+                "activations": report.activations,
+                "per_channel": report.per_channel,
+                "size_ratio": report.size_ratio(),
+            }),
+        );
+    }
+    pupil_runtime::onnx::write_atomic(&out_card, serde_json::to_string_pretty(&v)?.as_bytes())?;
+    Ok(())
 }
