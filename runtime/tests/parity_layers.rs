@@ -66,3 +66,31 @@ fn unrelated_models_and_bad_inputs_are_typed_errors() {
     let r = layer_divergence(&mlp, &other.to_bytes(), &[784], &x, 20.0).unwrap();
     assert_eq!(r.layers.len(), 1);
 }
+
+/// Against its int8 version made by pupil's quantizer, the float model's hidden layers are matched with their
+/// 8-bit forms (`relu0.q`, dequantized with their own scale and zero point), not only the input and the logits;
+/// an int8 copy of a damaged model is caught at the damaged layer.
+#[test]
+fn int8_model_from_pupils_quantizer_is_compared_layer_by_layer() {
+    let means = class_means(3000);
+    let good = deep_ncm_onnx(&means, false, false);
+    let bad = deep_ncm_onnx(&means, true, false);
+    let (calibration, _) = mnist("train", 256);
+    let quantize = |bytes: &[u8]| {
+        pupil_runtime::quantize::quantize(bytes, &Default::default(), Some(&calibration)).expect("quantizes").0
+    };
+    let (x, _) = mnist("t10k", 32);
+
+    let r = layer_divergence(&good, &quantize(&good), &[784], &x, 20.0).unwrap();
+    let names: Vec<&str> = r.layers.iter().map(|l| l.name.as_str()).collect();
+    assert!(names.contains(&"relu0") && names.contains(&"relu1"), "hidden layers matched: {names:?}");
+    assert_eq!(r.first_below, None, "int8 rounding stays above 20 dB: {:#?}", r.layers);
+    let relu0 = r.layers.iter().find(|l| l.name == "relu0").unwrap();
+    assert!(relu0.sqnr_db < SQNR_CAP_DB - 1.0 && relu0.sqnr_db > 25.0, "relu0 SQNR {}", relu0.sqnr_db);
+
+    let r = layer_divergence(&good, &quantize(&bad), &[784], &x, 20.0).unwrap();
+    let first = r.first_divergent().expect("the damaged layer is flagged");
+    assert!(["fc1", "relu1"].contains(&first.name.as_str()), "first flagged: {first:?}");
+    let relu0 = r.layers.iter().find(|l| l.name == "relu0").unwrap();
+    assert!(!relu0.below_bar, "the layer before the damage stays above the bar");
+}

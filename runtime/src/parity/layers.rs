@@ -38,7 +38,8 @@ pub struct LayerReport {
     pub layers: Vec<LayerDivergence>,
     /// Index in `layers` of the first layer below the bar.
     pub first_below: Option<usize>,
-    /// Float tensors of the reference with no counterpart of the same name, shape and type in the candidate.
+    /// Float tensors of the reference with no counterpart of the same name and shape in the candidate (neither
+    /// the float tensor nor its 8-bit form `NAME.q`).
     pub unmatched: Vec<String>,
 }
 
@@ -61,6 +62,44 @@ fn node_outputs(graph: &pb::GraphProto) -> Vec<(String, String)> {
         .filter(|n| n.op_type != "Constant")
         .flat_map(|n| n.output.iter().filter(|o| !o.is_empty()).map(move |o| (o.clone(), n.op_type.clone())))
         .collect()
+}
+
+/// Ops that pass an 8-bit tensor through with its scale and zero point unchanged.
+const PASS_THROUGH: [&str; 7] = ["MaxPool", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity"];
+
+/// Scale and zero point of the 8-bit tensor `name` (pupil's quantizer names the 8-bit form of `X` `X.q`): from
+/// the node producing it (`QuantizeLinear` inputs 1–2, `QLinearConv` / `QLinearMatMul` inputs 6–7), following
+/// pass-through ops such as `MaxPool` back to one. `None` when they are not constant scalars.
+fn quant_params(graph: &pb::GraphProto, name: &str) -> Option<(f32, f32)> {
+    let init = |n: &str| graph.initializer.iter().find(|t| t.name == n);
+    let mut cur = name.to_string();
+    for _ in 0..32 {
+        let node = graph.node.iter().find(|n| n.output.iter().any(|o| *o == cur))?;
+        let (scale, zp) = match node.op_type.as_str() {
+            "QuantizeLinear" => (node.input.get(1)?, node.input.get(2)?),
+            "QLinearConv" | "QLinearMatMul" => (node.input.get(6)?, node.input.get(7)?),
+            op if PASS_THROUGH.contains(&op) => {
+                cur = node.input.first()?.clone();
+                continue;
+            }
+            _ => return None,
+        };
+        let (scale, zp) = (init(scale)?, init(zp)?);
+        let scale = match (scale.float_data.as_slice(), scale.raw_data.as_slice()) {
+            ([v], _) => *v,
+            ([], [a, b, c, d]) => f32::from_le_bytes([*a, *b, *c, *d]),
+            _ => return None,
+        };
+        let signed = zp.data_type == crate::onnx::dtype::I8;
+        let zp = match (zp.int32_data.as_slice(), zp.raw_data.as_slice()) {
+            ([v], _) => *v as f32,
+            ([], [b]) if signed => *b as i8 as f32,
+            ([], [b]) => *b as f32,
+            _ => return None,
+        };
+        return Some((scale, zp));
+    }
+    None
 }
 
 /// Loads `proto` with `names` exposed as outputs (those tract can find), typed. Returns the model and, per
@@ -90,21 +129,29 @@ fn expose(
     Ok((typed, found))
 }
 
-/// The f32 outputs with a concrete shape: name → (output index, shape).
-fn float_outputs(model: &TypedModel, names: &[String]) -> Result<HashMap<String, (usize, Vec<usize>)>> {
+/// The f32 outputs (and 8-bit ones, for the names in `eight_bit`) with a concrete shape: name → (output index,
+/// shape).
+fn float_outputs(
+    model: &TypedModel,
+    names: &[String],
+    eight_bit: &HashSet<String>,
+) -> Result<HashMap<String, (usize, Vec<usize>)>> {
     let mut out = HashMap::new();
     for (i, name) in names.iter().enumerate() {
         let fact = model.output_fact(i).map_err(|e| invalid("output fact", format!("{e:#}")))?;
-        if fact.datum_type == f32::datum_type()
-            && let Some(shape) = fact.shape.as_concrete()
-        {
+        let dt = fact.datum_type.unquantized();
+        let wanted =
+            dt == f32::datum_type() || (eight_bit.contains(name) && (dt == u8::datum_type() || dt == i8::datum_type()));
+        if wanted && let Some(shape) = fact.shape.as_concrete() {
             out.insert(name.clone(), (i, shape.to_vec()));
         }
     }
     Ok(out)
 }
 
-fn run_selected(mut model: TypedModel, indices: &[usize], input: Tensor, what: &str) -> Result<Vec<Vec<f32>>> {
+/// Runs the model with only these outputs; each as f32 and whether tract dequantized it (a quantized datum type
+/// carries its own scale and zero point; a plain u8 / i8 one comes back as raw integers).
+fn run_selected(mut model: TypedModel, indices: &[usize], input: Tensor, what: &str) -> Result<Vec<(Vec<f32>, bool)>> {
     let outlets: Vec<OutletId> = indices
         .iter()
         .map(|i| model.output_outlets().map(|o| o[*i]))
@@ -120,16 +167,18 @@ fn run_selected(mut model: TypedModel, indices: &[usize], input: Tensor, what: &
     outputs
         .iter()
         .map(|t| {
+            let dequantized = t.datum_type().is_quantized();
             let t = t.cast_to::<f32>().map_err(|e| Error::Inference { reason: format!("{e:#}") })?;
             t.try_as_plain_ram()
-                .and_then(|v| v.as_slice::<f32>().map(|s| s.to_vec()))
+                .and_then(|v| v.as_slice::<f32>().map(|s| (s.to_vec(), dequantized)))
                 .map_err(|e| Error::Inference { reason: format!("{e:#}") })
         })
         .collect()
 }
 
 /// Runs `inputs` (flat, whole examples of `example_shape`) through both ONNX models with every float tensor
-/// they share by name exposed, and compares them layer by layer; layers under `min_sqnr_db` are flagged.
+/// they share by name exposed (or its dequantized 8-bit form `NAME.q`, in a model quantized by pupil), and
+/// compares them layer by layer; layers under `min_sqnr_db` are flagged.
 pub fn layer_divergence(
     reference: &[u8],
     candidate: &[u8],
@@ -159,18 +208,39 @@ pub fn layer_divergence(
         let cand_names: HashSet<String> = node_outputs(cg).into_iter().map(|(n, _)| n).collect();
         let ops: HashMap<String, String> = ref_outputs.iter().cloned().collect();
         let ref_names: Vec<String> = ref_outputs.iter().map(|(n, _)| n.clone()).collect();
-        let shared: Vec<String> = ref_names.iter().filter(|n| cand_names.contains(*n)).cloned().collect();
+        // A float tensor `X` of the reference is compared with `X` in the candidate, or, in a model quantized by
+        // pupil, with its 8-bit form `X.q` dequantized with that tensor's own scale and zero point.
+        let mut counterpart: HashMap<String, (String, Option<(f32, f32)>)> = HashMap::new();
+        for n in &ref_names {
+            let q = format!("{n}.q");
+            if cand_names.contains(n) {
+                counterpart.insert(n.clone(), (n.clone(), None));
+            } else if cand_names.contains(&q)
+                && let Some(params) = quant_params(cg, &q)
+            {
+                counterpart.insert(n.clone(), (q, Some(params)));
+            }
+        }
+        let shared: Vec<String> = ref_names.iter().filter_map(|n| counterpart.get(n).map(|(c, _)| c.clone())).collect();
+        let eight_bit: HashSet<String> =
+            counterpart.values().filter(|(_, p)| p.is_some()).map(|(c, _)| c.clone()).collect();
 
         let (rm, rfound) = expose(&rp, &ref_names, &shape, "reference")?;
         let (cm, cfound) = expose(&cp, &shared, &shape, "candidate")?;
-        let rf = float_outputs(&rm, &rfound)?;
-        let cf = float_outputs(&cm, &cfound)?;
+        let rf = float_outputs(&rm, &rfound, &HashSet::new())?;
+        let cf = float_outputs(&cm, &cfound, &eight_bit)?;
         let mut matched = vec![];
         let mut unmatched = vec![];
         for name in &rfound {
             let Some((ri, rshape)) = rf.get(name) else { continue };
-            match cf.get(name) {
-                Some((ci, cshape)) if cshape == rshape => matched.push((name.clone(), *ri, *ci, rshape.clone())),
+            let Some((cname, params)) = counterpart.get(name) else {
+                unmatched.push(name.clone());
+                continue;
+            };
+            match cf.get(cname) {
+                Some((ci, cshape)) if cshape == rshape => {
+                    matched.push((name.clone(), *ri, *ci, rshape.clone(), *params))
+                }
                 _ => unmatched.push(name.clone()),
             }
         }
@@ -187,7 +257,12 @@ pub fn layer_divergence(
         let rv = run_selected(rm, &ri, input.clone(), "reference")?;
         let cv = run_selected(cm, &ci, input, "candidate")?;
         let mut layers = vec![];
-        for ((name, _, _, shape), (r, c)) in matched.into_iter().zip(rv.iter().zip(&cv)) {
+        for ((name, _, _, shape, params), ((r, _), (c, dequantized))) in matched.into_iter().zip(rv.iter().zip(&cv)) {
+            let c: Vec<f32> = match params {
+                Some((scale, zp)) if !dequantized => c.iter().map(|v| (v - zp) * scale).collect(),
+                _ => c.clone(),
+            };
+            let (r, c) = (r.as_slice(), c.as_slice());
             let (mut dot, mut rr, mut cc, mut max) = (0f64, 0f64, 0f64, 0f64);
             for (a, b) in r.iter().zip(c) {
                 let (a, b) = (*a as f64, *b as f64);
