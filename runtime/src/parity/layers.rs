@@ -74,7 +74,7 @@ fn quant_params(graph: &pb::GraphProto, name: &str) -> Option<(f32, f32)> {
     let init = |n: &str| graph.initializer.iter().find(|t| t.name == n);
     let mut cur = name.to_string();
     for _ in 0..32 {
-        let node = graph.node.iter().find(|n| n.output.iter().any(|o| *o == cur))?;
+        let node = graph.node.iter().find(|n| n.output.contains(&cur))?;
         let (scale, zp) = match node.op_type.as_str() {
             "QuantizeLinear" => (node.input.get(1)?, node.input.get(2)?),
             "QLinearConv" | "QLinearMatMul" => (node.input.get(6)?, node.input.get(7)?),
