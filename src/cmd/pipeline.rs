@@ -234,20 +234,15 @@ pub fn execute(args: &Args) -> anyhow::Result<Summary> {
         recipe.train.epochs = e;
     }
     let classes = recipe.model.classes();
-    if teacher_model.classes() != classes {
-        return Err(DistillError::TeacherClasses {
-            teacher: teacher_path.clone(),
-            expected: classes,
-            got: teacher_model.classes(),
-        }
-        .into());
-    }
     let preprocess = teacher_model.meta().preprocess.clone();
     let mut transfer = data_spec.load(preprocess.as_ref()).with_context(|| format!("loading {data_spec}"))?;
     if let Some(n) = args.limit {
         transfer = transfer.take(n);
     }
     let transfer = transfer.unlabeled();
+    // The distiller's own check (input width against the data, output width against the recipe), run now so a
+    // mismatch is named before the test data is read.
+    pupil_distill::teacher::check_teacher(&teacher_model, &teacher_path, &transfer, classes)?;
     let mut test = test_spec.load(preprocess.as_ref()).with_context(|| format!("loading {test_spec}"))?;
     if let Some(n) = args.test_limit {
         test = test.take(n);
@@ -255,7 +250,7 @@ pub fn execute(args: &Args) -> anyhow::Result<Summary> {
     if test.labels.is_none() {
         return Err(anyhow!("the test data `{test_spec}` has no labels: errors and parity need them"));
     }
-    test.check_labels(teacher_model.classes())?;
+    test.check_labels(classes)?;
     drop(teacher_model);
 
     // ---- 1. Distill.
