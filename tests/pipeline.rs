@@ -193,6 +193,15 @@ fn bad_inputs_fail_before_training_and_leave_earlier_artifacts_intact() {
     assert!(!out_dir.join("student.ckpt").exists(), "no training may start");
     assert!(started.elapsed() < Duration::from_secs(60));
 
+    // Zero calibration examples is refused before training, not after it.
+    let mut args = reduced(&out_dir, &[]);
+    let i = args.iter().position(|a| a == "--calibration-examples").unwrap();
+    args[i + 1] = "0".into();
+    let out = pupil(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--calibration-examples"));
+    assert!(!out_dir.join("student.ckpt").exists(), "no training may start");
+
     // An unknown recipe is named.
     let mut args = reduced(&out_dir, &[]);
     let i = args.iter().position(|a| a == "tiny").unwrap();

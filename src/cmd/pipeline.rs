@@ -226,6 +226,13 @@ pub fn execute(args: &Args) -> anyhow::Result<Summary> {
     let test_spec = locate_spec(&args.test);
 
     // ---- Preflight: everything that can be wrong is found before training starts.
+    if args.calibration_examples == 0 || args.bundle_examples == 0 {
+        return Err(anyhow!(
+            "--calibration-examples and --bundle-examples must be at least 1 (got {} and {})",
+            args.calibration_examples,
+            args.bundle_examples
+        ));
+    }
     check_writable(&out)?;
     let teacher_model = Model::load(&teacher_path, ModelOptions::default())
         .with_context(|| format!("loading the teacher {}", teacher_path.display()))?;
