@@ -70,6 +70,23 @@ pub fn reset_peak() -> bool {
     }
 }
 
+/// Resets the peak RSS and reads a snapshot whose peak equals its RSS, so that a phase measured from it has an
+/// exact peak. Another thread can allocate between the reset and the read and raise the peak again; the reset is
+/// then retried, a few times at most. Returns the snapshot and whether such a clean reset happened.
+pub fn reset_peak_and_snapshot() -> (bool, Option<MemorySnapshot>) {
+    for _ in 0..8 {
+        if !reset_peak() {
+            return (false, snapshot());
+        }
+        match snapshot() {
+            Some(s) if s.peak <= s.rss => return (true, Some(s)),
+            None => return (false, None),
+            Some(_) => std::thread::yield_now(),
+        }
+    }
+    (false, snapshot())
+}
+
 /// Parses `VmRSS` and `VmHWM` (in kB) out of `/proc/<pid>/status` text.
 pub fn parse_status(status: &str) -> Option<MemorySnapshot> {
     let field = |name: &str| -> Option<u64> {

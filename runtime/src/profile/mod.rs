@@ -172,7 +172,8 @@ pub struct MemoryReport {
     pub load: Option<MemoryGrowth>,
     /// Growth during the profiled inference runs (first, warm-up and timed).
     pub inference: Option<MemoryGrowth>,
-    /// Whether the peak counter was reset before inference (then `inference.peak_growth` is exact).
+    /// Whether the peak counter was reset right before inference and read back unraised by other threads (then
+    /// `inference.peak_growth` is exact).
     pub peak_reset: bool,
     /// Where the numbers come from.
     pub source: String,
@@ -323,8 +324,8 @@ impl Model {
 
         // Inference: first run, warm-up, timed runs, all inside one memory measurement.
         let cold = !self.has_run();
-        let peak_reset = options.reset_peak_memory && memory::reset_peak();
-        let before = memory::snapshot();
+        let (peak_reset, before) =
+            if options.reset_peak_memory { memory::reset_peak_and_snapshot() } else { (false, memory::snapshot()) };
         progress(ProfileStage::FirstInference, 0, 1);
         let t = Instant::now();
         self.run_batch(&input)?;
