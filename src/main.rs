@@ -23,7 +23,7 @@ fn main() {
     match cmd::run(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", output::error_chain(&e));
             std::process::exit(1);
         }
     }

@@ -26,3 +26,20 @@ pub fn bytes(n: u64) -> String {
         format!("{:.2} MiB", n as f64 / (1024.0 * 1024.0))
     }
 }
+
+/// An error and its causes on one line, `outer: inner: root`, each cause once. Library errors often quote their
+/// source in their own message *and* expose it as `source()`; anyhow's `{:#}` would then print it twice.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if line.ends_with(&msg) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&msg);
+    }
+    line
+}

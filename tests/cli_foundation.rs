@@ -104,6 +104,8 @@ fn bad_cli_inputs_fail_with_named_errors() {
     let (code, _, err) = pupil(&["inspect", "no/such/model.onnx"]);
     assert_ne!(code, 0);
     assert!(err.contains("no/such/model.onnx"), "{err}");
+    // The OS reason is said once, although the runtime's error both quotes it and chains it as its source.
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 
     let junk = write(dir.path(), "junk.onnx", b"definitely not protobuf \xff\xff\xff");
     let (code, _, err) = pupil(&["inspect", junk.to_str().unwrap()]);
