@@ -370,17 +370,18 @@ pub fn execute(args: &Args) -> anyhow::Result<Summary> {
         op_runs: 30,
         batch: 1,
         load: args.load.clone(),
-        data: Some(test_spec.clone()),
-        limit: Some(1),
+        data: None,
+        limit: None,
         top: 10,
         json: quiet,
         out: None,
     };
     let mut reports = Vec::new();
     for (stem, path) in [("teacher", &teacher_path), ("student", &student_path), ("student.int8", &int8_path)] {
-        let mut r = profile::profile_one(path, &prof_args)?;
-        r.accuracy = None;
-        reports.push((stem, r));
+        // Every model is profiled on the first test image (the students share the teacher's preprocessing).
+        let model = profile::load(path, &prof_args)?;
+        let first = test.inputs[..model.example_len()].to_vec();
+        reports.push((stem, profile::profile_loaded(path, &model, Some(first), &prof_args)?));
     }
     std::fs::create_dir_all(&profile_dir)?;
     for (stem, r) in &reports {

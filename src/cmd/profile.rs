@@ -64,11 +64,7 @@ fn progress_bar(json: bool) -> ProgressBar {
 /// Loads and profiles one model; adds accuracy when data is given.
 pub(crate) fn profile_one(path: &Path, args: &Args) -> anyhow::Result<ProfileReport> {
     let batch = args.batch as usize;
-    let options = ModelOptions { batch: Batch::Fixed(batch), threads: args.load.threads, ..Default::default() };
-    let name = path.display().to_string();
-    // Reset the peak-RSS counter so the load's own peak is measured exactly (see `pupil_runtime::profile::memory`).
-    memory::reset_peak();
-    let model = Model::load(path, options).with_context(|| format!("loading {name}"))?;
+    let model = load(path, args)?;
     let data = match &args.data {
         Some(spec) => {
             let mut ds = spec.load(model.meta().preprocess.as_ref()).with_context(|| format!("loading {spec}"))?;
@@ -86,11 +82,34 @@ pub(crate) fn profile_one(path: &Path, args: &Args) -> anyhow::Result<ProfileRep
         // The first `batch` examples, repeated when the data has fewer.
         (0..batch).flat_map(|i| ds.inputs[(i % ds.len()) * per..(i % ds.len() + 1) * per].iter().copied()).collect()
     });
+    let mut report = profile_loaded(path, &model, input, args)?;
+    if let Some(ds) = &data {
+        report.accuracy = Some(accuracy(path, &model, ds, args)?);
+    }
+    Ok(report)
+}
+
+/// Loads a model at the profiled batch, resetting the peak-RSS counter first so the load's own peak is measured
+/// exactly (see `pupil_runtime::profile::memory`).
+pub(crate) fn load(path: &Path, args: &Args) -> anyhow::Result<Model> {
+    let options =
+        ModelOptions { batch: Batch::Fixed(args.batch as usize), threads: args.load.threads, ..Default::default() };
+    memory::reset_peak();
+    Model::load(path, options).with_context(|| format!("loading {}", path.display()))
+}
+
+/// Profiles a model loaded by [`load`] on `input` (one batch; synthetic when `None`), with a progress bar.
+pub(crate) fn profile_loaded(
+    path: &Path,
+    model: &Model,
+    input: Option<Vec<f32>>,
+    args: &Args,
+) -> anyhow::Result<ProfileReport> {
     let opts = ProfileOptions {
         runs: args.runs as usize,
         warmup: args.warmup,
         op_runs: args.op_runs,
-        batch: Some(batch),
+        batch: Some(args.batch as usize),
         reset_peak_memory: true,
         input,
     };
@@ -107,10 +126,7 @@ pub(crate) fn profile_one(path: &Path, args: &Args) -> anyhow::Result<ProfileRep
         bar.set_position(done as u64);
     })?;
     bar.finish_and_clear();
-    report.label = Some(name.clone());
-    if let Some(ds) = &data {
-        report.accuracy = Some(accuracy(path, &model, ds, args)?);
-    }
+    report.label = Some(path.display().to_string());
     Ok(report)
 }
 
