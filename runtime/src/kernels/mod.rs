@@ -1,16 +1,23 @@
 //! pupil's own SIMD kernels and their integration into tract graphs: after tract declutters a model, quantized
 //! matrix products with constant weights are replaced by [`PupilQMatMul`] (weights packed once, at load),
-//! dispatched at run time to AVX-512 VNNI / AVX2 / scalar on x86-64 and NEON dotprod / NEON on aarch64.
+//! dispatched at run time to AVX-512 VNNI / AVX2 / scalar on x86-64 and NEON dotprod / NEON on aarch64; f32
+//! depthwise convolutions, convolutions over few input channels and max pools are replaced by
+//! [`PupilDepthwiseConv`], [`PupilDirectConv`] and [`PupilMaxPool`] (AVX-512 / AVX2 + FMA / NEON / scalar).
 //! Also tunes tract's aarch64 CPU detection on Android, where tract cannot see the core kind.
 
+mod dwconv;
 mod op;
+mod pool;
 pub mod qgemv;
+mod taps;
 pub mod zoo;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::ensure;
 
+pub use dwconv::{MAX_DIRECT_INPUTS, PupilConv, PupilDepthwiseConv, PupilDirectConv};
 pub use op::PupilQMatMul;
+pub use pool::PupilMaxPool;
 pub use qgemv::{Isa, PackedI8};
 
 /// Whether pupil's kernels replace tract's where they can. Default: on, unless `PUPIL_KERNELS=off`.
@@ -52,9 +59,33 @@ impl Acceleration {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replacement {
     pub node: String,
+    /// The pupil operator: `PupilQMatMul`, `PupilDepthwiseConv`, `PupilDirectConv` or `PupilMaxPool`.
+    pub op: &'static str,
+    /// Products summed per output value: K of a matrix product, `c_in / group · kh · kw` of a convolution,
+    /// `kh · kw` of a pool.
     pub k: usize,
+    /// Output columns of a matrix product, output channels of a convolution or pool.
     pub n: usize,
     pub isa: Isa,
+}
+
+impl Replacement {
+    /// What pupil replaces `op` by, if anything.
+    fn of(op: &dyn TypedOp, node: &str) -> Option<Replacement> {
+        let any = op.as_op();
+        let (op, (k, n), isa) = if let Some(o) = any.downcast_ref::<PupilQMatMul>() {
+            ("PupilQMatMul", o.dims(), o.isa())
+        } else if let Some(o) = any.downcast_ref::<PupilDepthwiseConv>() {
+            ("PupilDepthwiseConv", o.dims(), o.isa())
+        } else if let Some(o) = any.downcast_ref::<PupilDirectConv>() {
+            ("PupilDirectConv", o.dims(), o.isa())
+        } else if let Some(o) = any.downcast_ref::<PupilMaxPool>() {
+            ("PupilMaxPool", o.dims(), o.isa())
+        } else {
+            return None;
+        };
+        Some(Replacement { node: node.to_string(), op, k, n, isa })
+    }
 }
 
 /// Turns an ONNX inference model into an optimised tract plan graph with pupil's kernels in it:
@@ -71,7 +102,10 @@ pub fn optimize_with(model: InferenceModel, accel: Acceleration) -> TractResult<
     Ok((typed.into_optimized()?, replaced))
 }
 
-/// Replaces every quantized matrix product with constant weights in a decluttered graph by [`PupilQMatMul`].
+/// Replaces, in a decluttered graph, every quantized matrix product with constant weights by [`PupilQMatMul`],
+/// every f32 depthwise convolution by [`PupilDepthwiseConv`], every f32 convolution over at most
+/// [`MAX_DIRECT_INPUTS`] input channels by [`PupilDirectConv`] and every f32 max pool by [`PupilMaxPool`] (each
+/// when its shape is one the kernels handle; tract keeps the others).
 pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Vec<Replacement>> {
     let isa = match accel {
         Acceleration::Off => return Ok(vec![]),
@@ -84,9 +118,18 @@ pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Ve
     let mut replaced = vec![];
     for id in model.eval_order()? {
         let node = &model.nodes()[id];
-        if let Some(op) = op::for_einsum(model, node, isa)? {
-            let (k, n) = op.dims();
-            replaced.push(Replacement { node: node.name.clone(), k, n, isa });
+        let op: Option<Box<dyn TypedOp>> = if let Some(op) = op::for_einsum(model, node, isa)? {
+            Some(Box::new(op))
+        } else if let Some(op) = dwconv::for_conv(model, node, isa)? {
+            match op {
+                dwconv::Direct::Depthwise(op) => Some(Box::new(op)),
+                dwconv::Direct::Dense(op) => Some(Box::new(op)),
+            }
+        } else {
+            pool::for_maxpool(model, node, isa)?.map(|op| Box::new(op) as Box<dyn TypedOp>)
+        };
+        if let Some(op) = op {
+            replaced.extend(Replacement::of(op.as_ref(), &node.name));
             let patch = TypedModelPatch::replace_single_op(model, node, &[node.inputs[0]], op)?;
             patch.apply(model)?;
         }
@@ -97,17 +140,9 @@ pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Ve
     Ok(replaced)
 }
 
-/// The pupil operators in an optimised graph: `(node name, K, N, isa)`.
+/// The pupil operators in an optimised graph: `(node name, operator, K, N, isa)`.
 pub fn pupil_nodes(model: &TypedModel) -> Vec<Replacement> {
-    model
-        .nodes()
-        .iter()
-        .filter_map(|n| {
-            let op = n.op_as::<PupilQMatMul>()?;
-            let (k, n_) = op.dims();
-            Some(Replacement { node: n.name.clone(), k, n: n_, isa: op.isa() })
-        })
-        .collect()
+    model.nodes().iter().filter_map(|n| Replacement::of(n.op.as_ref(), &n.name)).collect()
 }
 
 /// On Android tract sees neither the core kind (it reads `/proc/cpuinfo` on Linux only) nor dotprod (its

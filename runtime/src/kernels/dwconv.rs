@@ -1,0 +1,429 @@
+//! `PupilDepthwiseConv` and `PupilDirectConv`: the tract operators that run f32 convolutions with few input
+//! channels per group (depthwise convolutions, and regular convolutions over at most [`MAX_DIRECT_INPUTS`]
+//! input channels such as an image stem) directly on pupil's sliding-window kernels ([`super::taps`]), with the
+//! weights laid out as taps once, at load.
+
+use std::sync::Arc;
+
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::KernelFormat;
+use tract_onnx::tract_core::ops::cnn::conv::Conv;
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+use super::qgemv::Isa;
+use super::taps::{self, Reduce, Simd, Tap, Window};
+
+/// A regular (group 1) convolution is computed directly when it has at most this many input channels;
+/// with more, tract's im2col + matrix product is the better algorithm.
+pub const MAX_DIRECT_INPUTS: usize = 4;
+
+/// The shared part of both operators: geometry, taps (weights) and biases.
+#[derive(Debug)]
+pub(crate) struct DirectConv {
+    win: Window,
+    c_in: usize,
+    c_out: usize,
+    group: usize,
+    /// `c_out × (c_in / group · kh · kw)` taps, bases relative to the buffer of one group's input planes.
+    taps: Vec<Tap>,
+    bias: Vec<f32>,
+}
+
+impl DirectConv {
+    /// Lays out OIHW weights `[c_out, c_in / group, kh, kw]` as taps. The caller checks that `group` divides
+    /// both channel counts and that `weights` and `bias` have the right lengths.
+    pub(crate) fn new(
+        win: Window,
+        (c_in, c_out, group): (usize, usize, usize),
+        weights: impl Fn(usize, usize, usize, usize) -> f32,
+        bias: Vec<f32>,
+    ) -> DirectConv {
+        let cig = c_in / group;
+        let plane_len = win.plane_len();
+        let mut taps = Vec::with_capacity(c_out * cig * win.kh * win.kw);
+        for o in 0..c_out {
+            for i in 0..cig {
+                for y in 0..win.kh {
+                    for x in 0..win.kw {
+                        taps.push(Tap { base: i * plane_len + win.tap_base(y, x), w: weights(o, i, y, x) });
+                    }
+                }
+            }
+        }
+        DirectConv { win, c_in, c_out, group, taps, bias }
+    }
+
+    fn taps_per_output(&self) -> usize {
+        self.c_in / self.group * self.win.kh * self.win.kw
+    }
+
+    /// Convolves `batch` images `[c_in, h, w]` into `out` (`batch × [c_out, oh, ow]`).
+    pub(crate) fn run(&self, simd: Simd, input: &[f32], batch: usize, out: &mut [f32]) -> TractResult<()> {
+        let win = &self.win;
+        let (plane, oplane, plane_len) = (win.h * win.w, win.oh * win.ow, win.plane_len());
+        let (cig, cog) = (self.c_in / self.group, self.c_out / self.group);
+        ensure!(input.len() == batch * self.c_in * plane && out.len() == batch * self.c_out * oplane);
+        let tpo = self.taps_per_output();
+        // Zero padding: written once, the interiors are overwritten plane after plane.
+        let mut buf = vec![0f32; win.buffer_len(cig)];
+        let mut flat = vec![0f32; win.flat_len()];
+        for n in 0..batch {
+            for g in 0..self.group {
+                for i in 0..cig {
+                    let ci = n * self.c_in + g * cig + i;
+                    win.scatter(&input[ci * plane..][..plane], &mut buf[i * plane_len..][..plane_len]);
+                }
+                for oc in g * cog..(g + 1) * cog {
+                    let reduce = Reduce::MulAdd { bias: self.bias[oc] };
+                    ensure!(taps::run(simd, reduce, &buf, &self.taps[oc * tpo..][..tpo], &mut flat));
+                    win.gather(&flat, &mut out[(n * self.c_out + oc) * oplane..][..oplane]);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An f32 convolution computed directly; `DEPTHWISE` tells the two kinds apart (see [`PupilDepthwiseConv`],
+/// [`PupilDirectConv`]).
+#[derive(Debug, Clone)]
+pub struct PupilConv<const DEPTHWISE: bool> {
+    conv: Arc<DirectConv>,
+    isa: Isa,
+    simd: Simd,
+    /// The data format has a batch axis (NCHW; CHW otherwise: tract drops it at batch 1).
+    has_n: bool,
+    out_shape: TVec<TDim>,
+}
+
+/// A depthwise convolution (`group` = input channels > 1; usually also = output channels): one window per channel.
+pub type PupilDepthwiseConv = PupilConv<true>;
+/// A regular convolution over at most [`MAX_DIRECT_INPUTS`] input channels.
+pub type PupilDirectConv = PupilConv<false>;
+
+impl<const D: bool> PartialEq for PupilConv<D> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.conv, &other.conv) && self.isa == other.isa && self.has_n == other.has_n
+    }
+}
+impl<const D: bool> Eq for PupilConv<D> {}
+
+impl<const D: bool> PupilConv<D> {
+    /// The instruction set level the operator was built for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+    /// `(taps per output value, output channels)`: `c_in / group · kh · kw` and `c_out`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.conv.taps_per_output(), self.conv.c_out)
+    }
+    fn macs_per_image(&self) -> usize {
+        self.conv.c_out * self.conv.win.oh * self.conv.win.ow * self.conv.taps_per_output()
+    }
+}
+
+impl<const D: bool> Op for PupilConv<D> {
+    fn name(&self) -> StaticName {
+        if D { "PupilDepthwiseConv".into() } else { "PupilDirectConv".into() }
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        let c = &self.conv;
+        let w = &c.win;
+        Ok(vec![format!(
+            "{}→{} channels, group {}, kernel {}x{}, stride {}x{}, pad {}x{}, {}x{}→{}x{}, {:?}",
+            c.c_in, c.c_out, c.group, w.kh, w.kw, w.sh, w.sw, w.pt, w.pl, w.h, w.w, w.oh, w.ow, self.simd
+        )])
+    }
+    op_as_typed_op!();
+}
+
+impl<const D: bool> EvalOp for PupilConv<D> {
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = &inputs[0];
+        let c = &self.conv;
+        let shape = input.shape();
+        let (batch, chw) = if self.has_n && !shape.is_empty() { (shape[0], &shape[1..]) } else { (1, shape) };
+        ensure!(
+            chw == [c.c_in, c.win.h, c.win.w] && (self.has_n || shape.len() == 3),
+            "{} expects [{}, {}, {}] images, got input shape {shape:?}",
+            self.name(),
+            c.c_in,
+            c.win.h,
+            c.win.w
+        );
+        let out_shape: TVec<usize> =
+            if self.has_n { tvec![batch, c.c_out, c.win.oh, c.win.ow] } else { tvec![c.c_out, c.win.oh, c.win.ow] };
+        let mut out = Tensor::zero::<f32>(&out_shape)?;
+        let src = input.try_as_plain_ram()?;
+        c.run(self.simd, src.as_slice::<f32>()?, batch, out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?)?;
+        Ok(tvec!(out.into_tvalue()))
+    }
+    op_out_of_plan!();
+}
+
+impl<const D: bool> TypedOp for PupilConv<D> {
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(&*self.out_shape)))
+    }
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let batch = if self.has_n { inputs[0].shape[0].clone() } else { TDim::from(1) };
+        Ok(tvec!((Cost::FMA(DatumType::F32), batch * self.macs_per_image() as i64)))
+    }
+    as_op!();
+}
+
+/// What [`for_conv`] built.
+#[derive(Debug)]
+pub(crate) enum Direct {
+    Depthwise(PupilDepthwiseConv),
+    Dense(PupilDirectConv),
+}
+
+fn konst_f32(model: &TypedModel, outlet: OutletId) -> TractResult<Option<Vec<f32>>> {
+    let fact = model.outlet_fact(outlet)?;
+    let Some(t) = &fact.konst else { return Ok(None) };
+    if t.datum_type() != DatumType::F32 {
+        return Ok(None);
+    }
+    Ok(Some(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()))
+}
+
+/// The sliding window of a tract `PoolSpec` over a concrete input shape, or `None` when it is not a plain 2-D
+/// NCHW / CHW window pupil handles (other layouts, dilation, symbolic image sizes, padding past a window).
+/// Also returns whether the layout has a batch axis and the channel count.
+pub(crate) fn window_of(
+    spec: &tract_onnx::tract_core::ops::cnn::PoolSpec,
+    input_shape: &[TDim],
+) -> TractResult<Option<(Window, bool, usize)>> {
+    let has_n = match spec.data_format {
+        DataFormat::NCHW => true,
+        DataFormat::CHW => false,
+        _ => return Ok(None),
+    };
+    if spec.rank() != 2 || spec.dilations().iter().any(|&d| d != 1) || input_shape.len() != 3 + has_n as usize {
+        return Ok(None);
+    }
+    let chw = &input_shape[has_n as usize..];
+    let Some(dims) = chw.iter().map(|d| d.to_usize().ok()).collect::<Option<Vec<usize>>>() else { return Ok(None) };
+    let (c, h, w) = (dims[0], dims[1], dims[2]);
+    let padded = spec.computed_padding(&[h, w]);
+    let strides = spec.strides();
+    let k = &spec.kernel_shape;
+    let window = Window::new(
+        (h, w),
+        (k[0], k[1]),
+        (strides[0], strides[1]),
+        (padded[0].pad_before, padded[1].pad_before),
+        (padded[0].convoluted, padded[1].convoluted),
+    );
+    Ok(window.map(|w| (w, has_n, c)))
+}
+
+/// Builds the pupil operator for a decluttered f32 `Conv` node with constant weights and bias, when it is
+/// depthwise or has at most [`MAX_DIRECT_INPUTS`] input channels; `None` otherwise (tract keeps the node).
+pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractResult<Option<Direct>> {
+    let Some(op) = node.op_as::<Conv>() else { return Ok(None) };
+    if op.q_params.is_some() || node.inputs.len() != 3 {
+        return Ok(None);
+    }
+    let x = model.outlet_fact(node.inputs[0])?;
+    let out_fact = model.outlet_fact(OutletId::new(node.id, 0))?;
+    if x.datum_type != DatumType::F32 || out_fact.datum_type != DatumType::F32 {
+        return Ok(None);
+    }
+    let Some((win, has_n, c_in)) = window_of(&op.pool_spec, &x.shape)? else { return Ok(None) };
+    let (c_out, group) = (op.output_channels(), op.group);
+    if c_in != op.input_channels() || group == 0 || c_in % group != 0 || c_out % group != 0 {
+        return Ok(None);
+    }
+    let cig = c_in / group;
+    // One input channel per group; a single-channel image (group 1) is a regular convolution.
+    let depthwise = cig == 1 && group > 1;
+    if !(depthwise || (group == 1 && c_in <= MAX_DIRECT_INPUTS)) {
+        return Ok(None);
+    }
+    // The output the node declares must be the one the window computes.
+    let expected: TVec<TDim> = if has_n {
+        tvec![x.shape[0].clone(), c_out.into(), win.oh.into(), win.ow.into()]
+    } else {
+        tvec![c_out.into(), win.oh.into(), win.ow.into()]
+    };
+    if out_fact.shape.iter().cloned().collect::<TVec<_>>() != expected {
+        return Ok(None);
+    }
+    let (Some(kernel), Some(bias)) = (konst_f32(model, node.inputs[1])?, konst_f32(model, node.inputs[2])?) else {
+        return Ok(None);
+    };
+    let kshape: TVec<usize> =
+        model.outlet_fact(node.inputs[1])?.shape.as_concrete().map(|s| s.into()).unwrap_or_default();
+    let (kh, kw) = (win.kh, win.kw);
+    let expected_kshape: [usize; 4] = match op.kernel_fmt {
+        KernelFormat::OIHW => [c_out, cig, kh, kw],
+        KernelFormat::OHWI => [c_out, kh, kw, cig],
+        KernelFormat::HWIO => [kh, kw, cig, c_out],
+    };
+    if kshape.as_slice() != expected_kshape || kernel.len() != c_out * cig * kh * kw {
+        return Ok(None);
+    }
+    if bias.len() != 1 && bias.len() != c_out {
+        return Ok(None);
+    }
+    let weight = |o: usize, i: usize, y: usize, x: usize| -> f32 {
+        kernel[match op.kernel_fmt {
+            KernelFormat::OIHW => ((o * cig + i) * kh + y) * kw + x,
+            KernelFormat::OHWI => ((o * kh + y) * kw + x) * cig + i,
+            KernelFormat::HWIO => ((y * kw + x) * cig + i) * c_out + o,
+        }]
+    };
+    let bias = if bias.len() == 1 { vec![bias[0]; c_out] } else { bias };
+    let conv = Arc::new(DirectConv::new(win, (c_in, c_out, group), weight, bias));
+    let out_shape = out_fact.shape.iter().cloned().collect();
+    let simd = Simd::for_isa(isa);
+    Ok(Some(if depthwise {
+        Direct::Depthwise(PupilConv { conv, isa, simd, has_n, out_shape })
+    } else {
+        Direct::Dense(PupilConv { conv, isa, simd, has_n, out_shape })
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::zoo::Rng;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct Case {
+        batch: usize,
+        c_in: usize,
+        c_out: usize,
+        group: usize,
+        h: usize,
+        w: usize,
+        k: (usize, usize),
+        s: (usize, usize),
+        /// top, bottom, left, right
+        pads: (usize, usize, usize, usize),
+        seed: u64,
+    }
+
+    impl Case {
+        fn out_hw(&self) -> (usize, usize) {
+            let (pt, pb, pl, pr) = self.pads;
+            ((self.h + pt + pb - self.k.0) / self.s.0 + 1, (self.w + pl + pr - self.k.1) / self.s.1 + 1)
+        }
+    }
+
+    /// Depthwise (multiplier 1 or 2) or dense over 1..=4 input channels; widths 1..40, kernels 1/3/5 (not
+    /// always square), strides 1..3, every padding below the kernel size, batch 1..3.
+    fn case() -> impl Strategy<Value = Case> {
+        let k = || prop_oneof![Just(1usize), Just(3), Just(5)];
+        (
+            (1usize..=3, 1usize..=20, 0usize..3),
+            (1usize..=24, 1usize..=40),
+            (k(), k(), 1usize..=3, 1usize..=3),
+            (0usize..5, 0usize..5, 0usize..5, 0usize..5),
+            any::<u64>(),
+        )
+            .prop_map(|((batch, c, kind), (h, w), (kh, kw, sh, sw), (pt, pb, pl, pr), seed)| {
+                let (c_in, c_out, group) = match kind {
+                    0 => (c, c, c),
+                    1 => (c, 2 * c, c),
+                    _ => (1 + c % MAX_DIRECT_INPUTS, c, 1),
+                };
+                let pads = (pt % kh, pb % kh, pl % kw, pr % kw);
+                Case { batch, c_in, c_out, group, h, w, k: (kh, kw), s: (sh, sw), pads, seed }
+            })
+            .prop_filter("the padded image holds a window", |c| {
+                c.h + c.pads.0 + c.pads.1 >= c.k.0 && c.w + c.pads.2 + c.pads.3 >= c.k.1
+            })
+    }
+
+    /// The convolution by its definition, in f64: `(outputs, Σ |products| per output)`.
+    fn reference(c: &Case, x: &[f32], wts: &[f32], bias: &[f32]) -> (Vec<f64>, Vec<f64>) {
+        let (oh, ow) = c.out_hw();
+        let (cig, cog) = (c.c_in / c.group, c.c_out / c.group);
+        let (mut out, mut mag) = (vec![], vec![]);
+        for n in 0..c.batch {
+            for o in 0..c.c_out {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let (mut acc, mut abs) = (bias[o] as f64, bias[o].abs() as f64);
+                        for i in 0..cig {
+                            let ci = o / cog * cig + i;
+                            for ky in 0..c.k.0 {
+                                for kx in 0..c.k.1 {
+                                    let y = (oy * c.s.0 + ky) as isize - c.pads.0 as isize;
+                                    let xx = (ox * c.s.1 + kx) as isize - c.pads.2 as isize;
+                                    if y < 0 || xx < 0 || y >= c.h as isize || xx >= c.w as isize {
+                                        continue;
+                                    }
+                                    let v = x[((n * c.c_in + ci) * c.h + y as usize) * c.w + xx as usize] as f64;
+                                    let wv = wts[((o * cig + i) * c.k.0 + ky) * c.k.1 + kx] as f64;
+                                    acc += v * wv;
+                                    abs += (v * wv).abs();
+                                }
+                            }
+                        }
+                        out.push(acc);
+                        mag.push(abs);
+                    }
+                }
+            }
+        }
+        (out, mag)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn direct_conv_matches_the_definition_on_every_isa(c in case()) {
+            let mut rng = Rng::new(c.seed);
+            let x: Vec<f32> = (0..c.batch * c.c_in * c.h * c.w).map(|_| rng.sym(1.0)).collect();
+            let (cig, (kh, kw)) = (c.c_in / c.group, c.k);
+            let wts: Vec<f32> = (0..c.c_out * cig * kh * kw).map(|_| rng.sym(1.0)).collect();
+            let bias: Vec<f32> = (0..c.c_out).map(|_| rng.sym(1.0)).collect();
+            let (oh, ow) = c.out_hw();
+            let win = Window::new((c.h, c.w), c.k, c.s, (c.pads.0, c.pads.2), (oh, ow));
+            prop_assert!(win.is_some(), "padding below the kernel size always makes a window");
+            let conv = DirectConv::new(
+                win.unwrap(),
+                (c.c_in, c.c_out, c.group),
+                |o, i, y, xx| wts[((o * cig + i) * kh + y) * kw + xx],
+                bias.clone(),
+            );
+            let (expected, mag) = reference(&c, &x, &wts, &bias);
+            for isa in Isa::available() {
+                let simd = Simd::for_isa(isa);
+                let mut out = vec![f32::NAN; expected.len()];
+                conv.run(simd, &x, c.batch, &mut out).unwrap();
+                for (j, ((got, want), m)) in out.iter().zip(&expected).zip(&mag).enumerate() {
+                    prop_assert!(
+                        (*got as f64 - want).abs() <= 1e-5 * (1.0 + m),
+                        "{:?} ({:?}) output {}: {} vs {}", simd, c, j, got, want
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn windows_that_could_lie_in_the_padding_are_refused() {
+        assert!(Window::new((4, 4), (3, 3), (1, 1), (3, 0), (4, 2)).is_none(), "pad = kernel");
+        assert!(Window::new((4, 4), (2, 2), (2, 2), (0, 0), (3, 2)).is_none(), "a third row past the image");
+        assert!(Window::new((0, 4), (1, 1), (1, 1), (0, 0), (1, 4)).is_none(), "an empty image");
+        assert!(Window::new((4, 4), (2, 2), (2, 2), (0, 0), (2, 2)).is_some());
+    }
+
+    #[test]
+    fn a_mis_sized_buffer_is_an_error_not_a_panic() {
+        let win = Window::new((5, 5), (3, 3), (1, 1), (1, 1), (5, 5)).unwrap();
+        let conv = DirectConv::new(win, (2, 2, 2), |_, _, _, _| 1.0, vec![0.0; 2]);
+        let mut out = vec![0f32; 50];
+        assert!(conv.run(Simd::Scalar, &[0f32; 49], 1, &mut out).is_err());
+        assert!(conv.run(Simd::Scalar, &[1f32; 50], 1, &mut out).is_ok());
+        // A 3×3 box sum of ones: 9 inside, 4 in the corners.
+        assert_eq!((out[12], out[0], out[4 * 5 + 4]), (9.0, 4.0, 4.0));
+    }
+}

@@ -1,0 +1,200 @@
+//! `PupilMaxPool`: the tract operator that runs an f32 NCHW max pool (any kernel, stride and padding that keep
+//! every window on the image; no indices output, no ceil mode) on pupil's sliding-window kernels
+//! ([`super::taps`]).
+
+use std::sync::Arc;
+
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec};
+
+use super::dwconv::window_of;
+use super::qgemv::Isa;
+use super::taps::{self, Reduce, Simd, Tap, Window};
+
+/// A 2-D max pool over every channel plane.
+#[derive(Debug, Clone)]
+pub struct PupilMaxPool {
+    win: Arc<Window>,
+    taps: Arc<Vec<Tap>>,
+    channels: usize,
+    isa: Isa,
+    simd: Simd,
+    /// The data format has a batch axis (NCHW; CHW otherwise).
+    has_n: bool,
+    out_shape: TVec<TDim>,
+}
+
+impl PartialEq for PupilMaxPool {
+    fn eq(&self, other: &Self) -> bool {
+        self.win == other.win && self.channels == other.channels && self.isa == other.isa && self.has_n == other.has_n
+    }
+}
+impl Eq for PupilMaxPool {}
+
+impl PupilMaxPool {
+    pub(crate) fn new(win: Window, channels: usize, isa: Isa, has_n: bool, out_shape: TVec<TDim>) -> PupilMaxPool {
+        let mut taps = Vec::with_capacity(win.kh * win.kw);
+        for y in 0..win.kh {
+            for x in 0..win.kw {
+                taps.push(Tap { base: win.tap_base(y, x), w: 1.0 });
+            }
+        }
+        PupilMaxPool {
+            win: Arc::new(win),
+            taps: Arc::new(taps),
+            channels,
+            isa,
+            simd: Simd::for_isa(isa),
+            has_n,
+            out_shape,
+        }
+    }
+
+    /// The instruction set level the operator was built for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+    /// `(window size kh · kw, channels)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.win.kh * self.win.kw, self.channels)
+    }
+
+    /// Pools `planes` planes of `input` into `out`.
+    pub(crate) fn run(&self, input: &[f32], planes: usize, out: &mut [f32]) -> TractResult<()> {
+        let win = &*self.win;
+        let (plane, oplane) = (win.h * win.w, win.oh * win.ow);
+        ensure!(input.len() == planes * plane && out.len() == planes * oplane);
+        // −∞ padding: never the maximum of a window, which always holds at least one input value.
+        let mut buf = vec![f32::NEG_INFINITY; win.buffer_len(1)];
+        let mut flat = vec![0f32; win.flat_len()];
+        for (src, dst) in input.chunks_exact(plane).zip(out.chunks_exact_mut(oplane)) {
+            win.scatter(src, &mut buf[..win.plane_len()]);
+            ensure!(taps::run(self.simd, Reduce::Max, &buf, &self.taps, &mut flat));
+            win.gather(&flat, dst);
+        }
+        Ok(())
+    }
+}
+
+impl Op for PupilMaxPool {
+    fn name(&self) -> StaticName {
+        "PupilMaxPool".into()
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        let w = &self.win;
+        Ok(vec![format!(
+            "{} channels, kernel {}x{}, stride {}x{}, pad {}x{}, {}x{}→{}x{}, {:?}",
+            self.channels, w.kh, w.kw, w.sh, w.sw, w.pt, w.pl, w.h, w.w, w.oh, w.ow, self.simd
+        )])
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for PupilMaxPool {
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = &inputs[0];
+        let shape = input.shape();
+        let w = &*self.win;
+        let (batch, chw) = if self.has_n && !shape.is_empty() { (shape[0], &shape[1..]) } else { (1, shape) };
+        ensure!(
+            chw == [self.channels, w.h, w.w] && (self.has_n || shape.len() == 3),
+            "PupilMaxPool expects [{}, {}, {}] images, got input shape {shape:?}",
+            self.channels,
+            w.h,
+            w.w
+        );
+        let out_shape: TVec<usize> =
+            if self.has_n { tvec![batch, self.channels, w.oh, w.ow] } else { tvec![self.channels, w.oh, w.ow] };
+        let mut out = Tensor::zero::<f32>(&out_shape)?;
+        let src = input.try_as_plain_ram()?;
+        self.run(src.as_slice::<f32>()?, batch * self.channels, out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?)?;
+        Ok(tvec!(out.into_tvalue()))
+    }
+    op_out_of_plan!();
+}
+
+impl TypedOp for PupilMaxPool {
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(&*self.out_shape)))
+    }
+    as_op!();
+}
+
+/// Builds the pupil operator for a decluttered f32 `MaxPool` node, or `None` when it is one pupil leaves to
+/// tract (indices output, ceil mode, another layout or type, a window that could lie in the padding).
+pub(crate) fn for_maxpool(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractResult<Option<PupilMaxPool>> {
+    let Some(op) = node.op_as::<MaxPool>() else { return Ok(None) };
+    if op.with_index_outputs.is_some() || node.inputs.len() != 1 || node.outputs.len() != 1 {
+        return Ok(None);
+    }
+    if matches!(op.pool_spec.padding, PaddingSpec::ExplicitOnnxPool(_, _, true)) {
+        return Ok(None);
+    }
+    let x = model.outlet_fact(node.inputs[0])?;
+    let out_fact = model.outlet_fact(OutletId::new(node.id, 0))?;
+    if x.datum_type != DatumType::F32 || out_fact.datum_type != DatumType::F32 {
+        return Ok(None);
+    }
+    let Some((win, has_n, channels)) = window_of(&op.pool_spec, &x.shape)? else { return Ok(None) };
+    let expected: TVec<TDim> = if has_n {
+        tvec![x.shape[0].clone(), channels.into(), win.oh.into(), win.ow.into()]
+    } else {
+        tvec![channels.into(), win.oh.into(), win.ow.into()]
+    };
+    if out_fact.shape.iter().cloned().collect::<TVec<_>>() != expected {
+        return Ok(None);
+    }
+    Ok(Some(PupilMaxPool::new(win, channels, isa, has_n, out_fact.shape.iter().cloned().collect())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::zoo::Rng;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        /// Max pools of kernels 1..5 (2×2 and 3×3 included), strides 1..3, paddings below the kernel size, on
+        /// 1..20 planes of 1..24 × 1..40: equal to the definition on every instruction set (max is exact).
+        #[test]
+        fn max_pool_matches_the_definition_on_every_isa(
+            planes in 1usize..=20, h in 1usize..=24, w in 1usize..=40,
+            kh in 1usize..=5, kw in 1usize..=5, sh in 1usize..=3, sw in 1usize..=3,
+            pads in (0usize..5, 0usize..5, 0usize..5, 0usize..5), seed in any::<u64>(),
+        ) {
+            let (pt, pb, pl, pr) = (pads.0 % kh, pads.1 % kh, pads.2 % kw, pads.3 % kw);
+            prop_assume!(h + pt + pb >= kh && w + pl + pr >= kw);
+            let (oh, ow) = ((h + pt + pb - kh) / sh + 1, (w + pl + pr - kw) / sw + 1);
+            let mut rng = Rng::new(seed);
+            // Negative values too: the padding must never win.
+            let x: Vec<f32> = (0..planes * h * w).map(|_| rng.sym(10.0) - 20.0).collect();
+            let mut expected = vec![];
+            for p in 0..planes {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut m = f32::NEG_INFINITY;
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let (y, xx) = ((oy * sh + ky) as isize - pt as isize, (ox * sw + kx) as isize - pl as isize);
+                                if y >= 0 && xx >= 0 && (y as usize) < h && (xx as usize) < w {
+                                    m = m.max(x[(p * h + y as usize) * w + xx as usize]);
+                                }
+                            }
+                        }
+                        expected.push(m);
+                    }
+                }
+            }
+            let win = Window::new((h, w), (kh, kw), (sh, sw), (pt, pl), (oh, ow));
+            prop_assert!(win.is_some());
+            for isa in Isa::available() {
+                let pool = PupilMaxPool::new(win.clone().unwrap(), planes, isa, false, tvec![]);
+                let mut out = vec![f32::NAN; expected.len()];
+                pool.run(&x, planes, &mut out).unwrap();
+                prop_assert_eq!(&out, &expected, "{} {}x{} k {}x{} s {}x{} pads {:?}", isa, h, w, kh, kw, sh, sw, (pt, pb, pl, pr));
+            }
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! The f32 sliding-window engine behind pupil's direct convolutions and max pool: the 2-D window geometry, the
+//! padded input plane split by stride phase (so that every window tap reads one contiguous run), and the tap
+//! loops (multiply-add or max) for AVX-512, AVX2 + FMA, NEON and scalar.
+//!
+//! An input plane `H × W`, padded to `Hp × Wp` and read with strides `sh × sw`, is stored as `sh · sw` phase
+//! planes of `ph × pw` values: padded row `py` and column `px` land in phase `(py % sh, px % sw)` at
+//! `(py / sh, px / sw)`. Output `(oy, ox)` of tap `(ky, kx)` reads padded `(oy·sh + ky, ox·sw + kx)`, that is
+//! phase `(ky % sh, kx % sw)` at `(oy + ky / sh, ox + kx / sw)`. With `pw = ow + (kw - 1) / sw`, the flat index
+//! `j = oy · pw + ox` then reads `base(tap) + j` for every output: one 1-D loop over `oh · pw` values per tap,
+//! whose `(kw - 1) / sw` extra values per row are computed and dropped when the rows are copied out.
+
+use super::qgemv::Isa;
+
+/// The flat output runs are computed in multiples of this many values (four AVX-512 registers).
+pub(crate) const BLOCK: usize = 64;
+
+/// The f32 instruction set a sliding-window kernel runs on, chosen from pupil's [`Isa`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Simd {
+    Scalar,
+    /// x86-64 AVX2 with FMA, 8 lanes.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx2Fma,
+    /// x86-64 AVX-512F, 16 lanes.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx512,
+    /// aarch64 NEON, 4 lanes.
+    #[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+    Neon,
+}
+
+impl Simd {
+    /// The f32 kernels for an integer [`Isa`] level: AVX-512 VNNI → AVX-512F, AVX2 → AVX2 + FMA when the CPU has
+    /// FMA (scalar otherwise), NEON / NEON dotprod → NEON.
+    pub(crate) fn for_isa(isa: Isa) -> Simd {
+        match isa {
+            Isa::Scalar => Simd::Scalar,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") => {
+                Simd::Avx2Fma
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni if std::arch::is_x86_feature_detected!("avx512f") => Simd::Avx512,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon | Isa::NeonDotprod => Simd::Neon,
+            _ => Simd::Scalar,
+        }
+    }
+}
+
+/// The geometry of a 2-D sliding window over one `h × w` plane (dilation 1).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Window {
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    /// Padding before the first row / column.
+    pub pt: usize,
+    pub pl: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl Window {
+    /// A window, or `None` when the numbers do not make one (zero sizes, an output row or column whose window
+    /// lies entirely in the padding, or an output that reads past the padded input).
+    #[allow(clippy::too_many_arguments)] // one argument per geometric quantity
+    pub(crate) fn new(
+        (h, w): (usize, usize),
+        (kh, kw): (usize, usize),
+        (sh, sw): (usize, usize),
+        (pt, pl): (usize, usize),
+        (oh, ow): (usize, usize),
+    ) -> Option<Window> {
+        if [h, w, kh, kw, sh, sw, oh, ow].contains(&0) || pt >= kh || pl >= kw {
+            return None;
+        }
+        // The last window must start on or before the last input row / column.
+        if (oh - 1) * sh > h - 1 + pt || (ow - 1) * sw > w - 1 + pl {
+            return None;
+        }
+        Some(Window { h, w, kh, kw, sh, sw, pt, pl, oh, ow })
+    }
+
+    /// Rows of one phase plane.
+    pub(crate) fn ph(&self) -> usize {
+        self.oh + (self.kh - 1) / self.sh
+    }
+    /// Columns of one phase plane (also the row pitch of the flat output).
+    pub(crate) fn pw(&self) -> usize {
+        self.ow + (self.kw - 1) / self.sw
+    }
+    /// Values of the `sh · sw` phase planes of one input plane.
+    pub(crate) fn plane_len(&self) -> usize {
+        self.sh * self.sw * self.ph() * self.pw()
+    }
+    /// Length of the flat output run, rounded up to [`BLOCK`].
+    pub(crate) fn flat_len(&self) -> usize {
+        (self.oh * self.pw()).div_ceil(BLOCK) * BLOCK
+    }
+    /// Length of a buffer holding `planes` phase-split planes, with the slack the flat loops read past them.
+    pub(crate) fn buffer_len(&self, planes: usize) -> usize {
+        planes * self.plane_len() + (self.kw - 1) / self.sw + BLOCK
+    }
+    /// Start of tap `(ky, kx)` in a phase-split plane.
+    pub(crate) fn tap_base(&self, ky: usize, kx: usize) -> usize {
+        (((ky % self.sh) * self.sw + kx % self.sw) * self.ph() + ky / self.sh) * self.pw() + kx / self.sw
+    }
+
+    /// Writes the `h × w` plane `src` into the phase-split plane `dst` (of [`plane_len`](Self::plane_len)
+    /// values), leaving the padding positions untouched: the caller fills them once per buffer (0 for a
+    /// convolution, −∞ for a max pool) since they are the same for every plane.
+    pub(crate) fn scatter(&self, src: &[f32], dst: &mut [f32]) {
+        let (ph, pw) = (self.ph(), self.pw());
+        // Input columns that reach the phase planes (columns past the last window are never read).
+        let cols = self.w.min(pw * self.sw - self.pl);
+        for (iy, row) in src.chunks_exact(self.w).take(self.h).enumerate() {
+            let py = iy + self.pt;
+            let r = py / self.sh;
+            if r >= ph {
+                break;
+            }
+            let plane_row = (py % self.sh) * self.sw * ph + r;
+            if self.sw == 1 {
+                let d = plane_row * pw + self.pl;
+                dst[d..d + cols].copy_from_slice(&row[..cols]);
+                continue;
+            }
+            for cp in 0..self.sw {
+                // The first input column whose padded column is in phase `cp`.
+                let ix0 = (cp + self.sw - self.pl % self.sw) % self.sw;
+                if ix0 >= cols {
+                    continue;
+                }
+                let n = (cols - ix0).div_ceil(self.sw);
+                let d = ((plane_row + cp * ph) * pw) + (ix0 + self.pl) / self.sw;
+                let out = &mut dst[d..d + n];
+                let src = &row[ix0..cols];
+                if self.sw == 2 {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = src[2 * i];
+                    }
+                } else {
+                    for (o, s) in out.iter_mut().zip(src.iter().step_by(self.sw)) {
+                        *o = *s;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Copies the `oh × ow` outputs out of a flat run (row pitch [`pw`](Self::pw)).
+    pub(crate) fn gather(&self, flat: &[f32], out: &mut [f32]) {
+        let pw = self.pw();
+        for (oy, o) in out.chunks_exact_mut(self.ow).take(self.oh).enumerate() {
+            o.copy_from_slice(&flat[oy * pw..oy * pw + self.ow]);
+        }
+    }
+}
+
+/// One tap of a window: where its run starts in the phase-split buffer, and its weight (unused by max).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Tap {
+    pub base: usize,
+    pub w: f32,
+}
+
+/// What the tap loop computes at every flat position `j`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Reduce {
+    /// `bias + Σ_t w_t · buf[base_t + j]`.
+    MulAdd { bias: f32 },
+    /// `max_t buf[base_t + j]`.
+    Max,
+}
+
+/// Runs the taps over the flat run `out` (a multiple of [`BLOCK`] long). Returns `false`, computing nothing,
+/// when a tap would read past `buf` (the callers size the buffers so that this never happens).
+pub(crate) fn run(simd: Simd, reduce: Reduce, buf: &[f32], taps: &[Tap], out: &mut [f32]) -> bool {
+    let reach = taps.iter().map(|t| t.base).max().unwrap_or(0) + out.len();
+    if taps.is_empty() || reach > buf.len() || !out.len().is_multiple_of(BLOCK) {
+        return false;
+    }
+    match simd {
+        Simd::Scalar => scalar(reduce, buf, taps, out),
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
+            // SAFETY: AVX-512F detected; every tap reads `buf[base .. base + out.len()]`, checked above, and
+            // `out.len()` is a multiple of BLOCK = 4 × 16 lanes.
+            unsafe { x86::avx512(reduce, buf, taps, out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2Fma if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") => {
+            // SAFETY: AVX2 and FMA detected; reads checked above; `out.len()` is a multiple of 4 × 8 lanes.
+            unsafe { x86::avx2(reduce, buf, taps, out) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Simd::Neon => {
+            // SAFETY: NEON is part of the aarch64 baseline; reads checked above; `out.len()` is a multiple of
+            // 4 × 4 lanes.
+            unsafe { arm::neon(reduce, buf, taps, out) }
+        }
+        _ => scalar(reduce, buf, taps, out),
+    }
+    true
+}
+
+/// The portable loop, also the reference for the vector ones (which may round differently: they use FMA).
+fn scalar(reduce: Reduce, buf: &[f32], taps: &[Tap], out: &mut [f32]) {
+    match reduce {
+        Reduce::MulAdd { bias } => {
+            out.fill(bias);
+            for t in taps {
+                for (o, x) in out.iter_mut().zip(&buf[t.base..]) {
+                    *o += t.w * x;
+                }
+            }
+        }
+        Reduce::Max => {
+            out.fill(f32::NEG_INFINITY);
+            for t in taps {
+                for (o, x) in out.iter_mut().zip(&buf[t.base..]) {
+                    *o = o.max(*x);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Reduce, Tap};
+    use std::arch::x86_64::*;
+
+    /// Four 16-lane accumulators per step of 64 outputs, all taps into them, then one store each.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn avx512(reduce: Reduce, buf: &[f32], taps: &[Tap], out: &mut [f32]) {
+        let (b, o) = (buf.as_ptr(), out.as_mut_ptr());
+        let mut j = 0;
+        // SAFETY (whole body): the caller checked `base + out.len() <= buf.len()` for every tap and that
+        // `out.len()` is a multiple of 64, so every 16-lane load and store below is in bounds.
+        unsafe {
+            while j < out.len() {
+                match reduce {
+                    Reduce::MulAdd { bias } => {
+                        let z = _mm512_set1_ps(bias);
+                        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+                        for t in taps {
+                            let w = _mm512_set1_ps(t.w);
+                            let p = b.add(t.base + j);
+                            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(p), w, a0);
+                            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(p.add(16)), w, a1);
+                            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(p.add(32)), w, a2);
+                            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(p.add(48)), w, a3);
+                        }
+                        _mm512_storeu_ps(o.add(j), a0);
+                        _mm512_storeu_ps(o.add(j + 16), a1);
+                        _mm512_storeu_ps(o.add(j + 32), a2);
+                        _mm512_storeu_ps(o.add(j + 48), a3);
+                    }
+                    Reduce::Max => {
+                        let z = _mm512_set1_ps(f32::NEG_INFINITY);
+                        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+                        for t in taps {
+                            let p = b.add(t.base + j);
+                            a0 = _mm512_max_ps(a0, _mm512_loadu_ps(p));
+                            a1 = _mm512_max_ps(a1, _mm512_loadu_ps(p.add(16)));
+                            a2 = _mm512_max_ps(a2, _mm512_loadu_ps(p.add(32)));
+                            a3 = _mm512_max_ps(a3, _mm512_loadu_ps(p.add(48)));
+                        }
+                        _mm512_storeu_ps(o.add(j), a0);
+                        _mm512_storeu_ps(o.add(j + 16), a1);
+                        _mm512_storeu_ps(o.add(j + 32), a2);
+                        _mm512_storeu_ps(o.add(j + 48), a3);
+                    }
+                }
+                j += 64;
+            }
+        }
+    }
+
+    /// Four 8-lane accumulators per step of 32 outputs.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2(reduce: Reduce, buf: &[f32], taps: &[Tap], out: &mut [f32]) {
+        let (b, o) = (buf.as_ptr(), out.as_mut_ptr());
+        let mut j = 0;
+        // SAFETY (whole body): as for `avx512`; `out.len()` is a multiple of 32.
+        unsafe {
+            while j < out.len() {
+                match reduce {
+                    Reduce::MulAdd { bias } => {
+                        let z = _mm256_set1_ps(bias);
+                        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+                        for t in taps {
+                            let w = _mm256_set1_ps(t.w);
+                            let p = b.add(t.base + j);
+                            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p), w, a0);
+                            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(8)), w, a1);
+                            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(16)), w, a2);
+                            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(24)), w, a3);
+                        }
+                        _mm256_storeu_ps(o.add(j), a0);
+                        _mm256_storeu_ps(o.add(j + 8), a1);
+                        _mm256_storeu_ps(o.add(j + 16), a2);
+                        _mm256_storeu_ps(o.add(j + 24), a3);
+                    }
+                    Reduce::Max => {
+                        let z = _mm256_set1_ps(f32::NEG_INFINITY);
+                        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+                        for t in taps {
+                            let p = b.add(t.base + j);
+                            a0 = _mm256_max_ps(a0, _mm256_loadu_ps(p));
+                            a1 = _mm256_max_ps(a1, _mm256_loadu_ps(p.add(8)));
+                            a2 = _mm256_max_ps(a2, _mm256_loadu_ps(p.add(16)));
+                            a3 = _mm256_max_ps(a3, _mm256_loadu_ps(p.add(24)));
+                        }
+                        _mm256_storeu_ps(o.add(j), a0);
+                        _mm256_storeu_ps(o.add(j + 8), a1);
+                        _mm256_storeu_ps(o.add(j + 16), a2);
+                        _mm256_storeu_ps(o.add(j + 24), a3);
+                    }
+                }
+                j += 32;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use super::{Reduce, Tap};
+    use std::arch::aarch64::*;
+
+    /// Four 4-lane accumulators per step of 16 outputs.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn neon(reduce: Reduce, buf: &[f32], taps: &[Tap], out: &mut [f32]) {
+        let (b, o) = (buf.as_ptr(), out.as_mut_ptr());
+        let mut j = 0;
+        // SAFETY (whole body): the caller checked `base + out.len() <= buf.len()` for every tap and that
+        // `out.len()` is a multiple of 16, so every 4-lane load and store below is in bounds.
+        unsafe {
+            while j < out.len() {
+                match reduce {
+                    Reduce::MulAdd { bias } => {
+                        let z = vdupq_n_f32(bias);
+                        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+                        for t in taps {
+                            let w = vdupq_n_f32(t.w);
+                            let p = b.add(t.base + j);
+                            a0 = vfmaq_f32(a0, vld1q_f32(p), w);
+                            a1 = vfmaq_f32(a1, vld1q_f32(p.add(4)), w);
+                            a2 = vfmaq_f32(a2, vld1q_f32(p.add(8)), w);
+                            a3 = vfmaq_f32(a3, vld1q_f32(p.add(12)), w);
+                        }
+                        vst1q_f32(o.add(j), a0);
+                        vst1q_f32(o.add(j + 4), a1);
+                        vst1q_f32(o.add(j + 8), a2);
+                        vst1q_f32(o.add(j + 12), a3);
+                    }
+                    Reduce::Max => {
+                        let z = vdupq_n_f32(f32::NEG_INFINITY);
+                        let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+                        for t in taps {
+                            let p = b.add(t.base + j);
+                            a0 = vmaxq_f32(a0, vld1q_f32(p));
+                            a1 = vmaxq_f32(a1, vld1q_f32(p.add(4)));
+                            a2 = vmaxq_f32(a2, vld1q_f32(p.add(8)));
+                            a3 = vmaxq_f32(a3, vld1q_f32(p.add(12)));
+                        }
+                        vst1q_f32(o.add(j), a0);
+                        vst1q_f32(o.add(j + 4), a1);
+                        vst1q_f32(o.add(j + 8), a2);
+                        vst1q_f32(o.add(j + 12), a3);
+                    }
+                }
+                j += 16;
+            }
+        }
+    }
+}

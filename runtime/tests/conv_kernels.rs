@@ -1,0 +1,286 @@
+//! pupil's f32 sliding-window operators inside tract graphs: which `Conv` / `MaxPool` nodes they take over,
+//! which they leave to tract, and that the benchmark's CNN and MobileNet give tract's own outputs with them.
+
+use pupil_runtime::kernels::{self, Acceleration, Isa, pupil_nodes, zoo};
+use pupil_runtime::onnx::{Attr, GraphBuilder};
+use pupil_runtime::spec::Dim;
+use tract_onnx::prelude::*;
+
+/// Loads ONNX bytes with the input shape `shape` (`None` entries: the symbolic batch `N`).
+fn optimized(bytes: &[u8], shape: &[Option<usize>], accel: Acceleration) -> (TypedModel, Vec<kernels::Replacement>) {
+    let mut m = tract_onnx::onnx().model_for_read(&mut &bytes[..]).unwrap();
+    let n = m.symbols.sym("N");
+    let dims: TVec<TDim> = shape.iter().map(|d| d.map(TDim::from).unwrap_or_else(|| n.to_dim())).collect();
+    m.set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), dims)).unwrap();
+    kernels::optimize_with(m, accel).unwrap()
+}
+
+fn run(model: &TypedModel, input: &Tensor) -> Vec<f32> {
+    let plan = model.clone().into_runnable().unwrap();
+    let out = plan.run(tvec![input.clone().into_tvalue()]).unwrap();
+    out[0].clone().into_tensor().try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+}
+
+fn random_input(shape: &[usize], seed: u64) -> Tensor {
+    let mut rng = zoo::Rng::new(seed);
+    let values: Vec<f32> = (0..shape.iter().product()).map(|_| rng.sym(1.0)).collect();
+    Tensor::from_shape(shape, &values).unwrap()
+}
+
+/// `max |a - b| <= tol · max |a|`.
+fn assert_close(expected: &[f32], got: &[f32], tol: f32, what: &str) {
+    assert_eq!(expected.len(), got.len(), "{what}: output sizes");
+    let range = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let worst = expected.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(worst <= tol * range, "{what}: max |Δ| {worst} for outputs up to {range}");
+}
+
+fn ops_of(replaced: &[kernels::Replacement]) -> Vec<&'static str> {
+    let mut ops: Vec<&str> = replaced.iter().map(|r| r.op).collect();
+    ops.sort();
+    ops
+}
+
+#[test]
+fn mobilenet_runs_its_depthwise_convs_and_stem_on_pupils_kernels_with_tracts_outputs() {
+    let bytes = zoo::mobilenet(4).to_bytes();
+    // Batch 1 (tract drops the batch axis: CHW), a fixed batch of 2 and a symbolic batch (NCHW).
+    for (shape, batch) in [(Some(1), 1), (Some(2), 2), (None, 2)] {
+        let dims = [shape, Some(3), Some(96), Some(96)];
+        let input = random_input(&[batch, 3, 96, 96], 7);
+        let (plain, none) = optimized(&bytes, &dims, Acceleration::Off);
+        assert!(none.is_empty() && pupil_nodes(&plain).is_empty());
+        let expected = run(&plain, &input);
+        for isa in Isa::available() {
+            let (fast, replaced) = optimized(&bytes, &dims, Acceleration::With(isa));
+            let mut want = vec!["PupilDepthwiseConv"; 8];
+            want.push("PupilDirectConv");
+            assert_eq!(ops_of(&replaced), want, "{isa}, batch {shape:?}: 8 depthwise convs and the 3-channel stem");
+            let listed = pupil_nodes(&fast);
+            assert_eq!(ops_of(&listed), want, "{isa}, batch {shape:?}: the optimised plan keeps them");
+            let dw = listed.iter().find(|r| r.op == "PupilDepthwiseConv").unwrap();
+            assert_eq!((dw.k, dw.isa), (9, isa), "a 3×3 window per channel");
+            assert!(listed.iter().any(|r| r.op == "PupilDirectConv" && r.k == 27 && r.n == 16), "{listed:?}");
+            assert_close(&expected, &run(&fast, &input), 1e-5, &format!("mobilenet {isa} batch {shape:?}"));
+        }
+    }
+}
+
+#[test]
+fn the_cnn_runs_its_first_conv_and_both_max_pools_on_pupils_kernels_with_tracts_outputs() {
+    let bytes = zoo::cnn(3).to_bytes();
+    for batch in [1, 3] {
+        let dims = [Some(batch), Some(1), Some(28), Some(28)];
+        let input = random_input(&[batch, 1, 28, 28], 9);
+        let (plain, _) = optimized(&bytes, &dims, Acceleration::Off);
+        let expected = run(&plain, &input);
+        for isa in Isa::available() {
+            let (fast, replaced) = optimized(&bytes, &dims, Acceleration::With(isa));
+            // The second conv has 32 input channels: tract's im2col + matrix product keeps it.
+            assert_eq!(ops_of(&replaced), ["PupilDirectConv", "PupilMaxPool", "PupilMaxPool"], "{isa} batch {batch}");
+            assert_eq!(pupil_nodes(&fast).len(), 3);
+            assert_close(&expected, &run(&fast, &input), 1e-5, &format!("cnn {isa} batch {batch}"));
+        }
+    }
+}
+
+/// `[N, c, h, w] → one node → out [N, out.0, out.1, out.2]`; for a `Conv`, `conv` is `(c_out, group, k)` of
+/// random weights and bias.
+fn single(
+    op: &str,
+    c: usize,
+    hw: (usize, usize),
+    attrs: &[(&str, Attr)],
+    conv: Option<(usize, usize, usize)>,
+    out: (usize, usize, usize),
+) -> Vec<u8> {
+    let mut rng = zoo::Rng::new(c as u64 * 31 + hw.0 as u64);
+    let mut b = GraphBuilder::new("single");
+    let x = b.input("input", &[Dim::Symbol("N".into()), Dim::Fixed(c), Dim::Fixed(hw.0), Dim::Fixed(hw.1)]);
+    let mut inputs = vec![x];
+    if let Some((c_out, group, k)) = conv {
+        let w: Vec<f32> = (0..c_out * c / group * k * k).map(|_| rng.sym(1.0)).collect();
+        inputs.push(b.init_f32("w", &[c_out, c / group, k, k], &w));
+        let bias: Vec<f32> = (0..c_out).map(|_| rng.sym(1.0)).collect();
+        inputs.push(b.init_f32("b", &[c_out], &bias));
+    }
+    let refs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
+    b.node(op, &refs, &["out"], attrs);
+    b.output("out", &[Dim::Symbol("N".into()), Dim::Fixed(out.0), Dim::Fixed(out.1), Dim::Fixed(out.2)]);
+    b.to_bytes()
+}
+
+fn ints(v: &[i64]) -> Attr {
+    Attr::Ints(v.to_vec())
+}
+
+/// Depthwise convs and max pools of the shapes the brief names (3×3 / 5×5, stride 1 / 2, explicit and SAME
+/// padding, odd sizes) are replaced and agree with tract; unusual ones are left to tract and still run.
+#[test]
+fn single_nodes_are_replaced_when_pupil_handles_them_and_left_to_tract_otherwise() {
+    // (what, model, input [c, h, w], the pupil operator expected or None for tract's)
+    type Case = (&'static str, Vec<u8>, (usize, usize, usize), Option<&'static str>);
+    let cases: Vec<Case> = vec![
+        (
+            "depthwise 3x3/2 pad 1 on 11×17",
+            single(
+                "Conv",
+                7,
+                (11, 17),
+                &[
+                    ("kernel_shape", ints(&[3, 3])),
+                    ("pads", ints(&[1, 1, 1, 1])),
+                    ("strides", ints(&[2, 2])),
+                    ("group", Attr::Int(7)),
+                ],
+                Some((7, 7, 3)),
+                (7, 6, 9),
+            ),
+            (7, 11, 17),
+            Some("PupilDepthwiseConv"),
+        ),
+        (
+            "depthwise 5x5/1 SAME_UPPER on 9×13",
+            single(
+                "Conv",
+                5,
+                (9, 13),
+                &[
+                    ("kernel_shape", ints(&[5, 5])),
+                    ("auto_pad", Attr::String("SAME_UPPER".into())),
+                    ("group", Attr::Int(5)),
+                ],
+                Some((5, 5, 5)),
+                (5, 9, 13),
+            ),
+            (5, 9, 13),
+            Some("PupilDepthwiseConv"),
+        ),
+        (
+            "depthwise 3x3/2 SAME_UPPER asymmetric on 8×8",
+            single(
+                "Conv",
+                4,
+                (8, 8),
+                &[
+                    ("kernel_shape", ints(&[3, 3])),
+                    ("strides", ints(&[2, 2])),
+                    ("auto_pad", Attr::String("SAME_UPPER".into())),
+                    ("group", Attr::Int(4)),
+                ],
+                Some((4, 4, 3)),
+                (4, 4, 4),
+            ),
+            (4, 8, 8),
+            Some("PupilDepthwiseConv"),
+        ),
+        (
+            "3-channel 3x3 stem conv, no padding",
+            single("Conv", 3, (10, 12), &[("kernel_shape", ints(&[3, 3]))], Some((6, 1, 3)), (6, 8, 10)),
+            (3, 10, 12),
+            Some("PupilDirectConv"),
+        ),
+        (
+            "maxpool 3x3/2 pad 1 on 15×15",
+            single(
+                "MaxPool",
+                6,
+                (15, 15),
+                &[("kernel_shape", ints(&[3, 3])), ("strides", ints(&[2, 2])), ("pads", ints(&[1, 1, 1, 1]))],
+                None,
+                (6, 8, 8),
+            ),
+            (6, 15, 15),
+            Some("PupilMaxPool"),
+        ),
+        (
+            "maxpool 2x2/2 on an odd 9×7",
+            single(
+                "MaxPool",
+                3,
+                (9, 7),
+                &[("kernel_shape", ints(&[2, 2])), ("strides", ints(&[2, 2]))],
+                None,
+                (3, 4, 3),
+            ),
+            (3, 9, 7),
+            Some("PupilMaxPool"),
+        ),
+        (
+            "maxpool ceil mode: tract's",
+            single(
+                "MaxPool",
+                3,
+                (9, 7),
+                &[("kernel_shape", ints(&[2, 2])), ("strides", ints(&[2, 2])), ("ceil_mode", Attr::Int(1))],
+                None,
+                (3, 5, 4),
+            ),
+            (3, 9, 7),
+            None,
+        ),
+        (
+            "dilated depthwise conv: tract's",
+            single(
+                "Conv",
+                4,
+                (9, 9),
+                &[("kernel_shape", ints(&[3, 3])), ("dilations", ints(&[2, 2])), ("group", Attr::Int(4))],
+                Some((4, 4, 3)),
+                (4, 5, 5),
+            ),
+            (4, 9, 9),
+            None,
+        ),
+        (
+            "grouped conv, 4 groups of 2 channels: tract's",
+            single(
+                "Conv",
+                8,
+                (6, 6),
+                &[("kernel_shape", ints(&[3, 3])), ("group", Attr::Int(4))],
+                Some((8, 4, 3)),
+                (8, 4, 4),
+            ),
+            (8, 6, 6),
+            None,
+        ),
+        (
+            "regular conv over 8 channels: tract's",
+            single("Conv", 8, (6, 6), &[("kernel_shape", ints(&[3, 3]))], Some((4, 1, 3)), (4, 4, 4)),
+            (8, 6, 6),
+            None,
+        ),
+    ];
+    for (what, bytes, (c, h, w), expect) in cases {
+        for batch in [1, 2] {
+            let dims = [Some(batch), Some(c), Some(h), Some(w)];
+            let input = random_input(&[batch, c, h, w], batch as u64);
+            let (plain, _) = optimized(&bytes, &dims, Acceleration::Off);
+            let expected = run(&plain, &input);
+            for isa in Isa::available() {
+                let (fast, replaced) = optimized(&bytes, &dims, Acceleration::With(isa));
+                assert_eq!(replaced.iter().map(|r| r.op).collect::<Vec<_>>(), Vec::from_iter(expect), "{what}, {isa}");
+                assert_eq!(pupil_nodes(&fast).len(), replaced.len(), "{what}, {isa}");
+                assert_close(&expected, &run(&fast, &input), 1e-5, &format!("{what}, {isa}, batch {batch}"));
+            }
+        }
+    }
+}
+
+/// (An indices output nobody reads is dropped by tract's declutter; then the pool is a plain one and replaced.)
+#[test]
+fn a_max_pool_returning_indices_is_left_to_tract() {
+    let mut b = GraphBuilder::new("pool-indices");
+    let x = b.input("input", &[Dim::Fixed(1), Dim::Fixed(2), Dim::Fixed(6), Dim::Fixed(6)]);
+    b.node("MaxPool", &[&x], &["out", "idx"], &[("kernel_shape", ints(&[2, 2])), ("strides", ints(&[2, 2]))]);
+    b.node("Cast", &["idx"], &["idx_f32"], &[("to", Attr::Int(pupil_runtime::onnx::dtype::F32 as i64))]);
+    b.output("out", &[Dim::Fixed(1), Dim::Fixed(2), Dim::Fixed(3), Dim::Fixed(3)]);
+    b.output("idx_f32", &[Dim::Fixed(1), Dim::Fixed(2), Dim::Fixed(3), Dim::Fixed(3)]);
+    let dims = [Some(1), Some(2), Some(6), Some(6)];
+    let (plain, _) = optimized(&b.to_bytes(), &dims, Acceleration::Off);
+    let (fast, replaced) = optimized(&b.to_bytes(), &dims, Acceleration::On);
+    assert!(replaced.is_empty(), "{replaced:?}");
+    let input = random_input(&[1, 2, 6, 6], 3);
+    assert_eq!(run(&plain, &input), run(&fast, &input));
+}
