@@ -71,7 +71,7 @@ impl DirectConv {
             for g in 0..self.group {
                 for i in 0..cig {
                     let ci = n * self.c_in + g * cig + i;
-                    win.scatter(&input[ci * plane..][..plane], &mut buf[i * plane_len..][..plane_len]);
+                    win.scatter(simd, &input[ci * plane..][..plane], &mut buf[i * plane_len..][..plane_len]);
                 }
                 for oc in g * cog..(g + 1) * cog {
                     let reduce = Reduce::MulAdd { bias: self.bias[oc] };
@@ -153,7 +153,9 @@ impl<const D: bool> EvalOp for PupilConv<D> {
         );
         let out_shape: TVec<usize> =
             if self.has_n { tvec![batch, c.c_out, c.win.oh, c.win.ow] } else { tvec![c.c_out, c.win.oh, c.win.ow] };
-        let mut out = Tensor::zero::<f32>(&out_shape)?;
+        // SAFETY: f32 has no invalid bit patterns, and `run` writes every output value (each plane's
+        // `oh × ow` values are copied out of its flat run) or fails, dropping the tensor unread.
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
         let src = input.try_as_plain_ram()?;
         c.run(self.simd, src.as_slice::<f32>()?, batch, out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?)?;
         Ok(tvec!(out.into_tvalue()))

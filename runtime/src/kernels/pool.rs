@@ -68,7 +68,7 @@ impl PupilMaxPool {
         let mut buf = vec![f32::NEG_INFINITY; win.buffer_len(1)];
         let mut flat = vec![0f32; win.flat_len()];
         for (src, dst) in input.chunks_exact(plane).zip(out.chunks_exact_mut(oplane)) {
-            win.scatter(src, &mut buf[..win.plane_len()]);
+            win.scatter(self.simd, src, &mut buf[..win.plane_len()]);
             ensure!(taps::run(self.simd, Reduce::Max, &buf, &self.taps, &mut flat));
             win.gather(&flat, dst);
         }
@@ -105,7 +105,9 @@ impl EvalOp for PupilMaxPool {
         );
         let out_shape: TVec<usize> =
             if self.has_n { tvec![batch, self.channels, w.oh, w.ow] } else { tvec![self.channels, w.oh, w.ow] };
-        let mut out = Tensor::zero::<f32>(&out_shape)?;
+        // SAFETY: f32 has no invalid bit patterns, and `run` writes every output value (each plane's
+        // `oh × ow` values are copied out of its flat run) or fails, dropping the tensor unread.
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
         let src = input.try_as_plain_ram()?;
         self.run(src.as_slice::<f32>()?, batch * self.channels, out.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?)?;
         Ok(tvec!(out.into_tvalue()))

@@ -113,39 +113,42 @@ impl Window {
     /// Writes the `h × w` plane `src` into the phase-split plane `dst` (of [`plane_len`](Self::plane_len)
     /// values), leaving the padding positions untouched: the caller fills them once per buffer (0 for a
     /// convolution, −∞ for a max pool) since they are the same for every plane.
-    pub(crate) fn scatter(&self, src: &[f32], dst: &mut [f32]) {
-        let (ph, pw) = (self.ph(), self.pw());
+    pub(crate) fn scatter(&self, simd: Simd, src: &[f32], dst: &mut [f32]) {
+        let (ph, pw, sw) = (self.ph(), self.pw(), self.sw);
         // Input columns that reach the phase planes (columns past the last window are never read).
-        let cols = self.w.min(pw * self.sw - self.pl);
-        for (iy, row) in src.chunks_exact(self.w).take(self.h).enumerate() {
-            let py = iy + self.pt;
-            let r = py / self.sh;
+        let cols = self.w.min(pw * sw - self.pl);
+        // Padded row `py = iy + pt` is row `r = py / sh` of row phase `rp = py % sh`, stepped without dividing.
+        let (mut r, mut rp) = (self.pt / self.sh, self.pt % self.sh);
+        for row in src.chunks_exact(self.w).take(self.h) {
             if r >= ph {
                 break;
             }
-            let plane_row = (py % self.sh) * self.sw * ph + r;
-            if self.sw == 1 {
-                let d = plane_row * pw + self.pl;
-                dst[d..d + cols].copy_from_slice(&row[..cols]);
-                continue;
+            let first = (rp * sw * ph + r) * pw;
+            rp += 1;
+            if rp == self.sh {
+                (r, rp) = (r + 1, 0);
             }
-            for cp in 0..self.sw {
-                // The first input column whose padded column is in phase `cp`.
-                let ix0 = (cp + self.sw - self.pl % self.sw) % self.sw;
-                if ix0 >= cols {
-                    continue;
+            let row = &row[..cols];
+            match sw {
+                1 => dst[first + self.pl..][..cols].copy_from_slice(row),
+                2 => {
+                    // Input columns 2i and 2i + 1 land in the two column phases, in an order and at offsets
+                    // set by the parity of the left padding.
+                    let (phase0, phase1) = dst.split_at_mut(first + ph * pw);
+                    let (phase0, phase1) = (&mut phase0[first..], &mut phase1[..pw]);
+                    let (n_even, n_odd) = (cols.div_ceil(2), cols / 2);
+                    let half = self.pl / 2;
+                    let (even, odd) = if self.pl.is_multiple_of(2) {
+                        (&mut phase0[half..half + n_even], &mut phase1[half..half + n_odd])
+                    } else {
+                        (&mut phase1[half..half + n_even], &mut phase0[half + 1..half + 1 + n_odd])
+                    };
+                    deinterleave2(simd, row, even, odd);
                 }
-                let n = (cols - ix0).div_ceil(self.sw);
-                let d = ((plane_row + cp * ph) * pw) + (ix0 + self.pl) / self.sw;
-                let out = &mut dst[d..d + n];
-                let src = &row[ix0..cols];
-                if self.sw == 2 {
-                    for (i, o) in out.iter_mut().enumerate() {
-                        *o = src[2 * i];
-                    }
-                } else {
-                    for (o, s) in out.iter_mut().zip(src.iter().step_by(self.sw)) {
-                        *o = *s;
+                _ => {
+                    for (ix, v) in row.iter().enumerate() {
+                        let px = ix + self.pl;
+                        dst[first + (px % sw) * ph * pw + px / sw] = *v;
                     }
                 }
             }
@@ -157,6 +160,43 @@ impl Window {
         let pw = self.pw();
         for (oy, o) in out.chunks_exact_mut(self.ow).take(self.oh).enumerate() {
             o.copy_from_slice(&flat[oy * pw..oy * pw + self.ow]);
+        }
+    }
+}
+
+/// `even[i] = src[2i]`, `odd[i] = src[2i + 1]`, for `even` of `⌈n / 2⌉` and `odd` of `⌊n / 2⌋` values.
+fn deinterleave2(simd: Simd, src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let (even, odd) = (&mut even[..src.len().div_ceil(2)], &mut odd[..src.len() / 2]);
+    let done = match simd {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
+            // SAFETY: AVX-512F detected; the lengths are checked by the slicing above.
+            let done = unsafe { x86::deinterleave2_avx512(src, even, odd) };
+            // The last blocks of 16 on AVX2 (every AVX-512 CPU has it, checked anyway).
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 detected; the subslices keep `even` at ⌈n / 2⌉ and `odd` at ⌊n / 2⌋ values.
+                done + unsafe { x86::deinterleave2_avx2(&src[2 * done..], &mut even[done..], &mut odd[done..]) }
+            } else {
+                done
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2Fma | Simd::Avx512 if std::arch::is_x86_feature_detected!("avx2") => {
+            // SAFETY: AVX2 detected; the lengths are checked by the slicing above.
+            unsafe { x86::deinterleave2_avx2(src, even, odd) }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Simd::Neon => {
+            // SAFETY: NEON is part of the aarch64 baseline; the lengths are checked by the slicing above.
+            unsafe { arm::deinterleave2_neon(src, even, odd) }
+        }
+        _ => 0,
+    };
+    // What the vector loop left (it handles whole blocks of input pairs).
+    for i in done..even.len() {
+        even[i] = src[2 * i];
+        if let Some(o) = odd.get_mut(i) {
+            *o = src[2 * i + 1];
         }
     }
 }
@@ -282,6 +322,46 @@ mod x86 {
         }
     }
 
+    /// Deinterleaves blocks of 32 inputs; returns how many output pairs it wrote.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn deinterleave2_avx512(src: &[f32], even: &mut [f32], odd: &mut [f32]) -> usize {
+        let blocks = src.len() / 32;
+        let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        // SAFETY: block b reads src[32b .. 32b + 32] and writes even / odd[16b .. 16b + 16], inside the slices
+        // (`even` and `odd` hold at least ⌊len / 2⌋ values).
+        unsafe {
+            for b in 0..blocks {
+                let lo = _mm512_loadu_ps(src.as_ptr().add(32 * b));
+                let hi = _mm512_loadu_ps(src.as_ptr().add(32 * b + 16));
+                _mm512_storeu_ps(even.as_mut_ptr().add(16 * b), _mm512_permutex2var_ps(lo, ie, hi));
+                _mm512_storeu_ps(odd.as_mut_ptr().add(16 * b), _mm512_permutex2var_ps(lo, io, hi));
+            }
+        }
+        blocks * 16
+    }
+
+    /// Deinterleaves blocks of 16 inputs; returns how many output pairs it wrote.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn deinterleave2_avx2(src: &[f32], even: &mut [f32], odd: &mut [f32]) -> usize {
+        let blocks = src.len() / 16;
+        // SAFETY: block b reads src[16b .. 16b + 16] and writes even / odd[8b .. 8b + 8], inside the slices.
+        unsafe {
+            for b in 0..blocks {
+                let lo = _mm256_loadu_ps(src.as_ptr().add(16 * b));
+                let hi = _mm256_loadu_ps(src.as_ptr().add(16 * b + 8));
+                // [lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6] → 64-bit lanes 0 2 1 3: [lo0 lo2 lo4 lo6 hi0 hi2 hi4 hi6].
+                let e = _mm256_castps_pd(_mm256_shuffle_ps::<0b10_00_10_00>(lo, hi));
+                let o = _mm256_castps_pd(_mm256_shuffle_ps::<0b11_01_11_01>(lo, hi));
+                let e = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(e));
+                let o = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(o));
+                _mm256_storeu_ps(even.as_mut_ptr().add(8 * b), e);
+                _mm256_storeu_ps(odd.as_mut_ptr().add(8 * b), o);
+            }
+        }
+        blocks * 8
+    }
+
     /// Four 8-lane accumulators per step of 32 outputs.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2(reduce: Reduce, buf: &[f32], taps: &[Tap], out: &mut [f32]) {
@@ -333,6 +413,21 @@ mod x86 {
 mod arm {
     use super::{Reduce, Tap};
     use std::arch::aarch64::*;
+
+    /// Deinterleaves blocks of 8 inputs (`ld2`); returns how many output pairs it wrote.
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn deinterleave2_neon(src: &[f32], even: &mut [f32], odd: &mut [f32]) -> usize {
+        let blocks = src.len() / 8;
+        // SAFETY: block b reads src[8b .. 8b + 8] and writes even / odd[4b .. 4b + 4], inside the slices.
+        unsafe {
+            for b in 0..blocks {
+                let v = vld2q_f32(src.as_ptr().add(8 * b));
+                vst1q_f32(even.as_mut_ptr().add(4 * b), v.0);
+                vst1q_f32(odd.as_mut_ptr().add(4 * b), v.1);
+            }
+        }
+        blocks * 4
+    }
 
     /// Four 4-lane accumulators per step of 16 outputs.
     #[target_feature(enable = "neon")]
