@@ -61,6 +61,23 @@ fn mobilenet_runs_its_depthwise_convs_and_stem_on_pupils_kernels_with_tracts_out
             let dw = listed.iter().find(|r| r.op == "PupilDepthwiseConv").unwrap();
             assert_eq!((dw.k, dw.isa), (9, isa), "a 3×3 window per channel");
             assert!(listed.iter().any(|r| r.op == "PupilDirectConv" && r.k == 27 && r.n == 16), "{listed:?}");
+            // Every one of them is followed by a ReLU6 (`Clip(0, 6)`), folded into the operator.
+            let clamps: Vec<(f32, f32)> = fast
+                .nodes()
+                .iter()
+                .filter_map(|n| {
+                    n.op_as::<kernels::PupilDepthwiseConv>()
+                        .map(|o| o.clamp())
+                        .or_else(|| n.op_as::<kernels::PupilDirectConv>().map(|o| o.clamp()))
+                })
+                .collect();
+            assert_eq!(clamps, vec![(0.0, 6.0); 9], "{isa}, batch {shape:?}");
+            assert!(
+                fast.nodes().len() + 18 <= plain.nodes().len(),
+                "{} vs {} nodes",
+                fast.nodes().len(),
+                plain.nodes().len()
+            );
             assert_close(&expected, &run(&fast, &input), 1e-5, &format!("mobilenet {isa} batch {shape:?}"));
         }
     }
@@ -79,6 +96,8 @@ fn the_cnn_runs_its_first_conv_and_both_max_pools_on_pupils_kernels_with_tracts_
             // The second conv has 32 input channels: tract's im2col + matrix product keeps it.
             assert_eq!(ops_of(&replaced), ["PupilDirectConv", "PupilMaxPool", "PupilMaxPool"], "{isa} batch {batch}");
             assert_eq!(pupil_nodes(&fast).len(), 3);
+            let conv = fast.nodes().iter().find_map(|n| n.op_as::<kernels::PupilDirectConv>()).unwrap();
+            assert_eq!(conv.clamp(), (0.0, f32::INFINITY), "the ReLU after the first conv is folded in");
             assert_close(&expected, &run(&fast, &input), 1e-5, &format!("cnn {isa} batch {batch}"));
         }
     }
@@ -283,4 +302,45 @@ fn a_max_pool_returning_indices_is_left_to_tract() {
     assert!(replaced.is_empty(), "{replaced:?}");
     let input = random_input(&[1, 2, 6, 6], 3);
     assert_eq!(run(&plain, &input), run(&fast, &input));
+}
+
+/// `depthwise conv → Relu → Clip(−1, 0.5)` with the Relu's result also a model output: the Relu is folded into
+/// pupil's operator, the Clip (after a value the graph hands out) stays with tract, and both outputs are tract's.
+#[test]
+fn a_relu_is_folded_only_up_to_a_value_used_elsewhere() {
+    let mut b = GraphBuilder::new("dw-relu-clip");
+    let d = |n| Dim::Fixed(n);
+    let x = b.input("input", &[d(1), d(4), d(9), d(9)]);
+    let mut rng = zoo::Rng::new(4);
+    let w: Vec<f32> = (0..4 * 9).map(|_| rng.sym(1.0)).collect();
+    let w = b.init_f32("w", &[4, 1, 3, 3], &w);
+    let bias = b.init_f32("b", &[4], &[0.1, -0.2, 0.3, 0.0]);
+    let conv = b.op("Conv", &[&x, &w, &bias], &[("kernel_shape", ints(&[3, 3])), ("group", Attr::Int(4))]);
+    b.node("Relu", &[&conv], &["relu"], &[]);
+    let lo = b.init_f32("lo", &[], &[-1.0]);
+    let hi = b.init_f32("hi", &[], &[0.5]);
+    b.node("Clip", &["relu", &lo, &hi], &["clipped"], &[]);
+    b.output("relu", &[d(1), d(4), d(7), d(7)]);
+    b.output("clipped", &[d(1), d(4), d(7), d(7)]);
+    let bytes = b.to_bytes();
+    let dims = [Some(1), Some(4), Some(9), Some(9)];
+    let input = random_input(&[1, 4, 9, 9], 5);
+    let all = |m: &TypedModel| -> Vec<Vec<f32>> {
+        let plan = m.clone().into_runnable().unwrap();
+        let out = plan.run(tvec![input.clone().into_tvalue()]).unwrap();
+        out.iter()
+            .map(|t| t.clone().into_tensor().try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec())
+            .collect()
+    };
+    let (plain, _) = optimized(&bytes, &dims, Acceleration::Off);
+    let (fast, replaced) = optimized(&bytes, &dims, Acceleration::On);
+    assert_eq!(ops_of(&replaced), ["PupilDepthwiseConv"]);
+    let op = fast.nodes().iter().find_map(|n| n.op_as::<kernels::PupilDepthwiseConv>()).unwrap();
+    assert_eq!(op.clamp(), (0.0, f32::INFINITY));
+    let (want, got) = (all(&plain), all(&fast));
+    assert_eq!(want.len(), 2);
+    for (w, g) in want.iter().zip(&got) {
+        assert_close(w, g, 1e-5, "dw-relu-clip");
+    }
+    assert!(got[1].iter().all(|v| (0.0..=0.5).contains(v)) && got[0].iter().any(|v| *v > 0.5));
 }

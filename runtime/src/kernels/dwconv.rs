@@ -6,8 +6,10 @@
 use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::KernelFormat;
 use tract_onnx::tract_core::ops::cnn::conv::Conv;
+use tract_onnx::tract_core::ops::math::{Max, Min};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::qgemv::Isa;
@@ -27,6 +29,9 @@ pub(crate) struct DirectConv {
     /// `c_out × (c_in / group · kh · kw)` taps, bases relative to the buffer of one group's input planes.
     taps: Vec<Tap>,
     bias: Vec<f32>,
+    /// Clamp applied to every output (a ReLU or ReLU6 that followed the convolution), ±∞ for none.
+    lo: f32,
+    hi: f32,
 }
 
 impl DirectConv {
@@ -50,7 +55,12 @@ impl DirectConv {
                 }
             }
         }
-        DirectConv { win, c_in, c_out, group, taps, bias }
+        DirectConv { win, c_in, c_out, group, taps, bias, lo: f32::NEG_INFINITY, hi: f32::INFINITY }
+    }
+
+    /// The same convolution with its outputs clamped to `[lo, hi]` (`lo <= hi`).
+    pub(crate) fn clamped(self, lo: f32, hi: f32) -> DirectConv {
+        DirectConv { lo, hi, ..self }
     }
 
     fn taps_per_output(&self) -> usize {
@@ -74,7 +84,7 @@ impl DirectConv {
                     win.scatter(simd, &input[ci * plane..][..plane], &mut buf[i * plane_len..][..plane_len]);
                 }
                 for oc in g * cog..(g + 1) * cog {
-                    let reduce = Reduce::MulAdd { bias: self.bias[oc] };
+                    let reduce = Reduce::MulAdd { bias: self.bias[oc], lo: self.lo, hi: self.hi };
                     ensure!(taps::run(simd, reduce, &buf, &self.taps[oc * tpo..][..tpo], &mut flat));
                     win.gather(&flat, &mut out[(n * self.c_out + oc) * oplane..][..oplane]);
                 }
@@ -117,6 +127,11 @@ impl<const D: bool> PupilConv<D> {
     pub fn dims(&self) -> (usize, usize) {
         (self.conv.taps_per_output(), self.conv.c_out)
     }
+    /// The clamp applied to the outputs, `(lo, hi)`: a ReLU / ReLU6 (`Clip`) that followed the convolution in the
+    /// graph and was folded into it; `(−∞, +∞)` when there was none.
+    pub fn clamp(&self) -> (f32, f32) {
+        (self.conv.lo, self.conv.hi)
+    }
     fn macs_per_image(&self) -> usize {
         self.conv.c_out * self.conv.win.oh * self.conv.win.ow * self.conv.taps_per_output()
     }
@@ -130,8 +145,8 @@ impl<const D: bool> Op for PupilConv<D> {
         let c = &self.conv;
         let w = &c.win;
         Ok(vec![format!(
-            "{}→{} channels, group {}, kernel {}x{}, stride {}x{}, pad {}x{}, {}x{}→{}x{}, {:?}",
-            c.c_in, c.c_out, c.group, w.kh, w.kw, w.sh, w.sw, w.pt, w.pl, w.h, w.w, w.oh, w.ow, self.simd
+            "{}→{} channels, group {}, kernel {}x{}, stride {}x{}, pad {}x{}, {}x{}→{}x{}, clamp [{}, {}], {:?}",
+            c.c_in, c.c_out, c.group, w.kh, w.kw, w.sh, w.sw, w.pt, w.pl, w.h, w.w, w.oh, w.ow, c.lo, c.hi, self.simd
         )])
     }
     op_as_typed_op!();
@@ -181,6 +196,45 @@ pub(crate) enum Direct {
     Dense(PupilDirectConv),
 }
 
+/// The clamp that a chain of f32 `Max` / `Min` with a constant scalar right after `node` applies (tract's
+/// declutter form of ReLU and Clip), and the last node of the chain (`node` itself when there is none). The
+/// chain stops at a result used more than once or by the model's outputs.
+fn following_clamp(model: &TypedModel, node: &TypedNode) -> TractResult<(f32, f32, usize)> {
+    let (mut lo, mut hi, mut last) = (f32::NEG_INFINITY, f32::INFINITY, node.id);
+    let shape = &model.outlet_fact(OutletId::new(node.id, 0))?.shape;
+    let outputs = model.output_outlets()?;
+    loop {
+        let here = &model.nodes()[last];
+        let [succ] = here.outputs.first().map(|o| o.successors.as_slice()).unwrap_or_default() else { break };
+        if here.outputs.len() != 1 || outputs.contains(&OutletId::new(last, 0)) {
+            break;
+        }
+        let next = &model.nodes()[succ.node];
+        let Some(bin) = next.op_as::<TypedBinOp>() else { break };
+        let is_max = bin.0.is::<Max>();
+        if (!is_max && !bin.0.is::<Min>()) || bin.1.is_some() || next.inputs.len() != 2 || next.outputs.len() != 1 {
+            break;
+        }
+        let out = model.outlet_fact(OutletId::new(next.id, 0))?;
+        if out.datum_type != DatumType::F32 || &out.shape != shape {
+            break;
+        }
+        let other = model.outlet_fact(next.inputs[1 - succ.slot])?;
+        let Some(k) = &other.konst else { break };
+        if k.datum_type() != DatumType::F32 || k.len() != 1 {
+            break;
+        }
+        let c = k.try_as_plain_ram()?.as_slice::<f32>()?[0];
+        if c.is_nan() {
+            break;
+        }
+        // max(clamp(x, lo, hi), c) = clamp(x, max(lo, c), max(hi, c)); min likewise.
+        (lo, hi) = if is_max { (lo.max(c), hi.max(c)) } else { (lo.min(c), hi.min(c)) };
+        last = next.id;
+    }
+    Ok((lo, hi, last))
+}
+
 fn konst_f32(model: &TypedModel, outlet: OutletId) -> TractResult<Option<Vec<f32>>> {
     let fact = model.outlet_fact(outlet)?;
     let Some(t) = &fact.konst else { return Ok(None) };
@@ -223,7 +277,8 @@ pub(crate) fn window_of(
 
 /// Builds the pupil operator for a decluttered f32 `Conv` node with constant weights and bias, when it is
 /// depthwise or has at most [`MAX_DIRECT_INPUTS`] input channels; `None` otherwise (tract keeps the node).
-pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractResult<Option<Direct>> {
+/// A ReLU / Clip right after the node is folded in: the operator replaces the output of the returned node.
+pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractResult<Option<(Direct, usize)>> {
     let Some(op) = node.op_as::<Conv>() else { return Ok(None) };
     if op.q_params.is_some() || node.inputs.len() != 3 {
         return Ok(None);
@@ -278,14 +333,16 @@ pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractR
         }]
     };
     let bias = if bias.len() == 1 { vec![bias[0]; c_out] } else { bias };
-    let conv = Arc::new(DirectConv::new(win, (c_in, c_out, group), weight, bias));
+    let (lo, hi, last) = following_clamp(model, node)?;
+    let conv = Arc::new(DirectConv::new(win, (c_in, c_out, group), weight, bias).clamped(lo, hi));
     let out_shape = out_fact.shape.iter().cloned().collect();
     let simd = Simd::for_isa(isa);
-    Ok(Some(if depthwise {
+    let op = if depthwise {
         Direct::Depthwise(PupilConv { conv, isa, simd, has_n, out_shape })
     } else {
         Direct::Dense(PupilConv { conv, isa, simd, has_n, out_shape })
-    }))
+    };
+    Ok(Some((op, last)))
 }
 
 #[cfg(test)]
@@ -306,6 +363,8 @@ mod tests {
         s: (usize, usize),
         /// top, bottom, left, right
         pads: (usize, usize, usize, usize),
+        /// A fused ReLU-like clamp `[lo, hi]`.
+        clamp: (f32, f32),
         seed: u64,
     }
 
@@ -325,16 +384,22 @@ mod tests {
             (1usize..=24, 1usize..=40),
             (k(), k(), 1usize..=3, 1usize..=3),
             (0usize..5, 0usize..5, 0usize..5, 0usize..5),
+            prop_oneof![
+                Just((f32::NEG_INFINITY, f32::INFINITY)),
+                Just((0.0, f32::INFINITY)),
+                Just((0.0, 0.5)),
+                Just((-0.25, 0.25))
+            ],
             any::<u64>(),
         )
-            .prop_map(|((batch, c, kind), (h, w), (kh, kw, sh, sw), (pt, pb, pl, pr), seed)| {
+            .prop_map(|((batch, c, kind), (h, w), (kh, kw, sh, sw), (pt, pb, pl, pr), clamp, seed)| {
                 let (c_in, c_out, group) = match kind {
                     0 => (c, c, c),
                     1 => (c, 2 * c, c),
                     _ => (1 + c % MAX_DIRECT_INPUTS, c, 1),
                 };
                 let pads = (pt % kh, pb % kh, pl % kw, pr % kw);
-                Case { batch, c_in, c_out, group, h, w, k: (kh, kw), s: (sh, sw), pads, seed }
+                Case { batch, c_in, c_out, group, h, w, k: (kh, kw), s: (sh, sw), pads, clamp, seed }
             })
             .prop_filter("the padded image holds a window", |c| {
                 c.h + c.pads.0 + c.pads.1 >= c.k.0 && c.w + c.pads.2 + c.pads.3 >= c.k.1
@@ -367,7 +432,7 @@ mod tests {
                                 }
                             }
                         }
-                        out.push(acc);
+                        out.push(acc.max(c.clamp.0 as f64).min(c.clamp.1 as f64));
                         mag.push(abs);
                     }
                 }
@@ -394,7 +459,8 @@ mod tests {
                 (c.c_in, c.c_out, c.group),
                 |o, i, y, xx| wts[((o * cig + i) * kh + y) * kw + xx],
                 bias.clone(),
-            );
+            )
+            .clamped(c.clamp.0, c.clamp.1);
             let (expected, mag) = reference(&c, &x, &wts, &bias);
             for isa in Isa::available() {
                 let simd = Simd::for_isa(isa);

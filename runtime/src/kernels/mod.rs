@@ -118,19 +118,24 @@ pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Ve
     let mut replaced = vec![];
     for id in model.eval_order()? {
         let node = &model.nodes()[id];
-        let op: Option<Box<dyn TypedOp>> = if let Some(op) = op::for_einsum(model, node, isa)? {
-            Some(Box::new(op))
-        } else if let Some(op) = dwconv::for_conv(model, node, isa)? {
+        // The pupil operator, and the node whose output it replaces (a ReLU folded into a convolution).
+        let op: Option<(Box<dyn TypedOp>, usize)> = if let Some(op) = op::for_einsum(model, node, isa)? {
+            Some((Box::new(op), id))
+        } else if let Some((op, last)) = dwconv::for_conv(model, node, isa)? {
             match op {
-                dwconv::Direct::Depthwise(op) => Some(Box::new(op)),
-                dwconv::Direct::Dense(op) => Some(Box::new(op)),
+                dwconv::Direct::Depthwise(op) => Some((Box::new(op), last)),
+                dwconv::Direct::Dense(op) => Some((Box::new(op), last)),
             }
         } else {
-            pool::for_maxpool(model, node, isa)?.map(|op| Box::new(op) as Box<dyn TypedOp>)
+            pool::for_maxpool(model, node, isa)?.map(|op| (Box::new(op) as Box<dyn TypedOp>, id))
         };
-        if let Some(op) = op {
+        if let Some((op, last)) = op {
             replaced.extend(Replacement::of(op.as_ref(), &node.name));
-            let patch = TypedModelPatch::replace_single_op(model, node, &[node.inputs[0]], op)?;
+            let mut patch = TypedModelPatch::default();
+            let input = patch.tap_model(model, node.inputs[0])?;
+            let out = patch.wire_node(&node.name, op, &[input])?[0];
+            patch.shunt_outside(model, OutletId::new(last, 0), out)?;
+            patch.obliterate(node.id)?;
             patch.apply(model)?;
         }
     }

@@ -211,8 +211,9 @@ pub(crate) struct Tap {
 /// What the tap loop computes at every flat position `j`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Reduce {
-    /// `bias + Σ_t w_t · buf[base_t + j]`.
-    MulAdd { bias: f32 },
+    /// `bias + Σ_t w_t · buf[base_t + j]`, then clamped: `min(max(·, lo), hi)` (±∞ for no clamp: a fused
+    /// ReLU is `lo = 0`, a ReLU6 `lo = 0, hi = 6`).
+    MulAdd { bias: f32, lo: f32, hi: f32 },
     /// `max_t buf[base_t + j]`.
     Max,
 }
@@ -251,12 +252,15 @@ pub(crate) fn run(simd: Simd, reduce: Reduce, buf: &[f32], taps: &[Tap], out: &m
 /// The portable loop, also the reference for the vector ones (which may round differently: they use FMA).
 fn scalar(reduce: Reduce, buf: &[f32], taps: &[Tap], out: &mut [f32]) {
     match reduce {
-        Reduce::MulAdd { bias } => {
+        Reduce::MulAdd { bias, lo, hi } => {
             out.fill(bias);
             for t in taps {
                 for (o, x) in out.iter_mut().zip(&buf[t.base..]) {
                     *o += t.w * x;
                 }
+            }
+            for o in out.iter_mut() {
+                *o = o.max(lo).min(hi);
             }
         }
         Reduce::Max => {
@@ -285,7 +289,7 @@ mod x86 {
         unsafe {
             while j < out.len() {
                 match reduce {
-                    Reduce::MulAdd { bias } => {
+                    Reduce::MulAdd { bias, lo, hi } => {
                         let z = _mm512_set1_ps(bias);
                         let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
                         for t in taps {
@@ -296,6 +300,9 @@ mod x86 {
                             a2 = _mm512_fmadd_ps(_mm512_loadu_ps(p.add(32)), w, a2);
                             a3 = _mm512_fmadd_ps(_mm512_loadu_ps(p.add(48)), w, a3);
                         }
+                        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+                        let clamp = |a| _mm512_min_ps(_mm512_max_ps(a, lo), hi);
+                        let (a0, a1, a2, a3) = (clamp(a0), clamp(a1), clamp(a2), clamp(a3));
                         _mm512_storeu_ps(o.add(j), a0);
                         _mm512_storeu_ps(o.add(j + 16), a1);
                         _mm512_storeu_ps(o.add(j + 32), a2);
@@ -371,7 +378,7 @@ mod x86 {
         unsafe {
             while j < out.len() {
                 match reduce {
-                    Reduce::MulAdd { bias } => {
+                    Reduce::MulAdd { bias, lo, hi } => {
                         let z = _mm256_set1_ps(bias);
                         let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
                         for t in taps {
@@ -382,6 +389,9 @@ mod x86 {
                             a2 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(16)), w, a2);
                             a3 = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(24)), w, a3);
                         }
+                        let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+                        let clamp = |a| _mm256_min_ps(_mm256_max_ps(a, lo), hi);
+                        let (a0, a1, a2, a3) = (clamp(a0), clamp(a1), clamp(a2), clamp(a3));
                         _mm256_storeu_ps(o.add(j), a0);
                         _mm256_storeu_ps(o.add(j + 8), a1);
                         _mm256_storeu_ps(o.add(j + 16), a2);
@@ -439,7 +449,7 @@ mod arm {
         unsafe {
             while j < out.len() {
                 match reduce {
-                    Reduce::MulAdd { bias } => {
+                    Reduce::MulAdd { bias, lo, hi } => {
                         let z = vdupq_n_f32(bias);
                         let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
                         for t in taps {
@@ -450,6 +460,9 @@ mod arm {
                             a2 = vfmaq_f32(a2, vld1q_f32(p.add(8)), w);
                             a3 = vfmaq_f32(a3, vld1q_f32(p.add(12)), w);
                         }
+                        let (lo, hi) = (vdupq_n_f32(lo), vdupq_n_f32(hi));
+                        let clamp = |a| vminq_f32(vmaxq_f32(a, lo), hi);
+                        let (a0, a1, a2, a3) = (clamp(a0), clamp(a1), clamp(a2), clamp(a3));
                         vst1q_f32(o.add(j), a0);
                         vst1q_f32(o.add(j + 4), a1);
                         vst1q_f32(o.add(j + 8), a2);
