@@ -86,7 +86,7 @@ impl DirectConv {
                 for oc in g * cog..(g + 1) * cog {
                     let reduce = Reduce::MulAdd { bias: self.bias[oc], lo: self.lo, hi: self.hi };
                     ensure!(taps::run(simd, reduce, &buf, &self.taps[oc * tpo..][..tpo], &mut flat));
-                    win.gather(&flat, &mut out[(n * self.c_out + oc) * oplane..][..oplane]);
+                    win.gather(simd, &flat, &mut out[(n * self.c_out + oc) * oplane..][..oplane]);
                 }
             }
         }

@@ -70,7 +70,7 @@ impl PupilMaxPool {
         for (src, dst) in input.chunks_exact(plane).zip(out.chunks_exact_mut(oplane)) {
             win.scatter(self.simd, src, &mut buf[..win.plane_len()]);
             ensure!(taps::run(self.simd, Reduce::Max, &buf, &self.taps, &mut flat));
-            win.gather(&flat, dst);
+            win.gather(self.simd, &flat, dst);
         }
         Ok(())
     }

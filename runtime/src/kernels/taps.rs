@@ -114,6 +114,27 @@ impl Window {
     /// values), leaving the padding positions untouched: the caller fills them once per buffer (0 for a
     /// convolution, −∞ for a max pool) since they are the same for every plane.
     pub(crate) fn scatter(&self, simd: Simd, src: &[f32], dst: &mut [f32]) {
+        match simd {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
+                // SAFETY: AVX-512F detected.
+                unsafe { x86::scatter_avx512(self, src, dst) }
+            }
+            _ => self.scatter_with(src, dst, |s, d| copy(simd, s, d), |s, e, o| deinterleave2(simd, s, e, o)),
+        }
+    }
+
+    /// [`scatter`](Self::scatter) with the row moves given: `copy(src, dst)` on slices of equal lengths,
+    /// `split(src, even, odd)` on `even` / `odd` of `⌈n / 2⌉` / `⌊n / 2⌋` values. Inlined into each caller so
+    /// that the moves of an instruction set are compiled into the row loop.
+    #[inline(always)]
+    fn scatter_with(
+        &self,
+        src: &[f32],
+        dst: &mut [f32],
+        mut copy: impl FnMut(&[f32], &mut [f32]),
+        mut split: impl FnMut(&[f32], &mut [f32], &mut [f32]),
+    ) {
         let (ph, pw, sw) = (self.ph(), self.pw(), self.sw);
         // Input columns that reach the phase planes (columns past the last window are never read).
         let cols = self.w.min(pw * sw - self.pl);
@@ -130,7 +151,7 @@ impl Window {
             }
             let row = &row[..cols];
             match sw {
-                1 => dst[first + self.pl..][..cols].copy_from_slice(row),
+                1 => copy(row, &mut dst[first + self.pl..][..cols]),
                 2 => {
                     // Input columns 2i and 2i + 1 land in the two column phases, in an order and at offsets
                     // set by the parity of the left padding.
@@ -143,7 +164,7 @@ impl Window {
                     } else {
                         (&mut phase1[half..half + n_even], &mut phase0[half + 1..half + 1 + n_odd])
                     };
-                    deinterleave2(simd, row, even, odd);
+                    split(row, even, odd);
                 }
                 _ => {
                     for (ix, v) in row.iter().enumerate() {
@@ -156,11 +177,36 @@ impl Window {
     }
 
     /// Copies the `oh × ow` outputs out of a flat run (row pitch [`pw`](Self::pw)).
-    pub(crate) fn gather(&self, flat: &[f32], out: &mut [f32]) {
+    pub(crate) fn gather(&self, simd: Simd, flat: &[f32], out: &mut [f32]) {
+        match simd {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
+                // SAFETY: AVX-512F detected.
+                unsafe { x86::gather_avx512(self, flat, out) }
+            }
+            _ => self.gather_with(flat, out, |s, d| copy(simd, s, d)),
+        }
+    }
+
+    /// [`gather`](Self::gather) with the row copy given (see [`scatter_with`](Self::scatter_with)).
+    #[inline(always)]
+    fn gather_with(&self, flat: &[f32], out: &mut [f32], mut copy: impl FnMut(&[f32], &mut [f32])) {
         let pw = self.pw();
         for (oy, o) in out.chunks_exact_mut(self.ow).take(self.oh).enumerate() {
-            o.copy_from_slice(&flat[oy * pw..oy * pw + self.ow]);
+            copy(&flat[oy * pw..oy * pw + self.ow], o);
         }
+    }
+}
+
+/// `dst.copy_from_slice(src)`, without a `memcpy` call for the short rows of a plane on AVX-512.
+fn copy(simd: Simd, src: &[f32], dst: &mut [f32]) {
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx512 if src.len() == dst.len() && std::arch::is_x86_feature_detected!("avx512f") => {
+            // SAFETY: AVX-512F detected; equal lengths checked.
+            unsafe { x86::copy_avx512(src, dst) }
+        }
+        _ => dst.copy_from_slice(src),
     }
 }
 
@@ -171,14 +217,7 @@ fn deinterleave2(simd: Simd, src: &[f32], even: &mut [f32], odd: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         Simd::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
             // SAFETY: AVX-512F detected; the lengths are checked by the slicing above.
-            let done = unsafe { x86::deinterleave2_avx512(src, even, odd) };
-            // The last blocks of 16 on AVX2 (every AVX-512 CPU has it, checked anyway).
-            if std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: AVX2 detected; the subslices keep `even` at ⌈n / 2⌉ and `odd` at ⌊n / 2⌋ values.
-                done + unsafe { x86::deinterleave2_avx2(&src[2 * done..], &mut even[done..], &mut odd[done..]) }
-            } else {
-                done
-            }
+            unsafe { x86::deinterleave2_avx512(src, even, odd) }
         }
         #[cfg(target_arch = "x86_64")]
         Simd::Avx2Fma | Simd::Avx512 if std::arch::is_x86_feature_detected!("avx2") => {
@@ -276,7 +315,7 @@ fn scalar(reduce: Reduce, buf: &[f32], taps: &[Tap], out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Reduce, Tap};
+    use super::{Reduce, Tap, Window};
     use std::arch::x86_64::*;
 
     /// Four 16-lane accumulators per step of 64 outputs, all taps into them, then one store each.
@@ -329,23 +368,79 @@ mod x86 {
         }
     }
 
-    /// Deinterleaves blocks of 32 inputs; returns how many output pairs it wrote.
+    /// [`Window::scatter`] with AVX-512 row moves compiled into its loop.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn scatter_avx512(win: &Window, src: &[f32], dst: &mut [f32]) {
+        win.scatter_with(
+            src,
+            dst,
+            // SAFETY (both): this function runs with AVX-512F, detected by its caller; `scatter_with` passes
+            // equal lengths to `copy` and the ⌈n / 2⌉ / ⌊n / 2⌋ lengths `deinterleave2_avx512` needs.
+            |s, d| unsafe { copy_avx512(s, d) },
+            |s, e, o| {
+                unsafe { deinterleave2_avx512(s, e, o) };
+            },
+        )
+    }
+
+    /// [`Window::gather`] with AVX-512 row copies compiled into its loop.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gather_avx512(win: &Window, flat: &[f32], out: &mut [f32]) {
+        // SAFETY: AVX-512F detected by the caller; `gather_with` passes slices of equal lengths.
+        win.gather_with(flat, out, |s, d| unsafe { copy_avx512(s, d) })
+    }
+
+    /// Deinterleaves all of `src` (`even` / `odd` of at least `⌈n / 2⌉` / `⌊n / 2⌋` values), the last partial
+    /// block with masked loads and stores; returns `⌈n / 2⌉`.
+    #[inline]
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn deinterleave2_avx512(src: &[f32], even: &mut [f32], odd: &mut [f32]) -> usize {
-        let blocks = src.len() / 32;
+        let n = src.len();
         let ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        // SAFETY: block b reads src[32b .. 32b + 32] and writes even / odd[16b .. 16b + 16], inside the slices
-        // (`even` and `odd` hold at least ⌊len / 2⌋ values).
+        let (s, e, o) = (src.as_ptr(), even.as_mut_ptr(), odd.as_mut_ptr());
+        let mut i = 0;
+        // SAFETY: full blocks read src[i .. i + 32] and write even / odd[i / 2 .. i / 2 + 16], inside the
+        // slices (`even` and `odd` hold ⌈n / 2⌉ and ⌊n / 2⌋ values); the last block only touches the lanes its
+        // masks enable (masked-off lanes are neither read nor written, and do not fault).
         unsafe {
-            for b in 0..blocks {
-                let lo = _mm512_loadu_ps(src.as_ptr().add(32 * b));
-                let hi = _mm512_loadu_ps(src.as_ptr().add(32 * b + 16));
-                _mm512_storeu_ps(even.as_mut_ptr().add(16 * b), _mm512_permutex2var_ps(lo, ie, hi));
-                _mm512_storeu_ps(odd.as_mut_ptr().add(16 * b), _mm512_permutex2var_ps(lo, io, hi));
+            while i + 32 <= n {
+                let lo = _mm512_loadu_ps(s.add(i));
+                let hi = _mm512_loadu_ps(s.add(i + 16));
+                _mm512_storeu_ps(e.add(i / 2), _mm512_permutex2var_ps(lo, ie, hi));
+                _mm512_storeu_ps(o.add(i / 2), _mm512_permutex2var_ps(lo, io, hi));
+                i += 32;
+            }
+            let rem = n - i;
+            if rem > 0 {
+                let mask = |k: usize| ((1u32 << k.min(16)) - 1) as __mmask16;
+                let lo = _mm512_maskz_loadu_ps(mask(rem), s.add(i));
+                let hi = _mm512_maskz_loadu_ps(mask(rem.saturating_sub(16)), s.add(i + 16));
+                _mm512_mask_storeu_ps(e.add(i / 2), mask(rem.div_ceil(2)), _mm512_permutex2var_ps(lo, ie, hi));
+                _mm512_mask_storeu_ps(o.add(i / 2), mask(rem / 2), _mm512_permutex2var_ps(lo, io, hi));
             }
         }
-        blocks * 16
+        n.div_ceil(2)
+    }
+
+    /// `dst = src` (same lengths), the last partial vector with a masked load and store.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn copy_avx512(src: &[f32], dst: &mut [f32]) {
+        let n = src.len().min(dst.len());
+        let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+        let mut i = 0;
+        // SAFETY: full vectors copy [i, i + 16) with i + 16 <= n; the last one only the lanes below n.
+        unsafe {
+            while i + 16 <= n {
+                _mm512_storeu_ps(d.add(i), _mm512_loadu_ps(s.add(i)));
+                i += 16;
+            }
+            if i < n {
+                let mask = ((1u32 << (n - i)) - 1) as __mmask16;
+                _mm512_mask_storeu_ps(d.add(i), mask, _mm512_maskz_loadu_ps(mask, s.add(i)));
+            }
+        }
     }
 
     /// Deinterleaves blocks of 16 inputs; returns how many output pairs it wrote.
