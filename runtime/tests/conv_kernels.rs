@@ -5,6 +5,7 @@ use pupil_runtime::kernels::{self, Acceleration, Isa, pupil_nodes, zoo};
 use pupil_runtime::onnx::{Attr, GraphBuilder};
 use pupil_runtime::spec::Dim;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::nn::DataFormat;
 
 /// Loads ONNX bytes with the input shape `shape` (`None` entries: the symbolic batch `N`).
 fn optimized(bytes: &[u8], shape: &[Option<usize>], accel: Acceleration) -> (TypedModel, Vec<kernels::Replacement>) {
@@ -343,4 +344,74 @@ fn a_relu_is_folded_only_up_to_a_value_used_elsewhere() {
         assert_close(w, g, 1e-5, "dw-relu-clip");
     }
     assert!(got[1].iter().all(|v| (0.0..=0.5).contains(v)) && got[0].iter().any(|v| *v > 0.5));
+}
+
+/// A tract graph with one channels-last (HWC / NHWC) node, as tract's declutter makes them on aarch64: a depthwise
+/// 3×3 conv followed by a ReLU, or a max pool.
+fn channels_last_graph(
+    format: DataFormat,
+    batch: usize,
+    (c, h, w): (usize, usize, usize),
+    stride: usize,
+    pool: bool,
+) -> TypedModel {
+    use tract_onnx::tract_core::ops::binary::TypedBinOp;
+    use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec};
+    let mut m = TypedModel::default();
+    let shape: Vec<usize> = if format.has_n() { vec![batch, h, w, c] } else { vec![h, w, c] };
+    let x = m.add_source("input", f32::fact(&shape)).unwrap();
+    let k = if pool { 2 } else { 3 };
+    let pool_spec = PoolSpec {
+        data_format: format,
+        kernel_shape: tvec![k, k],
+        padding: if pool { PaddingSpec::Valid } else { PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]) },
+        dilations: None,
+        strides: Some(tvec![stride, stride]),
+        input_channels: c,
+        output_channels: c,
+    };
+    let out = if pool {
+        m.wire_node("pool", MaxPool { pool_spec, with_index_outputs: None }, &[x]).unwrap()[0]
+    } else {
+        let mut rng = zoo::Rng::new(c as u64);
+        let wt: Vec<f32> = (0..c * 9).map(|_| rng.sym(1.0)).collect();
+        let bias: Vec<f32> = (0..c).map(|_| rng.sym(0.5)).collect();
+        let wt = m.add_const("w", Tensor::from_shape(&[c, 1, 3, 3], &wt).unwrap()).unwrap();
+        let bias = m.add_const("b", Tensor::from_shape(&[c], &bias).unwrap()).unwrap();
+        let conv = Conv { pool_spec, kernel_fmt: KernelFormat::OIHW, group: c, q_params: None };
+        let y = m.wire_node("conv", conv, &[x, wt, bias]).unwrap()[0];
+        let rank = m.outlet_fact(y).unwrap().rank();
+        let zero = m.add_const("zero", Tensor::from_shape(&vec![1; rank], &[0f32]).unwrap()).unwrap();
+        let relu = TypedBinOp(Box::new(tract_onnx::tract_core::ops::math::Max), None);
+        m.wire_node("relu", relu, &[y, zero]).unwrap()[0]
+    };
+    m.select_output_outlets(&[out]).unwrap();
+    m
+}
+
+#[test]
+fn channels_last_depthwise_convs_and_pools_are_replaced_and_agree_with_tract() {
+    for (format, batch) in [(DataFormat::HWC, 1), (DataFormat::NHWC, 2)] {
+        for (c, h, w, stride) in [(96, 12, 12, 2), (20, 7, 9, 1), (144, 6, 6, 1), (3, 5, 4, 2)] {
+            for pool in [false, true] {
+                let what = format!("{format:?} batch {batch} {c}×{h}×{w} stride {stride} pool {pool}");
+                let m = channels_last_graph(format, batch, (c, h, w), stride, pool);
+                let shape: Vec<usize> = if format.has_n() { vec![batch, h, w, c] } else { vec![h, w, c] };
+                let input = random_input(&shape, 11);
+                let expected = run(&m.clone().into_optimized().unwrap(), &input);
+                for isa in Isa::available() {
+                    let mut fast = m.clone();
+                    let replaced = kernels::accelerate(&mut fast, Acceleration::With(isa)).unwrap();
+                    let want = if pool { "PupilMaxPool" } else { "PupilDepthwiseConv" };
+                    assert_eq!(ops_of(&replaced), [want], "{what}, {isa}");
+                    let fast = fast.into_optimized().unwrap();
+                    if !pool {
+                        let op = fast.nodes().iter().find_map(|n| n.op_as::<kernels::PupilDepthwiseConv>()).unwrap();
+                        assert_eq!(op.clamp(), (0.0, f32::INFINITY), "{what}: the ReLU is folded in");
+                    }
+                    assert_close(&expected, &run(&fast, &input), 1e-5, &format!("{what}, {isa}"));
+                }
+            }
+        }
+    }
 }

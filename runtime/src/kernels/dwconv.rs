@@ -1,7 +1,8 @@
 //! `PupilDepthwiseConv` and `PupilDirectConv`: the tract operators that run f32 convolutions with few input
 //! channels per group (depthwise convolutions, and regular convolutions over at most [`MAX_DIRECT_INPUTS`]
-//! input channels such as an image stem) directly on pupil's sliding-window kernels ([`super::taps`]), with the
-//! weights laid out as taps once, at load.
+//! input channels such as an image stem) directly on pupil's sliding-window kernels ([`super::taps`] for
+//! channels-first images, [`super::channels_last`] for channels-last depthwise ones), with the weights laid
+//! out once, at load.
 
 use std::sync::Arc;
 
@@ -12,8 +13,35 @@ use tract_onnx::tract_core::ops::cnn::conv::Conv;
 use tract_onnx::tract_core::ops::math::{Max, Min};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+use super::channels_last;
 use super::qgemv::Isa;
 use super::taps::{self, Reduce, Simd, Tap, Window};
+
+/// How tract lays out the images a node reads: with or without the batch axis, channels first (NCHW / CHW) or
+/// last (NHWC / HWC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Layout {
+    pub has_n: bool,
+    pub channels_last: bool,
+}
+
+impl Layout {
+    /// The shape of a `[c, h, w]` image batch in this layout (`n` is dropped without a batch axis).
+    pub(crate) fn shape<D: Clone>(&self, n: D, c: D, h: D, w: D) -> TVec<D> {
+        let image = if self.channels_last { tvec![h, w, c] } else { tvec![c, h, w] };
+        if self.has_n { std::iter::once(n).chain(image).collect() } else { image }
+    }
+
+    /// `(batch, [c, h, w])` of a concrete input shape, or `None` when it has the wrong rank.
+    pub(crate) fn split(&self, shape: &[usize]) -> Option<(usize, [usize; 3])> {
+        let (n, image) = match (self.has_n, shape) {
+            (true, [n, a, b, c]) => (*n, [*a, *b, *c]),
+            (false, [a, b, c]) => (1, [*a, *b, *c]),
+            _ => return None,
+        };
+        Some((n, if self.channels_last { [image[2], image[0], image[1]] } else { image }))
+    }
+}
 
 /// A regular (group 1) convolution is computed directly when it has at most this many input channels;
 /// with more, tract's im2col + matrix product is the better algorithm.
@@ -32,6 +60,9 @@ pub(crate) struct DirectConv {
     /// Clamp applied to every output (a ReLU or ReLU6 that followed the convolution), ±∞ for none.
     lo: f32,
     hi: f32,
+    /// Channels-last images (depthwise with one output per channel only): the weights as `[kh · kw][c]`, used
+    /// instead of `taps`.
+    channels_last: Option<Vec<f32>>,
 }
 
 impl DirectConv {
@@ -55,7 +86,44 @@ impl DirectConv {
                 }
             }
         }
-        DirectConv { win, c_in, c_out, group, taps, bias, lo: f32::NEG_INFINITY, hi: f32::INFINITY }
+        DirectConv {
+            win,
+            c_in,
+            c_out,
+            group,
+            taps,
+            bias,
+            lo: f32::NEG_INFINITY,
+            hi: f32::INFINITY,
+            channels_last: None,
+        }
+    }
+
+    /// A depthwise convolution (one output per channel) over channels-last images, weights given as
+    /// `weights(channel, ky, kx)`.
+    pub(crate) fn channels_last(
+        win: Window,
+        c: usize,
+        weights: impl Fn(usize, usize, usize) -> f32,
+        bias: Vec<f32>,
+    ) -> DirectConv {
+        let mut w = Vec::with_capacity(win.kh * win.kw * c);
+        for y in 0..win.kh {
+            for x in 0..win.kw {
+                w.extend((0..c).map(|ch| weights(ch, y, x)));
+            }
+        }
+        DirectConv {
+            win,
+            c_in: c,
+            c_out: c,
+            group: c,
+            taps: vec![],
+            bias,
+            lo: f32::NEG_INFINITY,
+            hi: f32::INFINITY,
+            channels_last: Some(w),
+        }
     }
 
     /// The same convolution with its outputs clamped to `[lo, hi]` (`lo <= hi`).
@@ -67,12 +135,20 @@ impl DirectConv {
         self.c_in / self.group * self.win.kh * self.win.kw
     }
 
-    /// Convolves `batch` images `[c_in, h, w]` into `out` (`batch × [c_out, oh, ow]`).
+    /// Convolves `batch` images `[c_in, h, w]` into `out` (`batch × [c_out, oh, ow]`), or `[h, w, c]` into
+    /// `[oh, ow, c]` for a channels-last convolution.
     pub(crate) fn run(&self, simd: Simd, input: &[f32], batch: usize, out: &mut [f32]) -> TractResult<()> {
         let win = &self.win;
         let (plane, oplane, plane_len) = (win.h * win.w, win.oh * win.ow, win.plane_len());
         let (cig, cog) = (self.c_in / self.group, self.c_out / self.group);
         ensure!(input.len() == batch * self.c_in * plane && out.len() == batch * self.c_out * oplane);
+        if let Some(w) = &self.channels_last {
+            let c = self.c_in;
+            for (x, o) in input.chunks_exact(plane * c).zip(out.chunks_exact_mut(oplane * c)) {
+                ensure!(channels_last::depthwise(simd, win, c, w, &self.bias, (self.lo, self.hi), x, o));
+            }
+            return Ok(());
+        }
         let tpo = self.taps_per_output();
         // Zero padding: written once, the interiors are overwritten plane after plane.
         let mut buf = vec![0f32; win.buffer_len(cig)];
@@ -101,8 +177,7 @@ pub struct PupilConv<const DEPTHWISE: bool> {
     conv: Arc<DirectConv>,
     isa: Isa,
     simd: Simd,
-    /// The data format has a batch axis (NCHW; CHW otherwise: tract drops it at batch 1).
-    has_n: bool,
+    layout: Layout,
     out_shape: TVec<TDim>,
 }
 
@@ -113,7 +188,7 @@ pub type PupilDirectConv = PupilConv<false>;
 
 impl<const D: bool> PartialEq for PupilConv<D> {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.conv, &other.conv) && self.isa == other.isa && self.has_n == other.has_n
+        Arc::ptr_eq(&self.conv, &other.conv) && self.isa == other.isa && self.layout == other.layout
     }
 }
 impl<const D: bool> Eq for PupilConv<D> {}
@@ -145,8 +220,24 @@ impl<const D: bool> Op for PupilConv<D> {
         let c = &self.conv;
         let w = &c.win;
         Ok(vec![format!(
-            "{}→{} channels, group {}, kernel {}x{}, stride {}x{}, pad {}x{}, {}x{}→{}x{}, clamp [{}, {}], {:?}",
-            c.c_in, c.c_out, c.group, w.kh, w.kw, w.sh, w.sw, w.pt, w.pl, w.h, w.w, w.oh, w.ow, c.lo, c.hi, self.simd
+            "{}→{} channels, group {}, kernel {}x{}, stride {}x{}, pad {}x{}, {}x{}→{}x{}, clamp [{}, {}], {:?}, {:?}",
+            c.c_in,
+            c.c_out,
+            c.group,
+            w.kh,
+            w.kw,
+            w.sh,
+            w.sw,
+            w.pt,
+            w.pl,
+            w.h,
+            w.w,
+            w.oh,
+            w.ow,
+            c.lo,
+            c.hi,
+            self.layout,
+            self.simd
         )])
     }
     op_as_typed_op!();
@@ -157,17 +248,18 @@ impl<const D: bool> EvalOp for PupilConv<D> {
         let input = &inputs[0];
         let c = &self.conv;
         let shape = input.shape();
-        let (batch, chw) = if self.has_n && !shape.is_empty() { (shape[0], &shape[1..]) } else { (1, shape) };
-        ensure!(
-            chw == [c.c_in, c.win.h, c.win.w] && (self.has_n || shape.len() == 3),
-            "{} expects [{}, {}, {}] images, got input shape {shape:?}",
-            self.name(),
-            c.c_in,
-            c.win.h,
-            c.win.w
-        );
-        let out_shape: TVec<usize> =
-            if self.has_n { tvec![batch, c.c_out, c.win.oh, c.win.ow] } else { tvec![c.c_out, c.win.oh, c.win.ow] };
+        let split = self.layout.split(shape);
+        let Some((batch, _)) = split.filter(|(_, chw)| *chw == [c.c_in, c.win.h, c.win.w]) else {
+            bail!(
+                "{} expects {:?} images of {}×{}×{} (c×h×w), got input shape {shape:?}",
+                self.name(),
+                self.layout,
+                c.c_in,
+                c.win.h,
+                c.win.w
+            )
+        };
+        let out_shape = self.layout.shape(batch, c.c_out, c.win.oh, c.win.ow);
         // SAFETY: f32 has no invalid bit patterns, and `run` writes every output value (each plane's
         // `oh × ow` values are copied out of its flat run) or fails, dropping the tensor unread.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
@@ -183,7 +275,7 @@ impl<const D: bool> TypedOp for PupilConv<D> {
         Ok(tvec!(f32::fact(&*self.out_shape)))
     }
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let batch = if self.has_n { inputs[0].shape[0].clone() } else { TDim::from(1) };
+        let batch = if self.layout.has_n { inputs[0].shape[0].clone() } else { TDim::from(1) };
         Ok(tvec!((Cost::FMA(DatumType::F32), batch * self.macs_per_image() as i64)))
     }
     as_op!();
@@ -245,23 +337,25 @@ fn konst_f32(model: &TypedModel, outlet: OutletId) -> TractResult<Option<Vec<f32
 }
 
 /// The sliding window of a tract `PoolSpec` over a concrete input shape, or `None` when it is not a plain 2-D
-/// NCHW / CHW window pupil handles (other layouts, dilation, symbolic image sizes, padding past a window).
-/// Also returns whether the layout has a batch axis and the channel count.
+/// window pupil handles (dilation, symbolic image sizes, padding past a window). Also returns the layout and
+/// the channel count.
 pub(crate) fn window_of(
     spec: &tract_onnx::tract_core::ops::cnn::PoolSpec,
     input_shape: &[TDim],
-) -> TractResult<Option<(Window, bool, usize)>> {
-    let has_n = match spec.data_format {
-        DataFormat::NCHW => true,
-        DataFormat::CHW => false,
-        _ => return Ok(None),
+) -> TractResult<Option<(Window, Layout, usize)>> {
+    let (has_n, channels_last) = match spec.data_format {
+        DataFormat::NCHW => (true, false),
+        DataFormat::CHW => (false, false),
+        DataFormat::NHWC => (true, true),
+        DataFormat::HWC => (false, true),
     };
+    let layout = Layout { has_n, channels_last };
     if spec.rank() != 2 || spec.dilations().iter().any(|&d| d != 1) || input_shape.len() != 3 + has_n as usize {
         return Ok(None);
     }
-    let chw = &input_shape[has_n as usize..];
-    let Some(dims) = chw.iter().map(|d| d.to_usize().ok()).collect::<Option<Vec<usize>>>() else { return Ok(None) };
-    let (c, h, w) = (dims[0], dims[1], dims[2]);
+    let image = &input_shape[has_n as usize..];
+    let Some(dims) = image.iter().map(|d| d.to_usize().ok()).collect::<Option<Vec<usize>>>() else { return Ok(None) };
+    let (c, h, w) = if channels_last { (dims[2], dims[0], dims[1]) } else { (dims[0], dims[1], dims[2]) };
     let padded = spec.computed_padding(&[h, w]);
     let strides = spec.strides();
     let k = &spec.kernel_shape;
@@ -272,7 +366,7 @@ pub(crate) fn window_of(
         (padded[0].pad_before, padded[1].pad_before),
         (padded[0].convoluted, padded[1].convoluted),
     );
-    Ok(window.map(|w| (w, has_n, c)))
+    Ok(window.map(|w| (w, layout, c)))
 }
 
 /// Builds the pupil operator for a decluttered f32 `Conv` node with constant weights and bias, when it is
@@ -288,7 +382,7 @@ pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractR
     if x.datum_type != DatumType::F32 || out_fact.datum_type != DatumType::F32 {
         return Ok(None);
     }
-    let Some((win, has_n, c_in)) = window_of(&op.pool_spec, &x.shape)? else { return Ok(None) };
+    let Some((win, layout, c_in)) = window_of(&op.pool_spec, &x.shape)? else { return Ok(None) };
     let (c_out, group) = (op.output_channels(), op.group);
     if c_in != op.input_channels() || group == 0 || c_in % group != 0 || c_out % group != 0 {
         return Ok(None);
@@ -299,12 +393,12 @@ pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractR
     if !(depthwise || (group == 1 && c_in <= MAX_DIRECT_INPUTS)) {
         return Ok(None);
     }
+    // Channels last: depthwise with one output per channel and windows up to 7×7 only.
+    if layout.channels_last && !(depthwise && c_out == c_in && win.kh * win.kw <= channels_last::MAX_TAPS) {
+        return Ok(None);
+    }
     // The output the node declares must be the one the window computes.
-    let expected: TVec<TDim> = if has_n {
-        tvec![x.shape[0].clone(), c_out.into(), win.oh.into(), win.ow.into()]
-    } else {
-        tvec![c_out.into(), win.oh.into(), win.ow.into()]
-    };
+    let expected = layout.shape(x.shape[0].clone(), c_out.into(), win.oh.into(), win.ow.into());
     if out_fact.shape.iter().cloned().collect::<TVec<_>>() != expected {
         return Ok(None);
     }
@@ -334,13 +428,18 @@ pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractR
     };
     let bias = if bias.len() == 1 { vec![bias[0]; c_out] } else { bias };
     let (lo, hi, last) = following_clamp(model, node)?;
-    let conv = Arc::new(DirectConv::new(win, (c_in, c_out, group), weight, bias).clamped(lo, hi));
+    let conv = if layout.channels_last {
+        DirectConv::channels_last(win, c_in, |c, y, x| weight(c, 0, y, x), bias)
+    } else {
+        DirectConv::new(win, (c_in, c_out, group), weight, bias)
+    };
+    let conv = Arc::new(conv.clamped(lo, hi));
     let out_shape = out_fact.shape.iter().cloned().collect();
     let simd = Simd::for_isa(isa);
     let op = if depthwise {
-        Direct::Depthwise(PupilConv { conv, isa, simd, has_n, out_shape })
+        Direct::Depthwise(PupilConv { conv, isa, simd, layout, out_shape })
     } else {
-        Direct::Dense(PupilConv { conv, isa, simd, has_n, out_shape })
+        Direct::Dense(PupilConv { conv, isa, simd, layout, out_shape })
     };
     Ok(Some((op, last)))
 }

@@ -5,6 +5,7 @@
 //! [`PupilDepthwiseConv`], [`PupilDirectConv`] and [`PupilMaxPool`] (AVX-512 / AVX2 + FMA / NEON / scalar).
 //! Also tunes tract's aarch64 CPU detection on Android, where tract cannot see the core kind.
 
+mod channels_last;
 mod dwconv;
 mod op;
 mod pool;

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec};
 
-use super::dwconv::window_of;
+use super::channels_last;
+use super::dwconv::{Layout, window_of};
 use super::qgemv::Isa;
 use super::taps::{self, Reduce, Simd, Tap, Window};
 
@@ -19,20 +20,19 @@ pub struct PupilMaxPool {
     channels: usize,
     isa: Isa,
     simd: Simd,
-    /// The data format has a batch axis (NCHW; CHW otherwise).
-    has_n: bool,
+    layout: Layout,
     out_shape: TVec<TDim>,
 }
 
 impl PartialEq for PupilMaxPool {
     fn eq(&self, other: &Self) -> bool {
-        self.win == other.win && self.channels == other.channels && self.isa == other.isa && self.has_n == other.has_n
+        self.win == other.win && self.channels == other.channels && self.isa == other.isa && self.layout == other.layout
     }
 }
 impl Eq for PupilMaxPool {}
 
 impl PupilMaxPool {
-    pub(crate) fn new(win: Window, channels: usize, isa: Isa, has_n: bool, out_shape: TVec<TDim>) -> PupilMaxPool {
+    pub(crate) fn new(win: Window, channels: usize, isa: Isa, layout: Layout, out_shape: TVec<TDim>) -> PupilMaxPool {
         let mut taps = Vec::with_capacity(win.kh * win.kw);
         for y in 0..win.kh {
             for x in 0..win.kw {
@@ -45,7 +45,7 @@ impl PupilMaxPool {
             channels,
             isa,
             simd: Simd::for_isa(isa),
-            has_n,
+            layout,
             out_shape,
         }
     }
@@ -59,11 +59,18 @@ impl PupilMaxPool {
         (self.win.kh * self.win.kw, self.channels)
     }
 
-    /// Pools `planes` planes of `input` into `out`.
+    /// Pools `planes` planes of `input` into `out` (channels first), or `planes / channels` channels-last images.
     pub(crate) fn run(&self, input: &[f32], planes: usize, out: &mut [f32]) -> TractResult<()> {
         let win = &*self.win;
         let (plane, oplane) = (win.h * win.w, win.oh * win.ow);
         ensure!(input.len() == planes * plane && out.len() == planes * oplane);
+        if self.layout.channels_last {
+            let c = self.channels;
+            for (x, o) in input.chunks_exact(plane * c).zip(out.chunks_exact_mut(oplane * c)) {
+                ensure!(channels_last::max_pool(self.simd, win, c, x, o));
+            }
+            return Ok(());
+        }
         // −∞ padding: never the maximum of a window, which always holds at least one input value.
         let mut buf = vec![f32::NEG_INFINITY; win.buffer_len(1)];
         let mut flat = vec![0f32; win.flat_len()];
@@ -83,8 +90,8 @@ impl Op for PupilMaxPool {
     fn info(&self) -> TractResult<Vec<String>> {
         let w = &self.win;
         Ok(vec![format!(
-            "{} channels, kernel {}x{}, stride {}x{}, pad {}x{}, {}x{}→{}x{}, {:?}",
-            self.channels, w.kh, w.kw, w.sh, w.sw, w.pt, w.pl, w.h, w.w, w.oh, w.ow, self.simd
+            "{} channels, kernel {}x{}, stride {}x{}, pad {}x{}, {}x{}→{}x{}, {:?}, {:?}",
+            self.channels, w.kh, w.kw, w.sh, w.sw, w.pt, w.pl, w.h, w.w, w.oh, w.ow, self.layout, self.simd
         )])
     }
     op_as_typed_op!();
@@ -95,16 +102,17 @@ impl EvalOp for PupilMaxPool {
         let input = &inputs[0];
         let shape = input.shape();
         let w = &*self.win;
-        let (batch, chw) = if self.has_n && !shape.is_empty() { (shape[0], &shape[1..]) } else { (1, shape) };
-        ensure!(
-            chw == [self.channels, w.h, w.w] && (self.has_n || shape.len() == 3),
-            "PupilMaxPool expects [{}, {}, {}] images, got input shape {shape:?}",
-            self.channels,
-            w.h,
-            w.w
-        );
-        let out_shape: TVec<usize> =
-            if self.has_n { tvec![batch, self.channels, w.oh, w.ow] } else { tvec![self.channels, w.oh, w.ow] };
+        let split = self.layout.split(shape);
+        let Some((batch, _)) = split.filter(|(_, chw)| *chw == [self.channels, w.h, w.w]) else {
+            bail!(
+                "PupilMaxPool expects {:?} images of {}×{}×{} (c×h×w), got input shape {shape:?}",
+                self.layout,
+                self.channels,
+                w.h,
+                w.w
+            )
+        };
+        let out_shape = self.layout.shape(batch, self.channels, w.oh, w.ow);
         // SAFETY: f32 has no invalid bit patterns, and `run` writes every output value (each plane's
         // `oh × ow` values are copied out of its flat run) or fails, dropping the tensor unread.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
@@ -137,16 +145,12 @@ pub(crate) fn for_maxpool(model: &TypedModel, node: &TypedNode, isa: Isa) -> Tra
     if x.datum_type != DatumType::F32 || out_fact.datum_type != DatumType::F32 {
         return Ok(None);
     }
-    let Some((win, has_n, channels)) = window_of(&op.pool_spec, &x.shape)? else { return Ok(None) };
-    let expected: TVec<TDim> = if has_n {
-        tvec![x.shape[0].clone(), channels.into(), win.oh.into(), win.ow.into()]
-    } else {
-        tvec![channels.into(), win.oh.into(), win.ow.into()]
-    };
+    let Some((win, layout, channels)) = window_of(&op.pool_spec, &x.shape)? else { return Ok(None) };
+    let expected = layout.shape(x.shape[0].clone(), channels.into(), win.oh.into(), win.ow.into());
     if out_fact.shape.iter().cloned().collect::<TVec<_>>() != expected {
         return Ok(None);
     }
-    Ok(Some(PupilMaxPool::new(win, channels, isa, has_n, out_fact.shape.iter().cloned().collect())))
+    Ok(Some(PupilMaxPool::new(win, channels, isa, layout, out_fact.shape.iter().cloned().collect())))
 }
 
 #[cfg(test)]
@@ -192,7 +196,8 @@ mod tests {
             let win = Window::new((h, w), (kh, kw), (sh, sw), (pt, pl), (oh, ow));
             prop_assert!(win.is_some());
             for isa in Isa::available() {
-                let pool = PupilMaxPool::new(win.clone().unwrap(), planes, isa, false, tvec![]);
+                let layout = Layout { has_n: false, channels_last: false };
+                let pool = PupilMaxPool::new(win.clone().unwrap(), planes, isa, layout, tvec![]);
                 let mut out = vec![f32::NAN; expected.len()];
                 pool.run(&x, planes, &mut out).unwrap();
                 prop_assert_eq!(&out, &expected, "{} {}x{} k {}x{} s {}x{} pads {:?}", isa, h, w, kh, kw, sh, sw, (pt, pb, pl, pr));
