@@ -94,9 +94,14 @@ fn the_cnn_runs_its_first_conv_and_both_max_pools_on_pupils_kernels_with_tracts_
         let expected = run(&plain, &input);
         for isa in Isa::available() {
             let (fast, replaced) = optimized(&bytes, &dims, Acceleration::With(isa));
-            // The second conv has 32 input channels: tract's im2col + matrix product keeps it.
-            assert_eq!(ops_of(&replaced), ["PupilDirectConv", "PupilMaxPool", "PupilMaxPool"], "{isa} batch {batch}");
-            assert_eq!(pupil_nodes(&fast).len(), 3);
+            // The second conv has 32 input channels: tract's im2col + matrix product keeps it. The two dense layers
+            // (batch ≤ 4 rows) run on pupil's f32 matrix-vector kernel.
+            assert_eq!(
+                ops_of(&replaced),
+                ["PupilDirectConv", "PupilMatMul", "PupilMatMul", "PupilMaxPool", "PupilMaxPool"],
+                "{isa} batch {batch}"
+            );
+            assert_eq!(pupil_nodes(&fast).len(), 5);
             let conv = fast.nodes().iter().find_map(|n| n.op_as::<kernels::PupilDirectConv>()).unwrap();
             assert_eq!(conv.clamp(), (0.0, f32::INFINITY), "the ReLU after the first conv is folded in");
             assert_close(&expected, &run(&fast, &input), 1e-5, &format!("cnn {isa} batch {batch}"));

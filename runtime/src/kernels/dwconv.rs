@@ -291,7 +291,7 @@ pub(crate) enum Direct {
 /// The clamp that a chain of f32 `Max` / `Min` with a constant scalar right after `node` applies (tract's
 /// declutter form of ReLU and Clip), and the last node of the chain (`node` itself when there is none). The
 /// chain stops at a result used more than once or by the model's outputs.
-fn following_clamp(model: &TypedModel, node: &TypedNode) -> TractResult<(f32, f32, usize)> {
+pub(crate) fn following_clamp(model: &TypedModel, node: &TypedNode) -> TractResult<(f32, f32, usize)> {
     let (mut lo, mut hi, mut last) = (f32::NEG_INFINITY, f32::INFINITY, node.id);
     let shape = &model.outlet_fact(OutletId::new(node.id, 0))?.shape;
     let outputs = model.output_outlets()?;

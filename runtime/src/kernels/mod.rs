@@ -1,12 +1,15 @@
 //! pupil's own SIMD kernels and their integration into tract graphs: after tract declutters a model, quantized
 //! matrix products with constant weights are replaced by [`PupilQMatMul`] (weights packed once, at load),
 //! dispatched at run time to AVX-512 VNNI / AVX2 / scalar on x86-64 and NEON dotprod / NEON on aarch64; f32
-//! depthwise convolutions, convolutions over few input channels and max pools are replaced by
+//! matrix products with constant weights over few rows (batch-1 dense layers) by [`PupilMatMul`] (split across
+//! the model's threads, which tract does not do for a matrix-vector product); f32 depthwise convolutions, convolutions over few input channels and max pools are replaced by
 //! [`PupilDepthwiseConv`], [`PupilDirectConv`] and [`PupilMaxPool`] (AVX-512 / AVX2 + FMA / NEON / scalar).
 //! Also tunes tract's aarch64 CPU detection on Android, where tract cannot see the core kind.
 
 mod channels_last;
 mod dwconv;
+pub mod gemv;
+mod matmul;
 mod op;
 mod pool;
 pub mod qgemv;
@@ -17,6 +20,8 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::ensure;
 
 pub use dwconv::{MAX_DIRECT_INPUTS, PupilConv, PupilDepthwiseConv, PupilDirectConv};
+pub use gemv::PackedF32;
+pub use matmul::PupilMatMul;
 pub use op::PupilQMatMul;
 pub use pool::PupilMaxPool;
 pub use qgemv::{Isa, PackedI8};
@@ -60,7 +65,7 @@ impl Acceleration {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replacement {
     pub node: String,
-    /// The pupil operator: `PupilQMatMul`, `PupilDepthwiseConv`, `PupilDirectConv` or `PupilMaxPool`.
+    /// The pupil operator: `PupilQMatMul`, `PupilMatMul`, `PupilDepthwiseConv`, `PupilDirectConv` or `PupilMaxPool`.
     pub op: &'static str,
     /// Products summed per output value: K of a matrix product, `c_in / group · kh · kw` of a convolution,
     /// `kh · kw` of a pool.
@@ -76,6 +81,8 @@ impl Replacement {
         let any = op.as_op();
         let (op, (k, n), isa) = if let Some(o) = any.downcast_ref::<PupilQMatMul>() {
             ("PupilQMatMul", o.dims(), o.isa())
+        } else if let Some(o) = any.downcast_ref::<PupilMatMul>() {
+            ("PupilMatMul", o.dims(), o.isa())
         } else if let Some(o) = any.downcast_ref::<PupilDepthwiseConv>() {
             ("PupilDepthwiseConv", o.dims(), o.isa())
         } else if let Some(o) = any.downcast_ref::<PupilDirectConv>() {
@@ -104,7 +111,8 @@ pub fn optimize_with(model: InferenceModel, accel: Acceleration) -> TractResult<
 }
 
 /// Replaces, in a decluttered graph, every quantized matrix product with constant weights by [`PupilQMatMul`],
-/// every f32 depthwise convolution by [`PupilDepthwiseConv`], every f32 convolution over at most
+/// every f32 matrix product with constant weights over at most [`matmul::MAX_ROWS`] rows (known at load) by
+/// [`PupilMatMul`] (with the bias `Add` and ReLU after it), every f32 depthwise convolution by [`PupilDepthwiseConv`], every f32 convolution over at most
 /// [`MAX_DIRECT_INPUTS`] input channels by [`PupilDirectConv`] and every f32 max pool by [`PupilMaxPool`] (each
 /// when its shape is one the kernels handle; tract keeps the others).
 pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Vec<Replacement>> {
@@ -122,6 +130,8 @@ pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Ve
         // The pupil operator, and the node whose output it replaces (a ReLU folded into a convolution).
         let op: Option<(Box<dyn TypedOp>, usize)> = if let Some(op) = op::for_einsum(model, node, isa)? {
             Some((Box::new(op), id))
+        } else if let Some((op, last)) = matmul::for_einsum(model, node, isa)? {
+            Some((Box::new(op), last))
         } else if let Some((op, last)) = dwconv::for_conv(model, node, isa)? {
             match op {
                 dwconv::Direct::Depthwise(op) => Some((Box::new(op), last)),

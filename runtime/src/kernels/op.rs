@@ -192,8 +192,79 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
     if !matches!(b_dt, DatumType::U8 | DatumType::I8) {
         return Ok(None);
     }
-    let rank = a_fact.rank();
     let out_fact = model.outlet_fact(OutletId::new(node.id, 0))?.clone();
+    let Some(ProductLayout { k_dims, k_first, k, n, n_axis_repr }) = product_layout(model, node, op, &b)? else {
+        return Ok(None);
+    };
+    let axes = &op.axes;
+    // Every quantization parameter constant; only b0 and b_scale may vary, and then along n.
+    let mut params = vec![];
+    for slot in 2..9 {
+        let Some(t) = konst(model, node.inputs[slot]) else { return Ok(None) };
+        let Some(v) = floats(&t) else { return Ok(None) };
+        let per_column_ok =
+            matches!(slot, 2 | 5 | 6) && v.len() == n && n > 1 && axes.axis((InOut::In(slot), 0))?.repr == n_axis_repr;
+        if v.len() != 1 && !per_column_ok {
+            return Ok(None);
+        }
+        params.push(v);
+    }
+    let [bias, a0, a_scale, b0, b_scale, c0, c_scale] = &params[..] else { unreachable!() };
+    let b_is_u8 = b_dt == DatumType::U8;
+    let b_view = b.try_as_plain_ram()?;
+    let b_bytes: Vec<i8> = if b_is_u8 {
+        b_view.as_slice::<u8>()?.iter().map(|&v| (v as i32 - 128) as i8).collect()
+    } else {
+        b_view.as_slice::<i8>()?.to_vec()
+    };
+    let packed = if k_first {
+        PackedI8::pack(k, n, |r, c| b_bytes[r * n + c])
+    } else {
+        PackedI8::pack(k, n, |r, c| b_bytes[c * k + r])
+    };
+    let a0 = a0[0].round() as i32 + if a_dt == DatumType::I8 { 128 } else { 0 };
+    let b0: Vec<i32> = b0.iter().map(|v| v.round() as i32 - if b_is_u8 { 128 } else { 0 }).collect();
+    let scale: Vec<f32> = b_scale.iter().map(|bs| a_scale[0] * bs).collect();
+    let out_dt = out_fact.datum_type;
+    Ok(Some(PupilQMatMul {
+        packed: Arc::new(packed),
+        isa,
+        a_is_i8: a_dt == DatumType::I8,
+        a0,
+        b0,
+        scale,
+        c_scale: c_scale[0],
+        c0: c0[0],
+        bias: bias.clone(),
+        out_dt,
+        out_shape: out_fact.shape.iter().cloned().collect(),
+        k_dims,
+    }))
+}
+
+/// Where K and N sit in a matrix product `EinSum` with a constant weight `b`.
+pub(crate) struct ProductLayout {
+    /// How many trailing axes of the activations make up K.
+    pub k_dims: usize,
+    /// The weight is `[K.., N]` (else `[N, K..]`).
+    pub k_first: bool,
+    pub k: usize,
+    pub n: usize,
+    /// The einsum letter of the N axis.
+    pub n_axis_repr: char,
+}
+
+/// The layout of an `EinSum` node as a `[.., M, K..] × [K.., N]` (or `[N, K..]`) product whose rows keep their
+/// order in the output, or `None` for any other contraction.
+pub(crate) fn product_layout(
+    model: &TypedModel,
+    node: &TypedNode,
+    op: &EinSum,
+    b: &Tensor,
+) -> TractResult<Option<ProductLayout>> {
+    let a_fact = model.outlet_fact(node.inputs[0])?;
+    let rank = a_fact.rank();
+    let out_fact = model.outlet_fact(OutletId::new(node.id, 0))?;
     let out_rank = out_fact.rank();
     if rank < 1 || out_rank < 1 {
         return Ok(None);
@@ -247,47 +318,5 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
     }
     let k: usize = k_pos_b.iter().map(|&p| b.shape()[p]).product();
     let n = b.shape()[b_n_pos];
-    // Every quantization parameter constant; only b0 and b_scale may vary, and then along n.
-    let mut params = vec![];
-    for slot in 2..9 {
-        let Some(t) = konst(model, node.inputs[slot]) else { return Ok(None) };
-        let Some(v) = floats(&t) else { return Ok(None) };
-        let per_column_ok =
-            matches!(slot, 2 | 5 | 6) && v.len() == n && n > 1 && axes.axis((InOut::In(slot), 0))?.repr == n_axis.repr;
-        if v.len() != 1 && !per_column_ok {
-            return Ok(None);
-        }
-        params.push(v);
-    }
-    let [bias, a0, a_scale, b0, b_scale, c0, c_scale] = &params[..] else { unreachable!() };
-    let b_is_u8 = b_dt == DatumType::U8;
-    let b_view = b.try_as_plain_ram()?;
-    let b_bytes: Vec<i8> = if b_is_u8 {
-        b_view.as_slice::<u8>()?.iter().map(|&v| (v as i32 - 128) as i8).collect()
-    } else {
-        b_view.as_slice::<i8>()?.to_vec()
-    };
-    let packed = if k_first {
-        PackedI8::pack(k, n, |r, c| b_bytes[r * n + c])
-    } else {
-        PackedI8::pack(k, n, |r, c| b_bytes[c * k + r])
-    };
-    let a0 = a0[0].round() as i32 + if a_dt == DatumType::I8 { 128 } else { 0 };
-    let b0: Vec<i32> = b0.iter().map(|v| v.round() as i32 - if b_is_u8 { 128 } else { 0 }).collect();
-    let scale: Vec<f32> = b_scale.iter().map(|bs| a_scale[0] * bs).collect();
-    let out_dt = out_fact.datum_type;
-    Ok(Some(PupilQMatMul {
-        packed: Arc::new(packed),
-        isa,
-        a_is_i8: a_dt == DatumType::I8,
-        a0,
-        b0,
-        scale,
-        c_scale: c_scale[0],
-        c0: c0[0],
-        bias: bias.clone(),
-        out_dt,
-        out_shape: out_fact.shape.iter().cloned().collect(),
-        k_dims,
-    }))
+    Ok(Some(ProductLayout { k_dims, k_first, k, n, n_axis_repr: n_axis.repr }))
 }

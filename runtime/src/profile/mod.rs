@@ -186,7 +186,8 @@ pub struct OperatorProfile {
     pub node: String,
     /// tract operator (`OptMatMul`, `Max`, `Softmax`, ...).
     pub op: String,
-    /// For matrix products: the micro-kernel(s) tract picked (e.g. `avx512_mmm_f32_32x12`).
+    /// For matrix products: the micro-kernel(s) tract picked (e.g. `avx512_mmm_f32_32x12`), or pupil's f32
+    /// matrix-vector kernel (`pupil_gemv_f32_avx2_fma`, ...).
     pub kernel: Option<String>,
     /// For matrix products: `m`, `k`, `n` at the profiled batch.
     pub geometry: Option<String>,

@@ -9,6 +9,7 @@ use tract_onnx::tract_core::ops::Cost;
 use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
 
 use crate::error::{Error, Result};
+use crate::kernels::PupilMatMul;
 
 /// Static facts about one node of the optimised graph.
 pub(crate) struct NodeFacts {
@@ -56,7 +57,16 @@ pub(crate) fn node_facts(model: &TypedModel, batch: usize) -> Vec<NodeFacts> {
                     };
                     (Some(names.join(", ")), geometry)
                 }
-                None => (None, None),
+                None => match node.op_as::<PupilMatMul>() {
+                    // pupil's f32 matrix-vector kernel: m from the multiply-accumulates tract's cost model counts.
+                    Some(mm) => {
+                        let (k, n) = mm.dims();
+                        let geometry =
+                            macs.filter(|_| k * n > 0).map(|c| format!("m={} k={k} n={n}", c / (k * n) as u64));
+                        (Some(mm.kernel_name().to_string()), geometry)
+                    }
+                    None => (None, None),
+                },
             };
             NodeFacts { name: node.name.clone(), op: node.op.name().to_string(), kernel, geometry, macs }
         })

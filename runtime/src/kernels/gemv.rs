@@ -1,0 +1,331 @@
+//! pupil's f32 matrix-vector kernel: one activation row × pre-packed f32 weights (+ bias, then a clamp: a folded
+//! ReLU), dispatched at run time to AVX-512F / AVX2 + FMA / NEON / scalar, optionally split over a thread pool by
+//! whole panels of output columns.
+//!
+//! The weights are packed once, at load time, into panels of [`PANEL`] output columns: panel `p` holds, for
+//! every `k` in order, the 16 weights of columns `16p .. 16p + 16` (one AVX-512 register, two AVX2 ones, four
+//! NEON ones), so each panel's weights are streamed exactly once and in order. `N` is padded to a multiple of
+//! [`PANEL`] with zero weights.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tract_linalg::multithread::Executor;
+
+use super::qgemv::Isa;
+use super::taps::Simd;
+
+/// Multiply-accumulates per call below which a product is not split across threads: waking the pool costs more
+/// than it saves.
+pub const MIN_SPLIT_MACS: usize = 1 << 16;
+
+/// A product split into chunks that threads claim.
+struct Split {
+    next: AtomicUsize,
+    done: AtomicUsize,
+    chunks: usize,
+    per_row: usize,
+    per_chunk: usize,
+    packed: *const PackedF32,
+    simd: Simd,
+    a: *const f32,
+    out: *mut f32,
+    clamp: (f32, f32),
+}
+
+// SAFETY: the pointers are only followed for a claimed chunk (`next` below `chunks`), and `product` does not
+// return, so the weights, activations and output outlive every such use, until every claimed chunk is done.
+// Chunks write disjoint output columns.
+unsafe impl Send for Split {}
+unsafe impl Sync for Split {}
+
+impl Split {
+    fn work(&self) {
+        loop {
+            let c = self.next.fetch_add(1, Ordering::Relaxed);
+            if c >= self.chunks {
+                return;
+            }
+            // SAFETY: see `Split`: chunk `c` is claimed and not done, so `product` is still waiting on it.
+            unsafe {
+                let p = &*self.packed;
+                let (k, n) = (p.k, p.n);
+                let (row, part) = (c / self.per_row, c % self.per_row);
+                let first = part * self.per_chunk * PANEL;
+                let last = ((part + 1) * self.per_chunk * PANEL).min(n);
+                let a = std::slice::from_raw_parts(self.a.add(row * k), k);
+                let o = std::slice::from_raw_parts_mut(self.out.add(row * n + first), last - first);
+                p.gemv_cols(self.simd, a, first, self.clamp, o);
+            }
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// Output columns per packed panel.
+pub const PANEL: usize = 16;
+
+/// An f32 weight matrix `[K, N]` packed for [`PackedF32::gemv`], with its bias.
+#[derive(Clone, PartialEq)]
+pub struct PackedF32 {
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
+    /// Bias per column, padded to the panels (zeros when there is none).
+    bias: Vec<f32>,
+}
+
+impl std::fmt::Debug for PackedF32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedF32({}x{})", self.k, self.n)
+    }
+}
+
+impl PackedF32 {
+    /// Packs a `[K, N]` matrix given element by element (`w(k, n)`), with an optional bias of `n` values.
+    pub fn pack(k: usize, n: usize, w: impl Fn(usize, usize) -> f32, bias: Option<&[f32]>) -> PackedF32 {
+        let panels = n.div_ceil(PANEL);
+        let mut data = vec![0f32; panels * k * PANEL];
+        for p in 0..panels {
+            for kk in 0..k {
+                let dst = &mut data[(p * k + kk) * PANEL..][..PANEL];
+                for (lane, d) in dst.iter_mut().enumerate() {
+                    let c = p * PANEL + lane;
+                    if c < n {
+                        *d = w(kk, c);
+                    }
+                }
+            }
+        }
+        let mut padded = vec![0f32; panels * PANEL];
+        if let Some(b) = bias {
+            padded[..n].copy_from_slice(&b[..n]);
+        }
+        PackedF32 { k, n, data, bias: padded }
+    }
+
+    /// Packs a row-major `[K, N]` matrix.
+    pub fn from_row_major(k: usize, n: usize, w: &[f32], bias: Option<&[f32]>) -> PackedF32 {
+        assert_eq!(w.len(), k * n);
+        PackedF32::pack(k, n, |r, c| w[r * n + c], bias)
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    pub fn panels(&self) -> usize {
+        self.n.div_ceil(PANEL)
+    }
+
+    /// `out[j] = clamp(Σ_k a[k] · w[k][first + j] + bias[first + j], lo, hi)` for the columns `first ..
+    /// first + out.len()`, where `first` is a multiple of [`PANEL`] and the range within `N`.
+    pub(crate) fn gemv_cols(&self, simd: Simd, a: &[f32], first: usize, clamp: (f32, f32), out: &mut [f32]) {
+        assert!(a.len() == self.k && first.is_multiple_of(PANEL) && first + out.len() <= self.n);
+        let p0 = first / PANEL;
+        for (i, o) in out.chunks_mut(PANEL).enumerate() {
+            let p = p0 + i;
+            let w = &self.data[p * self.k * PANEL..(p + 1) * self.k * PANEL];
+            let bias = &self.bias[p * PANEL..(p + 1) * PANEL];
+            let mut acc = [0f32; PANEL];
+            panel(simd, a, w, bias, &mut acc);
+            for (o, v) in o.iter_mut().zip(acc) {
+                *o = v.max(clamp.0).min(clamp.1);
+            }
+        }
+    }
+
+    /// `m` rows: `out[i·n + j] = clamp(Σ_k a[i·k + k'] · w[k'][j] + bias[j], lo, hi)`, with the kernels of
+    /// `isa`. With a multithreaded `executor` and at least [`MIN_SPLIT_MACS`] multiply-accumulates, the rows are
+    /// cut into chunks of whole panels that this thread and `threads - 1` pool jobs claim as they go.
+    pub fn product(&self, isa: Isa, a: &[f32], m: usize, clamp: (f32, f32), out: &mut [f32], executor: &Executor) {
+        let (k, n) = (self.k, self.n);
+        assert!(a.len() == m * k && out.len() == m * n);
+        let simd = Simd::for_isa(isa);
+        let threads = match executor {
+            #[allow(unreachable_patterns)]
+            Executor::MultiThread(pool) => pool.current_num_threads(),
+            _ => 1,
+        };
+        let shares = if m * k * n >= MIN_SPLIT_MACS { threads.min(self.panels()) } else { 1 };
+        if shares <= 1 {
+            for (a, o) in a.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
+                self.gemv_cols(simd, a, 0, clamp, o);
+            }
+            return;
+        }
+        let Executor::MultiThread(pool) = executor else { unreachable!() };
+        // Chunks of a few panels of one row, claimed from a counter by this thread and by `shares - 1` pool jobs.
+        // This thread never waits for a helper to start (on a loaded machine a pool thread may wake late): it
+        // works through the chunks itself and waits only for chunks a helper has claimed and not finished.
+        let panels = self.panels();
+        let per_chunk = panels.div_ceil(shares * 4).max(1);
+        let per_row = panels.div_ceil(per_chunk);
+        let shared = Arc::new(Split {
+            next: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            chunks: m * per_row,
+            per_row,
+            per_chunk,
+            packed: self as *const PackedF32,
+            simd,
+            a: a.as_ptr(),
+            out: out.as_mut_ptr(),
+            clamp,
+        });
+        for _ in 1..shares {
+            let shared = shared.clone();
+            pool.spawn(move || shared.work());
+        }
+        shared.work();
+        let mut spins = 0u32;
+        while shared.done.load(Ordering::Acquire) < shared.chunks {
+            spins += 1;
+            if spins < 1 << 12 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// One panel: `acc[l] = Σ_k a[k] · w[k·16 + l] + bias[l]`.
+fn panel(simd: Simd, a: &[f32], w: &[f32], bias: &[f32], acc: &mut [f32; PANEL]) {
+    debug_assert!(w.len() == a.len() * PANEL && bias.len() == PANEL);
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Simd::Avx512 is only chosen when the CPU has AVX-512F; lengths checked above.
+        Simd::Avx512 => unsafe { x86::panel_avx512(a, w, bias, acc) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Simd::Avx2Fma is only chosen when the CPU has AVX2 and FMA.
+        Simd::Avx2Fma => unsafe { x86::panel_avx2(a, w, bias, acc) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: Simd::Neon is only chosen when the CPU has NEON.
+        Simd::Neon => unsafe { arm::panel_neon(a, w, bias, acc) },
+        _ => panel_scalar(a, w, bias, acc),
+    }
+}
+
+fn panel_scalar(a: &[f32], w: &[f32], bias: &[f32], acc: &mut [f32; PANEL]) {
+    *acc = [0f32; PANEL];
+    for (x, row) in a.iter().zip(w.chunks_exact(PANEL)) {
+        for (s, v) in acc.iter_mut().zip(row) {
+            *s += x * v;
+        }
+    }
+    for (s, b) in acc.iter_mut().zip(bias) {
+        *s += b;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::PANEL;
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn panel_avx512(a: &[f32], w: &[f32], bias: &[f32], acc: &mut [f32; PANEL]) {
+        let k = a.len();
+        let (a, w) = (a.as_ptr(), w.as_ptr());
+        let mut s = [_mm512_setzero_ps(); 4];
+        let mut kk = 0;
+        // SAFETY: kk + 3 < k and w holds k·16 values.
+        unsafe {
+            while kk + 4 <= k {
+                for (u, s) in s.iter_mut().enumerate() {
+                    *s = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(kk + u)), _mm512_loadu_ps(w.add((kk + u) * PANEL)), *s);
+                }
+                kk += 4;
+            }
+            while kk < k {
+                s[0] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(kk)), _mm512_loadu_ps(w.add(kk * PANEL)), s[0]);
+                kk += 1;
+            }
+            let t = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3]));
+            _mm512_storeu_ps(acc.as_mut_ptr(), _mm512_add_ps(t, _mm512_loadu_ps(bias.as_ptr())));
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn panel_avx2(a: &[f32], w: &[f32], bias: &[f32], acc: &mut [f32; PANEL]) {
+        let k = a.len();
+        let (a, w) = (a.as_ptr(), w.as_ptr());
+        let mut s = [_mm256_setzero_ps(); 8];
+        let mut kk = 0;
+        // SAFETY: kk + 3 < k and w holds k·16 values.
+        unsafe {
+            while kk + 4 <= k {
+                for u in 0..4 {
+                    let x = _mm256_set1_ps(*a.add(kk + u));
+                    let p = w.add((kk + u) * PANEL);
+                    s[2 * u] = _mm256_fmadd_ps(x, _mm256_loadu_ps(p), s[2 * u]);
+                    s[2 * u + 1] = _mm256_fmadd_ps(x, _mm256_loadu_ps(p.add(8)), s[2 * u + 1]);
+                }
+                kk += 4;
+            }
+            while kk < k {
+                let x = _mm256_set1_ps(*a.add(kk));
+                let p = w.add(kk * PANEL);
+                s[0] = _mm256_fmadd_ps(x, _mm256_loadu_ps(p), s[0]);
+                s[1] = _mm256_fmadd_ps(x, _mm256_loadu_ps(p.add(8)), s[1]);
+                kk += 1;
+            }
+            for h in 0..2 {
+                let t = _mm256_add_ps(_mm256_add_ps(s[h], s[2 + h]), _mm256_add_ps(s[4 + h], s[6 + h]));
+                let t = _mm256_add_ps(t, _mm256_loadu_ps(bias.as_ptr().add(8 * h)));
+                _mm256_storeu_ps(acc.as_mut_ptr().add(8 * h), t);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    use super::PANEL;
+
+    #[target_feature(enable = "neon")]
+    pub(super) unsafe fn panel_neon(a: &[f32], w: &[f32], bias: &[f32], acc: &mut [f32; PANEL]) {
+        let k = a.len();
+        let (a, w) = (a.as_ptr(), w.as_ptr());
+        let mut s = [vdupq_n_f32(0.0); 8];
+        let mut kk = 0;
+        // SAFETY: kk + 1 < k and w holds k·16 values.
+        unsafe {
+            while kk + 2 <= k {
+                for u in 0..2 {
+                    let x = vdupq_n_f32(*a.add(kk + u));
+                    let p = w.add((kk + u) * PANEL);
+                    for q in 0..4 {
+                        s[4 * u + q] = vfmaq_f32(s[4 * u + q], x, vld1q_f32(p.add(4 * q)));
+                    }
+                }
+                kk += 2;
+            }
+            while kk < k {
+                let x = vdupq_n_f32(*a.add(kk));
+                let p = w.add(kk * PANEL);
+                for q in 0..4 {
+                    s[q] = vfmaq_f32(s[q], x, vld1q_f32(p.add(4 * q)));
+                }
+                kk += 1;
+            }
+            for q in 0..4 {
+                let t = vaddq_f32(vaddq_f32(s[q], s[4 + q]), vld1q_f32(bias.as_ptr().add(4 * q)));
+                vst1q_f32(acc.as_mut_ptr().add(4 * q), t);
+            }
+        }
+    }
+}
+
+/// The definition, for tests: `out[j] = Σ_k a[k] · w[k·n + j] + bias[j]` over a row-major `[K, N]` matrix.
+pub fn reference(a: &[f32], w: &[f32], n: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    (0..n)
+        .map(|j| a.iter().enumerate().map(|(k, x)| x * w[k * n + j]).sum::<f32>() + bias.map_or(0.0, |b| b[j]))
+        .collect()
+}
