@@ -341,6 +341,10 @@ impl Model {
         }
 
         clock.stats.decode_ms = clock.lap();
+        let mut proto = proto;
+        if crate::kernels::Acceleration::current() != crate::kernels::Acceleration::Off {
+            crate::kernels::qconv::to_f32_convolutions(&mut proto);
+        }
         let mut model = tract_onnx::onnx().model_for_proto_model(&proto).map_err(|e| invalid(format!("{e:#}")))?;
         let batch_dim: TDim = match options.batch {
             Batch::Fixed(b) => b.to_dim(),

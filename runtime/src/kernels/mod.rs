@@ -4,7 +4,8 @@
 //! matrix products with constant weights over few rows (batch-1 dense layers) by [`PupilMatMul`] (split across
 //! the model's threads, which tract does not do for a matrix-vector product); f32 depthwise convolutions, convolutions over few input channels and max pools are replaced by
 //! [`PupilDepthwiseConv`], [`PupilDirectConv`] and [`PupilMaxPool`] (AVX-512 / AVX2 + FMA / NEON / scalar).
-//! Also tunes tract's aarch64 CPU detection on Android, where tract cannot see the core kind.
+//! int8 convolutions (`QLinearConv`) are rewritten before tract reads the file ([`qconv`]) so that they run on
+//! those f32 kernels with the int8 model's activation grid. Also tunes tract's aarch64 CPU detection on Android, where tract cannot see the core kind.
 
 mod channels_last;
 mod dwconv;
@@ -12,6 +13,7 @@ pub mod gemv;
 mod matmul;
 mod op;
 mod pool;
+pub mod qconv;
 pub mod qgemv;
 mod taps;
 pub mod zoo;

@@ -1,0 +1,180 @@
+//! int8 convolutions on pupil's f32 convolution kernels: before tract reads an ONNX file, every `QLinearConv`
+//! with constant weights is rewritten as `DequantizeLinear → Conv (weights and bias dequantized once, here) →
+//! QuantizeLinear`, so the convolution itself runs on pupil's depthwise / direct kernels or tract's f32 GEMM
+//! instead of tract's int8 im2col + i32 GEMM + rescaling chain, which is several times slower at batch 1.
+//!
+//! The activations between layers stay on the int8 grid the file specifies (each output is quantized with
+//! the node's own scale and zero point, then dequantized by the next node), so results match the int8
+//! model up to one quantization step where f32 rounding of the accumulated sum lands on the other side of a
+//! rounding tie. The file on disk keeps its int8 weights (its size is unchanged).
+//!
+//! A `QLinearConv` whose input comes straight out of a `Reshape` is a dense layer in disguise (the quantizer
+//! writes int8 `Gemm`s that way); it is left alone so that [`super::PupilQMatMul`] runs it on the int8 GEMV.
+
+use std::collections::{HashMap, HashSet};
+
+use tract_onnx::pb;
+
+use crate::onnx::dtype;
+
+/// The `QLinearConv` nodes a rewrite turned into f32 convolutions, by name.
+pub type Rewritten = Vec<String>;
+
+fn ints(t: &pb::TensorProto) -> Option<Vec<i64>> {
+    let n: i64 = t.dims.iter().product();
+    let v: Vec<i64> = match t.data_type {
+        dtype::I8 if !t.raw_data.is_empty() => t.raw_data.iter().map(|b| *b as i8 as i64).collect(),
+        dtype::U8 if !t.raw_data.is_empty() => t.raw_data.iter().map(|b| *b as i64).collect(),
+        dtype::I32 if !t.raw_data.is_empty() => {
+            t.raw_data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect()
+        }
+        dtype::I8 | dtype::U8 | dtype::I32 => t.int32_data.iter().map(|v| *v as i64).collect(),
+        _ => return None,
+    };
+    (v.len() as i64 == n).then_some(v)
+}
+
+fn floats(t: &pb::TensorProto) -> Option<Vec<f32>> {
+    if t.data_type != dtype::F32 {
+        return None;
+    }
+    let n: i64 = t.dims.iter().product();
+    let v: Vec<f32> = if t.raw_data.is_empty() {
+        t.float_data.clone()
+    } else {
+        t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    };
+    (v.len() as i64 == n).then_some(v)
+}
+
+/// One value per output channel from a scalar or a `[m]` vector.
+fn per_channel<T: Copy>(v: Vec<T>, m: usize) -> Option<Vec<T>> {
+    match v.len() {
+        1 => Some(vec![v[0]; m]),
+        n if n == m => Some(v),
+        _ => None,
+    }
+}
+
+/// The f32 weights and bias of one `QLinearConv`, or `None` when its weights, scales or bias are not
+/// constant or have shapes pupil does not expect (tract then runs the node as it is).
+fn dequantized(
+    node: &pb::NodeProto,
+    inits: &HashMap<&str, &pb::TensorProto>,
+) -> Option<(pb::TensorProto, Option<pb::TensorProto>)> {
+    let init = |i: usize| node.input.get(i).filter(|n| !n.is_empty()).and_then(|n| inits.get(n.as_str()).copied());
+    let (w, ws, wz, xs) = (init(3)?, init(4)?, init(5)?, init(1)?);
+    let m = usize::try_from(*w.dims.first()?).ok()?;
+    if w.dims.len() < 3 || m == 0 {
+        return None;
+    }
+    let wq = ints(w)?;
+    let ws = per_channel(floats(ws)?, m)?;
+    let wz = per_channel(ints(wz)?, m)?;
+    let xs = per_channel(floats(xs)?, 1)?[0];
+    let per = wq.len() / m;
+    let wf: Vec<f32> = wq.iter().enumerate().map(|(i, q)| (q - wz[i / per]) as f32 * ws[i / per]).collect();
+    let name = format!("{}.weight_f32", node.name);
+    let weight = pb::TensorProto {
+        name,
+        dims: w.dims.clone(),
+        data_type: dtype::F32,
+        raw_data: wf.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    };
+    let bias = match node.input.get(8).filter(|n| !n.is_empty()) {
+        None => None,
+        Some(_) => {
+            let b = per_channel(ints(init(8)?)?, m)?;
+            let bf: Vec<f32> = b.iter().zip(&ws).map(|(b, s)| *b as f32 * xs * s).collect();
+            Some(pb::TensorProto {
+                name: format!("{}.bias_f32", node.name),
+                dims: vec![m as i64],
+                data_type: dtype::F32,
+                raw_data: bf.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ..Default::default()
+            })
+        }
+    };
+    Some((weight, bias))
+}
+
+/// Rewrites every eligible `QLinearConv` of `proto` (see the module documentation); returns the names of the
+/// nodes rewritten. Initializers no node reads any more (the int8 weights) are dropped from the in-memory
+/// graph.
+pub fn to_f32_convolutions(proto: &mut pb::ModelProto) -> Rewritten {
+    let Some(graph) = proto.graph.as_mut() else { return vec![] };
+    let reshaped: HashSet<String> =
+        graph.node.iter().filter(|n| n.op_type == "Reshape").flat_map(|n| n.output.iter().cloned()).collect();
+    let mut new_inits = vec![];
+    let mut nodes = Vec::with_capacity(graph.node.len());
+    let mut rewritten = vec![];
+    // The f32 image of an int8 tensor, shared by every convolution reading it.
+    let mut dequantized_inputs: HashMap<String, String> = HashMap::new();
+    {
+        let inits: HashMap<&str, &pb::TensorProto> = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+        for (i, node) in graph.node.iter().enumerate() {
+            let eligible = node.op_type == "QLinearConv"
+                && node.domain.is_empty()
+                && node.output.len() == 1
+                && node.input.len() >= 8
+                && !reshaped.contains(&node.input[0]);
+            let Some((weight, bias)) = eligible.then(|| dequantized(node, &inits)).flatten() else {
+                nodes.push(node.clone());
+                continue;
+            };
+            let base = if node.name.is_empty() { format!("qlinearconv_{i}") } else { node.name.clone() };
+            let xf = dequantized_inputs
+                .entry(format!("{}|{}|{}", node.input[0], node.input[1], node.input[2]))
+                .or_insert_with(|| {
+                    let xf = format!("{base}.x_f32");
+                    nodes.push(pb::NodeProto {
+                        name: format!("{base}.dequantize_input"),
+                        op_type: "DequantizeLinear".into(),
+                        input: node.input[0..3].to_vec(),
+                        output: vec![xf.clone()],
+                        ..Default::default()
+                    });
+                    xf
+                })
+                .clone();
+            let yf = format!("{base}.y_f32");
+            let mut conv_inputs = vec![xf, weight.name.clone()];
+            conv_inputs.extend(bias.as_ref().map(|b| b.name.clone()));
+            nodes.push(pb::NodeProto {
+                name: format!("{base}.conv_f32"),
+                op_type: "Conv".into(),
+                input: conv_inputs,
+                output: vec![yf.clone()],
+                attribute: node.attribute.clone(),
+                ..Default::default()
+            });
+            nodes.push(pb::NodeProto {
+                name: format!("{base}.quantize_output"),
+                op_type: "QuantizeLinear".into(),
+                input: vec![yf, node.input[6].clone(), node.input[7].clone()],
+                output: node.output.clone(),
+                ..Default::default()
+            });
+            new_inits.push(weight);
+            new_inits.extend(bias);
+            rewritten.push(node.name.clone());
+        }
+    }
+    if rewritten.is_empty() {
+        return rewritten;
+    }
+    graph.node = nodes;
+    graph.initializer.extend(new_inits);
+    let read: HashSet<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().map(String::as_str))
+        .chain(graph.output.iter().map(|o| o.name.as_str()))
+        .chain(graph.input.iter().map(|i| i.name.as_str()))
+        .collect();
+    let keep: Vec<bool> = graph.initializer.iter().map(|t| read.contains(t.name.as_str())).collect();
+    let mut k = keep.into_iter();
+    graph.initializer.retain(|_| k.next().unwrap_or(true));
+    rewritten
+}
