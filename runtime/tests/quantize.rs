@@ -297,13 +297,21 @@ fn mlp_static_int8_agrees_and_runs_on_integer_kernels() {
 }
 
 #[test]
-fn cnn_static_int8_agrees_and_runs_on_integer_kernels() {
+fn cnn_static_int8_agrees_and_runs_its_dense_layer_on_integer_kernels_and_its_convolutions_on_pupils() {
     let f32_bytes = cnn_f32();
     let d = data();
     let reference = predictions(f32_bytes, &d.test.0);
     assert!(accuracy(&reference, &d.test.1) > 0.85, "accuracy {}", accuracy(&reference, &d.test.1));
     let (bytes, report) = quantize_checked(f32_bytes, &QuantizeOptions::default());
-    assert_integer_kernels(&bytes, 3);
+    // The dense layer on an i32 kernel; the two int8 convolutions on f32 kernels with the int8 activation grid
+    // (`kernels::qconv`): the 1-channel one on pupil's direct kernel, the other on tract's f32 GEMM.
+    assert_kernels(&bytes, 1, 1);
+    let model = Model::from_bytes(&bytes, ModelOptions::default()).unwrap();
+    let ops: Vec<&str> = pupil_runtime::kernels::pupil_nodes(model.typed_model()).iter().map(|r| r.op).collect();
+    assert!(ops.contains(&"PupilDirectConv"), "{ops:?}");
+    let on_f32: Vec<&pupil_runtime::quantize::KernelReport> =
+        report.kernels.iter().filter(|k| k.op == "QLinearConv" && !k.expected_integer).collect();
+    assert_eq!(on_f32.len(), 2, "the report lists both convolutions as run in f32 by design: {:?}", report.kernels);
     let outcome = |op: &str| report.nodes.iter().filter(|n| n.op == op).map(|n| n.outcome.clone()).collect::<Vec<_>>();
     assert!(outcome("MaxPool").iter().all(|o| *o == NodeOutcome::PassThrough), "{:?}", outcome("MaxPool"));
     assert!(outcome("Relu").iter().all(|o| matches!(o, NodeOutcome::Folded { .. })));

@@ -31,6 +31,22 @@ fn lcg(seed: &mut u64) -> f32 {
     (*seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
 }
 
+fn agreement(a: &[usize], b: &[usize]) -> f64 {
+    a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len().max(1) as f64
+}
+
+/// Whether this CPU has VNNI, with which ONNX Runtime's x86 int8 products are exact (see the test).
+fn ort_u8s8_is_exact() -> bool {
+    !cfg!(target_arch = "x86_64")
+        || std::fs::read_to_string("/proc/cpuinfo")
+            .map(|c| c.contains("avx512_vnni") || c.contains("avx_vnni"))
+            .unwrap_or(true)
+}
+
+fn int8(tag: &str) -> bool {
+    tag != "f16"
+}
+
 #[test]
 fn onnx_runtime_runs_the_quantized_models_with_the_same_predictions() {
     if !ort_available() {
@@ -76,9 +92,23 @@ fn onnx_runtime_runs_the_quantized_models_with_the_same_predictions() {
                 String::from_utf8_lossy(&out.stdout).split_whitespace().map(|v| v.parse().unwrap()).collect();
             let model = Model::from_bytes(&bytes, ModelOptions::default().with_batch(Batch::Symbolic)).unwrap();
             let tract: Vec<usize> = model.run_batch(&input).unwrap().chunks(10).map(argmax).collect();
-            let agree = tract.iter().zip(&ort).filter(|(a, b)| a == b).count() as f64 / n as f64;
+            let agree = agreement(&tract, &ort);
             eprintln!("{name} {tag}: tract/ORT top-1 agreement {agree}");
-            assert!(agree >= 0.97, "{name} {tag}: tract and ONNX Runtime agree on only {agree}");
+            if agree >= 0.97 {
+                continue;
+            }
+            // Without VNNI, ONNX Runtime's x86 u8×s8 kernel adds pairs of products in saturating int16
+            // (`vpmaddubsw`), so its int8 results drift from exact integer arithmetic; pupil's stay exact. Then
+            // the test asks that pupil be at least as close to the f32 model as ONNX Runtime is.
+            assert!(!ort_u8s8_is_exact() && int8(tag), "{name} {tag}: tract and ONNX Runtime agree on only {agree}");
+            let f32_model = Model::from_bytes(f32_bytes, ModelOptions::default().with_batch(Batch::Symbolic)).unwrap();
+            let reference: Vec<usize> = f32_model.run_batch(&input).unwrap().chunks(10).map(argmax).collect();
+            let (pupil_f32, ort_f32) = (agreement(&tract, &reference), agreement(&ort, &reference));
+            eprintln!("{name} {tag}: agreement with the f32 model: pupil {pupil_f32}, ORT {ort_f32}");
+            assert!(
+                agree >= 0.9 && pupil_f32 >= ort_f32,
+                "{name} {tag}: tract/ORT agreement {agree}; with the f32 model pupil {pupil_f32} vs ORT {ort_f32}"
+            );
         }
     }
 }

@@ -36,6 +36,14 @@ pub fn kernel_report(bytes: &[u8]) -> Result<(Vec<KernelReport>, Vec<String>)> {
     let proto = crate::model::decode_onnx(bytes)?;
     let graph = proto.graph.as_ref().expect("checked by decode_onnx");
     let onnx_nodes: Vec<(String, String)> = graph.node.iter().map(|n| (n.name.clone(), n.op_type.clone())).collect();
+    // The int8 convolutions pupil runs on its f32 kernels, on the int8 activation grid (`crate::kernels::qconv`):
+    // by design not on an integer kernel.
+    let on_f32_kernels: Vec<String> = if crate::kernels::Acceleration::current() == crate::kernels::Acceleration::Off {
+        vec![]
+    } else {
+        crate::kernels::qconv::to_f32_convolutions(&mut proto.clone())
+    };
+    let expects_integer = |name: &str, op: &str| INTEGER_OPS.contains(&op) && !on_f32_kernels.iter().any(|n| n == name);
     let model = Model::from_bytes(bytes, ModelOptions::default())?;
     let typed = model.typed_model();
     let mut kernels = vec![];
@@ -48,7 +56,7 @@ pub fn kernel_report(bytes: &[u8]) -> Result<(Vec<KernelReport>, Vec<String>)> {
             let integer = !acc.is_empty() && acc.iter().all(|a| a == "i32");
             let shape = node.op.info().ok().and_then(|i| i.get(1).cloned()).map(|s| shape_of(&s)).unwrap_or_default();
             kernels.push(KernelReport {
-                expected_integer: INTEGER_OPS.contains(&op.as_str()),
+                expected_integer: expects_integer(&onnx, &op),
                 node: onnx,
                 op,
                 tract_node: node.name.clone(),
@@ -80,9 +88,23 @@ pub fn kernel_report(bytes: &[u8]) -> Result<(Vec<KernelReport>, Vec<String>)> {
             per_run.push(format!("{} ({})", node.name, node.op.name()));
         }
     }
+    for name in &on_f32_kernels {
+        if !kernels.iter().any(|k| &k.node == name) {
+            kernels.push(KernelReport {
+                node: name.clone(),
+                op: "QLinearConv".into(),
+                tract_node: format!("{name}.conv_f32"),
+                kernel: "pupil's f32 convolution (int8 weights dequantized at load, int8 activation grid)".into(),
+                accumulator: "f32".into(),
+                shape: String::new(),
+                expected_integer: false,
+                integer: false,
+            });
+        }
+    }
     // Integer ONNX products tract lowered to something other than an OptMatMul (should not happen).
     for (name, op) in &onnx_nodes {
-        if INTEGER_OPS.contains(&op.as_str()) && !kernels.iter().any(|k| &k.node == name) {
+        if expects_integer(name, op) && !kernels.iter().any(|k| &k.node == name) {
             kernels.push(KernelReport {
                 node: name.clone(),
                 op: op.clone(),
