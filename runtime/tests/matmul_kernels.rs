@@ -68,8 +68,8 @@ proptest! {
 #[test]
 fn a_product_split_across_threads_equals_the_single_threaded_one() {
     let mut rng = zoo::Rng::new(5);
-    let (k, n) = (517, 301);
-    assert!(k * n >= gemv::MIN_SPLIT_MACS);
+    let (k, n) = (2053, 1031);
+    assert!(2 * k * n >= gemv::MIN_SPLIT_MACS);
     let a: Vec<f32> = (0..2 * k).map(|_| rng.sym(1.0)).collect();
     let w: Vec<f32> = (0..k * n).map(|_| rng.sym(0.1)).collect();
     let bias: Vec<f32> = (0..n).map(|_| rng.sym(0.5)).collect();

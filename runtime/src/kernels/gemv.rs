@@ -15,9 +15,11 @@ use tract_linalg::multithread::Executor;
 use super::qgemv::Isa;
 use super::taps::Simd;
 
-/// Multiply-accumulates per call below which a product is not split across threads: waking the pool costs more
-/// than it saves.
-pub const MIN_SPLIT_MACS: usize = 1 << 16;
+/// Multiply-accumulates per call below which a product is not split across threads. Splitting a batch-1
+/// product of the sizes students have (784×800 … 1200×1200, ≤ 1.5 M) measured slower than one core on both
+/// machines pupil was benchmarked on (e.g. 800×800 on an AMD EPYC: 50 µs on one thread, 87–90 µs split in two,
+/// with pool threads or with spinning helpers), so only far larger products are split.
+pub const MIN_SPLIT_MACS: usize = 1 << 22;
 
 /// A product split into chunks that threads claim.
 struct Split {

@@ -1,7 +1,7 @@
 //! `PupilMatMul`: the tract operator that runs an f32 matrix product with constant weights over few rows (a
 //! batch-1 dense layer: tract's `EinSum` after declutter) on pupil's packed f32 matrix-vector kernel, with the
 //! bias `Add` and a ReLU / clip that follow it folded in, split across the model's thread pool when the model
-//! was loaded with more than one thread.
+//! was loaded with more than one thread and the product is large enough ([`super::gemv::MIN_SPLIT_MACS`]).
 
 use std::sync::Arc;
 

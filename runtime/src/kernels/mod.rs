@@ -2,7 +2,7 @@
 //! matrix products with constant weights are replaced by [`PupilQMatMul`] (weights packed once, at load),
 //! dispatched at run time to AVX-512 VNNI / AVX2 / scalar on x86-64 and NEON dotprod / NEON on aarch64; f32
 //! matrix products with constant weights over few rows (batch-1 dense layers) by [`PupilMatMul`] (split across
-//! the model's threads, which tract does not do for a matrix-vector product); f32 depthwise convolutions, convolutions over few input channels and max pools are replaced by
+//! the model's threads when large enough to gain from it); f32 depthwise convolutions, convolutions over few input channels and max pools are replaced by
 //! [`PupilDepthwiseConv`], [`PupilDirectConv`] and [`PupilMaxPool`] (AVX-512 / AVX2 + FMA / NEON / scalar).
 //! int8 convolutions (`QLinearConv`) are rewritten before tract reads the file ([`qconv`]) so that they run on
 //! those f32 kernels with the int8 model's activation grid. Also tunes tract's aarch64 CPU detection on Android, where tract cannot see the core kind.
