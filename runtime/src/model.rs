@@ -85,6 +85,8 @@ pub struct Model {
     output_is_probability: bool,
     options: ModelOptions,
     load_stats: crate::profile::LoadStats,
+    /// The `QLinearConv` nodes run on f32 kernels on the int8 grid ([`crate::kernels::qconv`]), by name.
+    int8_convolutions_on_f32: Vec<String>,
 }
 
 impl std::fmt::Debug for Model {
@@ -342,9 +344,11 @@ impl Model {
 
         clock.stats.decode_ms = clock.lap();
         let mut proto = proto;
-        if crate::kernels::Acceleration::current() != crate::kernels::Acceleration::Off {
-            crate::kernels::qconv::to_f32_convolutions(&mut proto);
-        }
+        let int8_convolutions_on_f32 = if crate::kernels::Acceleration::current() == crate::kernels::Acceleration::Off {
+            vec![]
+        } else {
+            crate::kernels::qconv::to_f32_convolutions(&mut proto)
+        };
         let mut model = tract_onnx::onnx().model_for_proto_model(&proto).map_err(|e| invalid(format!("{e:#}")))?;
         let batch_dim: TDim = match options.batch {
             Batch::Fixed(b) => b.to_dim(),
@@ -390,6 +394,7 @@ impl Model {
             output_is_probability,
             options,
             load_stats: clock.finish(),
+            int8_convolutions_on_f32,
         })
     }
 
@@ -432,6 +437,11 @@ impl Model {
     /// The optimised tract graph (for reports: kernels, costs).
     pub fn typed_model(&self) -> &TypedModel {
         self.plan.model()
+    }
+    /// The int8 convolutions (`QLinearConv` nodes, by name) this model runs on f32 kernels with the int8
+    /// activation grid ([`crate::kernels::qconv`]); empty with pupil's kernels off.
+    pub fn int8_convolutions_on_f32(&self) -> &[String] {
+        &self.int8_convolutions_on_f32
     }
     /// How long loading took, phase by phase, and how much memory it took (see [`crate::profile`]).
     pub fn load_stats(&self) -> &crate::profile::LoadStats {

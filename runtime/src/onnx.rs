@@ -202,6 +202,18 @@ impl GraphBuilder {
     }
 }
 
+/// f32 values of an initializer.
+pub(crate) fn f32_data(t: &pb::TensorProto) -> Option<Vec<f32>> {
+    if t.data_type != dtype::F32 {
+        return None;
+    }
+    if !t.raw_data.is_empty() {
+        return Some(t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+    }
+    let n: i64 = t.dims.iter().product();
+    if t.float_data.len() as i64 == n { Some(t.float_data.clone()) } else { None }
+}
+
 /// Encodes a model protobuf.
 pub fn encode(model: &pb::ModelProto) -> Vec<u8> {
     model.encode_to_vec()

@@ -17,9 +17,6 @@ use tract_onnx::pb;
 
 use crate::onnx::dtype;
 
-/// The `QLinearConv` nodes a rewrite turned into f32 convolutions, by name.
-pub type Rewritten = Vec<String>;
-
 fn ints(t: &pb::TensorProto) -> Option<Vec<i64>> {
     let n: i64 = t.dims.iter().product();
     let v: Vec<i64> = match t.data_type {
@@ -30,19 +27,6 @@ fn ints(t: &pb::TensorProto) -> Option<Vec<i64>> {
         }
         dtype::I8 | dtype::U8 | dtype::I32 => t.int32_data.iter().map(|v| *v as i64).collect(),
         _ => return None,
-    };
-    (v.len() as i64 == n).then_some(v)
-}
-
-fn floats(t: &pb::TensorProto) -> Option<Vec<f32>> {
-    if t.data_type != dtype::F32 {
-        return None;
-    }
-    let n: i64 = t.dims.iter().product();
-    let v: Vec<f32> = if t.raw_data.is_empty() {
-        t.float_data.clone()
-    } else {
-        t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
     };
     (v.len() as i64 == n).then_some(v)
 }
@@ -69,9 +53,9 @@ fn dequantized(
         return None;
     }
     let wq = ints(w)?;
-    let ws = per_channel(floats(ws)?, m)?;
+    let ws = per_channel(crate::onnx::f32_data(ws)?, m)?;
     let wz = per_channel(ints(wz)?, m)?;
-    let xs = per_channel(floats(xs)?, 1)?[0];
+    let xs = per_channel(crate::onnx::f32_data(xs)?, 1)?[0];
     let per = wq.len() / m;
     let wf: Vec<f32> = wq.iter().enumerate().map(|(i, q)| (q - wz[i / per]) as f32 * ws[i / per]).collect();
     let name = format!("{}.weight_f32", node.name);
@@ -102,7 +86,7 @@ fn dequantized(
 /// Rewrites every eligible `QLinearConv` of `proto` (see the module documentation); returns the names of the
 /// nodes rewritten. Initializers no node reads any more (the int8 weights) are dropped from the in-memory
 /// graph.
-pub fn to_f32_convolutions(proto: &mut pb::ModelProto) -> Rewritten {
+pub fn to_f32_convolutions(proto: &mut pb::ModelProto) -> Vec<String> {
     let Some(graph) = proto.graph.as_mut() else { return vec![] };
     let reshaped: HashSet<String> =
         graph.node.iter().filter(|n| n.op_type == "Reshape").flat_map(|n| n.output.iter().cloned()).collect();
@@ -173,8 +157,6 @@ pub fn to_f32_convolutions(proto: &mut pb::ModelProto) -> Rewritten {
         .chain(graph.output.iter().map(|o| o.name.as_str()))
         .chain(graph.input.iter().map(|i| i.name.as_str()))
         .collect();
-    let keep: Vec<bool> = graph.initializer.iter().map(|t| read.contains(t.name.as_str())).collect();
-    let mut k = keep.into_iter();
-    graph.initializer.retain(|_| k.next().unwrap_or(true));
+    graph.initializer.retain(|t| read.contains(t.name.as_str()));
     rewritten
 }

@@ -36,15 +36,11 @@ pub fn kernel_report(bytes: &[u8]) -> Result<(Vec<KernelReport>, Vec<String>)> {
     let proto = crate::model::decode_onnx(bytes)?;
     let graph = proto.graph.as_ref().expect("checked by decode_onnx");
     let onnx_nodes: Vec<(String, String)> = graph.node.iter().map(|n| (n.name.clone(), n.op_type.clone())).collect();
+    let model = Model::from_bytes(bytes, ModelOptions::default())?;
     // The int8 convolutions pupil runs on its f32 kernels, on the int8 activation grid (`crate::kernels::qconv`):
     // by design not on an integer kernel.
-    let on_f32_kernels: Vec<String> = if crate::kernels::Acceleration::current() == crate::kernels::Acceleration::Off {
-        vec![]
-    } else {
-        crate::kernels::qconv::to_f32_convolutions(&mut proto.clone())
-    };
+    let on_f32_kernels = model.int8_convolutions_on_f32();
     let expects_integer = |name: &str, op: &str| INTEGER_OPS.contains(&op) && !on_f32_kernels.iter().any(|n| n == name);
-    let model = Model::from_bytes(bytes, ModelOptions::default())?;
     let typed = model.typed_model();
     let mut kernels = vec![];
     let mut per_run = vec![];
@@ -88,7 +84,7 @@ pub fn kernel_report(bytes: &[u8]) -> Result<(Vec<KernelReport>, Vec<String>)> {
             per_run.push(format!("{} ({})", node.name, node.op.name()));
         }
     }
-    for name in &on_f32_kernels {
+    for name in on_f32_kernels {
         if !kernels.iter().any(|k| &k.node == name) {
             kernels.push(KernelReport {
                 node: name.clone(),

@@ -51,18 +51,6 @@ pub fn example_shape(graph: &pb::GraphProto) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// f32 values of an initializer.
-fn f32_data(t: &pb::TensorProto) -> Option<Vec<f32>> {
-    if t.data_type != dtype::F32 {
-        return None;
-    }
-    if !t.raw_data.is_empty() {
-        return Some(t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
-    }
-    let n: i64 = t.dims.iter().product();
-    if t.float_data.len() as i64 == n { Some(t.float_data.clone()) } else { None }
-}
-
 fn attr_i(node: &pb::NodeProto, name: &str, default: i64) -> i64 {
     node.attribute.iter().find(|a| a.name == name).map(|a| a.i).unwrap_or(default)
 }
@@ -106,12 +94,12 @@ fn analyse(node: &pb::NodeProto, inits: &HashMap<&str, &pb::TensorProto>) -> std
         return Err(FloatReason::Unsupported("unexpected number of inputs or outputs".into()));
     }
     let w = inits.get(node.input[1].as_str()).ok_or(FloatReason::WeightsNotConstant)?;
-    let wdata = f32_data(w).ok_or_else(|| FloatReason::Unsupported("weights are not f32 data".into()))?;
+    let wdata = crate::onnx::f32_data(w).ok_or_else(|| FloatReason::Unsupported("weights are not f32 data".into()))?;
     let bias_init = match node.input.get(2).filter(|s| !s.is_empty()) {
         Some(b) => Some(
             inits
                 .get(b.as_str())
-                .and_then(|t| f32_data(t))
+                .and_then(|t| crate::onnx::f32_data(t))
                 .ok_or_else(|| FloatReason::Unsupported("bias is not a constant f32 initializer".into()))?,
         ),
         None => None,
@@ -710,7 +698,7 @@ pub fn to_f16(proto: &pb::ModelProto) -> Result<(pb::ModelProto, Vec<NodeReport>
     let mut nodes = vec![];
     let mut initializer = vec![];
     for t in &graph.initializer {
-        match f32_data(t) {
+        match crate::onnx::f32_data(t) {
             Some(v) if v.len() >= 16 => {
                 let half = format!("{}.f16", t.name);
                 initializer.push(pb::TensorProto {
