@@ -201,3 +201,80 @@ fn quantized_cnn_and_mobilenet_run_their_convolutions_on_pupils_kernels() {
         }
     }
 }
+
+/// The rewritten graph with and without pupil's requantization fusion (`kernels::requant`), both optimised.
+fn with_and_without_requant(proto: &pb::ModelProto, shape: &[usize], isa: Isa) -> (TypedModel, TypedModel, usize) {
+    let mut m = tract_onnx::onnx().model_for_proto_model(proto).unwrap();
+    let dims: TVec<TDim> = shape.iter().map(|d| TDim::from(*d)).collect();
+    m.set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), dims)).unwrap();
+    let mut typed = m.into_typed().unwrap().into_decluttered().unwrap();
+    let mut fused = typed.clone();
+    kernels::accelerate(&mut typed, Acceleration::With(isa)).unwrap();
+    let pools = kernels::requant::hoist_pools(&mut fused).unwrap();
+    kernels::accelerate(&mut fused, Acceleration::With(isa)).unwrap();
+    let (chains, _) = kernels::requant::fuse(&mut fused, isa).unwrap();
+    // The CNN's two max pools read quantized activations: both move in front of their quantization.
+    let want_pools = if shape[1] == 1 { 2 } else { 0 };
+    assert_eq!(pools, want_pools, "max pools moved in front of their quantization");
+    (typed.into_optimized().unwrap(), fused.into_optimized().unwrap(), chains)
+}
+
+fn count_ops(model: &TypedModel, name: &str) -> usize {
+    model.nodes().iter().filter(|n| n.op.name() == name).count()
+}
+
+/// Between the rewritten convolutions of the quantized CNN and MobileNet (u8 and i8 activations), every
+/// `QuantizeLinear → DequantizeLinear` pair with the clamps between them becomes one `PupilRequant` (the CNN's max
+/// pools first move in front of their quantization), on every instruction set, and the logits are the unfused
+/// graph's bit for bit (each fused stage is exact, and max commutes with quantizing).
+#[test]
+fn requantization_chains_fuse_into_one_pass_with_the_same_logits() {
+    for (name, model, shape) in
+        [("cnn", zoo::cnn(5), vec![1usize, 1, 28, 28]), ("mobilenet", zoo::mobilenet(4), vec![1, 3, 96, 96])]
+    {
+        let per: usize = shape.iter().product();
+        let calibration: Vec<f32> = (0..8).flat_map(|s| floats(&random_input(&shape, 100 + s))).collect();
+        for act in [ActivationType::U8, ActivationType::I8] {
+            let options = QuantizeOptions { activations: act, ..Default::default() };
+            let (int8, _) = quantize(&model.to_bytes(), &options, Some(&calibration[..8 * per])).unwrap();
+            let mut rewritten = decode(&int8);
+            qconv::to_f32_convolutions(&mut rewritten);
+            for isa in Isa::available() {
+                let (plain, fused, chains) = with_and_without_requant(&rewritten, &shape, isa);
+                let quantize_nodes =
+                    |m: &TypedModel| count_ops(m, "QuantizeLinearU8") + count_ops(m, "QuantizeLinearI8");
+                let (q_before, q_after) = (quantize_nodes(&plain), quantize_nodes(&fused));
+                let requants = count_ops(&fused, "PupilRequant");
+                // Each of the CNN's convolutions has one; each of MobileNet's blocks at least one.
+                let least = if name == "mobilenet" { 8 } else { 2 };
+                assert!(
+                    chains >= least && requants == chains,
+                    "{name} {act:?} {isa}: {chains} chains, {requants} nodes"
+                );
+                assert!(
+                    q_after < q_before
+                        && count_ops(&fused, "DequantizeLinearF32") < count_ops(&plain, "DequantizeLinearF32"),
+                    "{name} {act:?} {isa}: quantize nodes {q_before} → {q_after}"
+                );
+                if name == "cnn" {
+                    // Its pools run on f32, on pupil's kernel, before quantizing.
+                    assert_eq!(count_ops(&fused, "PupilMaxPool"), 2, "{name} {act:?} {isa}: f32 pools");
+                } else {
+                    // Its ReLU6 clamps sit inside the chains.
+                    assert!(
+                        count_ops(&fused, "OptBinChain(Max+Min)") < count_ops(&plain, "OptBinChain(Max+Min)"),
+                        "{name} {act:?} {isa}: clamps not fused"
+                    );
+                }
+                for seed in 0..3 {
+                    let input = random_input(&shape, 300 + seed);
+                    let (expected, got) = (floats(&run(&plain, &input)), floats(&run(&fused, &input)));
+                    assert_eq!(expected.len(), got.len());
+                    for (e, g) in expected.iter().zip(&got) {
+                        assert_eq!(e.to_bits(), g.to_bits(), "{name} {act:?} {isa}: logits {expected:?} vs {got:?}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -5,7 +5,8 @@
 //! the model's threads when large enough to gain from it); f32 depthwise convolutions, convolutions over few input channels and max pools are replaced by
 //! [`PupilDepthwiseConv`], [`PupilDirectConv`] and [`PupilMaxPool`] (AVX-512 / AVX2 + FMA / NEON / scalar).
 //! int8 convolutions (`QLinearConv`) are rewritten before tract reads the file ([`qconv`]) so that they run on
-//! those f32 kernels with the int8 model's activation grid. Also tunes tract's aarch64 CPU detection on Android, where tract cannot see the core kind.
+//! those f32 kernels with the int8 model's activation grid; the `QuantizeLinear → DequantizeLinear` chains left
+//! between them (with their clamps) then run as one pass each ([`PupilRequant`], [`requant`]). Also tunes tract's aarch64 CPU detection on Android, where tract cannot see the core kind.
 
 mod channels_last;
 mod dwconv;
@@ -15,6 +16,7 @@ mod op;
 mod pool;
 pub mod qconv;
 pub mod qgemv;
+pub mod requant;
 mod taps;
 pub mod zoo;
 
@@ -27,6 +29,7 @@ pub use matmul::PupilMatMul;
 pub use op::PupilQMatMul;
 pub use pool::PupilMaxPool;
 pub use qgemv::{Isa, PackedI8};
+pub use requant::PupilRequant;
 
 /// Whether pupil's kernels replace tract's where they can. Default: on, unless `PUPIL_KERNELS=off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +111,13 @@ pub fn optimize(model: InferenceModel) -> TractResult<TypedModel> {
 pub fn optimize_with(model: InferenceModel, accel: Acceleration) -> TractResult<(TypedModel, Vec<Replacement>)> {
     tune_tract_for_cpu();
     let mut typed = model.into_typed()?.into_decluttered()?;
+    if isa_for(accel)?.is_some() {
+        requant::hoist_pools(&mut typed)?;
+    }
     let replaced = accelerate(&mut typed, accel)?;
+    if let Some(isa) = isa_for(accel)? {
+        requant::fuse(&mut typed, isa)?;
+    }
     Ok((typed.into_optimized()?, replaced))
 }
 
@@ -118,14 +127,7 @@ pub fn optimize_with(model: InferenceModel, accel: Acceleration) -> TractResult<
 /// [`MAX_DIRECT_INPUTS`] input channels by [`PupilDirectConv`] and every f32 max pool by [`PupilMaxPool`] (each
 /// when its shape is one the kernels handle; tract keeps the others).
 pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Vec<Replacement>> {
-    let isa = match accel {
-        Acceleration::Off => return Ok(vec![]),
-        Acceleration::On => Isa::best(),
-        Acceleration::With(isa) => {
-            ensure!(Isa::available().contains(&isa), "{isa} kernels are not available on this CPU");
-            isa
-        }
-    };
+    let Some(isa) = isa_for(accel)? else { return Ok(vec![]) };
     let mut replaced = vec![];
     for id in model.eval_order()? {
         let node = &model.nodes()[id];
@@ -156,6 +158,18 @@ pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Ve
         *model = model.clone().into_compact()?;
     }
     Ok(replaced)
+}
+
+/// The instruction set `accel` asks for (`None`: pupil's kernels off); an error when this CPU lacks it.
+fn isa_for(accel: Acceleration) -> TractResult<Option<Isa>> {
+    Ok(match accel {
+        Acceleration::Off => None,
+        Acceleration::On => Some(Isa::best()),
+        Acceleration::With(isa) => {
+            ensure!(Isa::available().contains(&isa), "{isa} kernels are not available on this CPU");
+            Some(isa)
+        }
+    })
 }
 
 /// The pupil operators in an optimised graph: `(node name, operator, K, N, isa)`.
