@@ -164,40 +164,60 @@ fn a_qlinearconv_reading_a_reshape_is_a_dense_layer_and_stays_int8() {
 /// The benchmark's CNN and MobileNet, quantized by pupil: with the rewrite every convolution pupil has a
 /// kernel for runs on it, and the logits stay those of the int8 graph run by tract (within a few output
 /// quantization steps, the argmax unchanged).
+/// The benchmark CNN and MobileNet quantized with u8 and with i8 activations (quantized once, shared by the tests:
+/// calibration is slow under emulation).
+struct Quantized {
+    name: &'static str,
+    shape: Vec<usize>,
+    act: ActivationType,
+    int8: Vec<u8>,
+}
+
+fn quantized_zoo() -> &'static [Quantized] {
+    static ZOO: std::sync::OnceLock<Vec<Quantized>> = std::sync::OnceLock::new();
+    ZOO.get_or_init(|| {
+        let mut out = vec![];
+        for (name, model, shape) in
+            [("cnn", zoo::cnn(5), vec![1usize, 1, 28, 28]), ("mobilenet", zoo::mobilenet(4), vec![1, 3, 96, 96])]
+        {
+            let calibration: Vec<f32> = (0..8).flat_map(|s| floats(&random_input(&shape, 100 + s))).collect();
+            for act in [ActivationType::U8, ActivationType::I8] {
+                let options = QuantizeOptions { activations: act, ..Default::default() };
+                let (int8, _) = quantize(&model.to_bytes(), &options, Some(&calibration)).unwrap();
+                out.push(Quantized { name, shape: shape.clone(), act, int8 });
+            }
+        }
+        out
+    })
+}
+
 #[test]
 fn quantized_cnn_and_mobilenet_run_their_convolutions_on_pupils_kernels() {
-    for (name, model, shape, want) in [
-        ("cnn", zoo::cnn(5), vec![1usize, 1, 28, 28], vec!["PupilDirectConv"]),
-        ("mobilenet", zoo::mobilenet(4), vec![1, 3, 96, 96], vec!["PupilDepthwiseConv"; 8]),
-    ] {
-        let per: usize = shape.iter().product();
-        let calibration: Vec<f32> = (0..8).flat_map(|s| floats(&random_input(&shape, 100 + s))).collect();
-        for act in [ActivationType::U8, ActivationType::I8] {
-            let options = QuantizeOptions { activations: act, ..Default::default() };
-            let (int8, _) = quantize(&model.to_bytes(), &options, Some(&calibration[..8 * per])).unwrap();
-            let original = decode(&int8);
-            let mut rewritten = original.clone();
-            let count = qconv::to_f32_convolutions(&mut rewritten).len();
-            let convs = original.graph.as_ref().unwrap().node.iter().filter(|n| n.op_type == "QLinearConv").count();
-            assert!(count >= 2 && count <= convs, "{name}: {count} of {convs} QLinearConv rewritten");
-            let (plain, _) = optimized(&original, &shape, Acceleration::Off);
-            let (fast, replaced) = optimized(&rewritten, &shape, Acceleration::On);
-            let ops: Vec<&str> = replaced.iter().map(|r| r.op).filter(|op| op.contains("Conv")).collect();
-            for w in &want {
-                let need = want.iter().filter(|x| x == &w).count();
-                let have = ops.iter().filter(|x| x == &w).count();
-                assert!(have >= need, "{name} {act:?}: {have} {w}, expected at least {need}; got {ops:?}");
-            }
-            for seed in 0..4 {
-                let input = random_input(&shape, 200 + seed);
-                let expected = floats(&run(&plain, &input));
-                let got = floats(&run(&fast, &input));
-                let range = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let worst = expected.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-                assert!(worst <= 0.05 * range, "{name} {act:?}: max |Δ| {worst} for logits up to {range}");
-                let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
-                assert_eq!(argmax(&expected), argmax(&got), "{name} {act:?}: predicted class");
-            }
+    for q in quantized_zoo() {
+        let (name, shape, act) = (q.name, &q.shape, q.act);
+        let want = if name == "cnn" { vec!["PupilDirectConv"] } else { vec!["PupilDepthwiseConv"; 8] };
+        let original = decode(&q.int8);
+        let mut rewritten = original.clone();
+        let count = qconv::to_f32_convolutions(&mut rewritten).len();
+        let convs = original.graph.as_ref().unwrap().node.iter().filter(|n| n.op_type == "QLinearConv").count();
+        assert!(count >= 2 && count <= convs, "{name}: {count} of {convs} QLinearConv rewritten");
+        let (plain, _) = optimized(&original, shape, Acceleration::Off);
+        let (fast, replaced) = optimized(&rewritten, shape, Acceleration::On);
+        let ops: Vec<&str> = replaced.iter().map(|r| r.op).filter(|op| op.contains("Conv")).collect();
+        for w in &want {
+            let need = want.iter().filter(|x| x == &w).count();
+            let have = ops.iter().filter(|x| x == &w).count();
+            assert!(have >= need, "{name} {act:?}: {have} {w}, expected at least {need}; got {ops:?}");
+        }
+        for seed in 0..4 {
+            let input = random_input(shape, 200 + seed);
+            let expected = floats(&run(&plain, &input));
+            let got = floats(&run(&fast, &input));
+            let range = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = expected.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst <= 0.05 * range, "{name} {act:?}: max |Δ| {worst} for logits up to {range}");
+            let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+            assert_eq!(argmax(&expected), argmax(&got), "{name} {act:?}: predicted class");
         }
     }
 }
@@ -229,50 +249,39 @@ fn count_ops(model: &TypedModel, name: &str) -> usize {
 /// graph's bit for bit (each fused stage is exact, and max commutes with quantizing).
 #[test]
 fn requantization_chains_fuse_into_one_pass_with_the_same_logits() {
-    for (name, model, shape) in
-        [("cnn", zoo::cnn(5), vec![1usize, 1, 28, 28]), ("mobilenet", zoo::mobilenet(4), vec![1, 3, 96, 96])]
-    {
-        let per: usize = shape.iter().product();
-        let calibration: Vec<f32> = (0..8).flat_map(|s| floats(&random_input(&shape, 100 + s))).collect();
-        for act in [ActivationType::U8, ActivationType::I8] {
-            let options = QuantizeOptions { activations: act, ..Default::default() };
-            let (int8, _) = quantize(&model.to_bytes(), &options, Some(&calibration[..8 * per])).unwrap();
-            let mut rewritten = decode(&int8);
-            qconv::to_f32_convolutions(&mut rewritten);
-            for isa in Isa::available() {
-                let (plain, fused, chains) = with_and_without_requant(&rewritten, &shape, isa);
-                let quantize_nodes =
-                    |m: &TypedModel| count_ops(m, "QuantizeLinearU8") + count_ops(m, "QuantizeLinearI8");
-                let (q_before, q_after) = (quantize_nodes(&plain), quantize_nodes(&fused));
-                let requants = count_ops(&fused, "PupilRequant");
-                // Each of the CNN's convolutions has one; each of MobileNet's blocks at least one.
-                let least = if name == "mobilenet" { 8 } else { 2 };
+    for q in quantized_zoo() {
+        let (name, shape, act) = (q.name, &q.shape, q.act);
+        let mut rewritten = decode(&q.int8);
+        qconv::to_f32_convolutions(&mut rewritten);
+        for isa in Isa::available() {
+            let (plain, fused, chains) = with_and_without_requant(&rewritten, shape, isa);
+            let quantize_nodes = |m: &TypedModel| count_ops(m, "QuantizeLinearU8") + count_ops(m, "QuantizeLinearI8");
+            let (q_before, q_after) = (quantize_nodes(&plain), quantize_nodes(&fused));
+            let requants = count_ops(&fused, "PupilRequant");
+            // Each of the CNN's convolutions has one; each of MobileNet's blocks at least one.
+            let least = if name == "mobilenet" { 8 } else { 2 };
+            assert!(chains >= least && requants == chains, "{name} {act:?} {isa}: {chains} chains, {requants} nodes");
+            assert!(
+                q_after < q_before
+                    && count_ops(&fused, "DequantizeLinearF32") < count_ops(&plain, "DequantizeLinearF32"),
+                "{name} {act:?} {isa}: quantize nodes {q_before} → {q_after}"
+            );
+            if name == "cnn" {
+                // Its pools run on f32, on pupil's kernel, before quantizing.
+                assert_eq!(count_ops(&fused, "PupilMaxPool"), 2, "{name} {act:?} {isa}: f32 pools");
+            } else {
+                // Its ReLU6 clamps sit inside the chains.
                 assert!(
-                    chains >= least && requants == chains,
-                    "{name} {act:?} {isa}: {chains} chains, {requants} nodes"
+                    count_ops(&fused, "OptBinChain(Max+Min)") < count_ops(&plain, "OptBinChain(Max+Min)"),
+                    "{name} {act:?} {isa}: clamps not fused"
                 );
-                assert!(
-                    q_after < q_before
-                        && count_ops(&fused, "DequantizeLinearF32") < count_ops(&plain, "DequantizeLinearF32"),
-                    "{name} {act:?} {isa}: quantize nodes {q_before} → {q_after}"
-                );
-                if name == "cnn" {
-                    // Its pools run on f32, on pupil's kernel, before quantizing.
-                    assert_eq!(count_ops(&fused, "PupilMaxPool"), 2, "{name} {act:?} {isa}: f32 pools");
-                } else {
-                    // Its ReLU6 clamps sit inside the chains.
-                    assert!(
-                        count_ops(&fused, "OptBinChain(Max+Min)") < count_ops(&plain, "OptBinChain(Max+Min)"),
-                        "{name} {act:?} {isa}: clamps not fused"
-                    );
-                }
-                for seed in 0..3 {
-                    let input = random_input(&shape, 300 + seed);
-                    let (expected, got) = (floats(&run(&plain, &input)), floats(&run(&fused, &input)));
-                    assert_eq!(expected.len(), got.len());
-                    for (e, g) in expected.iter().zip(&got) {
-                        assert_eq!(e.to_bits(), g.to_bits(), "{name} {act:?} {isa}: logits {expected:?} vs {got:?}");
-                    }
+            }
+            for seed in 0..3 {
+                let input = random_input(shape, 300 + seed);
+                let (expected, got) = (floats(&run(&plain, &input)), floats(&run(&fused, &input)));
+                assert_eq!(expected.len(), got.len());
+                for (e, g) in expected.iter().zip(&got) {
+                    assert_eq!(e.to_bits(), g.to_bits(), "{name} {act:?} {isa}: logits {expected:?} vs {got:?}");
                 }
             }
         }
