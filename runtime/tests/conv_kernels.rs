@@ -42,9 +42,24 @@ fn ops_of(replaced: &[kernels::Replacement]) -> Vec<&'static str> {
     ops
 }
 
+/// How many 1×1 convolutions an ONNX file holds.
+fn pointwise_convs(bytes: &[u8]) -> usize {
+    use prost::Message;
+    let proto = tract_onnx::pb::ModelProto::decode(bytes).unwrap();
+    let graph = proto.graph.unwrap();
+    graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Conv")
+        .filter(|n| graph.initializer.iter().any(|t| t.name == n.input[1] && t.dims[2..] == [1, 1]))
+        .count()
+}
+
 #[test]
 fn mobilenet_runs_its_depthwise_convs_and_stem_on_pupils_kernels_with_tracts_outputs() {
     let bytes = zoo::mobilenet(4).to_bytes();
+    let one_by_one = pointwise_convs(&bytes);
+    assert!(one_by_one >= 8, "the MobileNet has {one_by_one} 1×1 convolutions");
     // Batch 1 (tract drops the batch axis: CHW), a fixed batch of 2 and a symbolic batch (NCHW).
     for (shape, batch) in [(Some(1), 1), (Some(2), 2), (None, 2)] {
         let dims = [shape, Some(3), Some(96), Some(96)];
@@ -56,7 +71,18 @@ fn mobilenet_runs_its_depthwise_convs_and_stem_on_pupils_kernels_with_tracts_out
             let (fast, replaced) = optimized(&bytes, &dims, Acceleration::With(isa));
             let mut want = vec!["PupilDepthwiseConv"; 8];
             want.push("PupilDirectConv");
-            assert_eq!(ops_of(&replaced), want, "{isa}, batch {shape:?}: 8 depthwise convs and the 3-channel stem");
+            // The 1×1 convolutions over channels-first images: all of them on x86-64; on aarch64 tract lays the
+            // later blocks out channels-last, where a 1×1 convolution is a plain GEMM it keeps.
+            let ops = ops_of(&replaced);
+            let pointwise = ops.iter().filter(|o| **o == "PupilPointwiseConv").count();
+            let least = if cfg!(target_arch = "x86_64") { one_by_one } else { 2 };
+            assert!(
+                pointwise >= least && pointwise <= one_by_one,
+                "{isa}, batch {shape:?}: {pointwise} of {one_by_one} 1×1 convolutions replaced"
+            );
+            want.extend(vec!["PupilPointwiseConv"; pointwise]);
+            want.sort();
+            assert_eq!(ops, want, "{isa}, batch {shape:?}: 8 depthwise convs, the 3-channel stem and 1×1 convolutions");
             let listed = pupil_nodes(&fast);
             assert_eq!(ops_of(&listed), want, "{isa}, batch {shape:?}: the optimised plan keeps them");
             let dw = listed.iter().find(|r| r.op == "PupilDepthwiseConv").unwrap();

@@ -2,8 +2,9 @@
 //! matrix products with constant weights are replaced by [`PupilQMatMul`] (weights packed once, at load),
 //! dispatched at run time to AVX-512 VNNI / AVX2 / scalar on x86-64 and NEON dotprod / NEON on aarch64; f32
 //! matrix products with constant weights over few rows (batch-1 dense layers) by [`PupilMatMul`] (split across
-//! the model's threads when large enough to gain from it); f32 depthwise convolutions, convolutions over few input channels and max pools are replaced by
-//! [`PupilDepthwiseConv`], [`PupilDirectConv`] and [`PupilMaxPool`] (AVX-512 / AVX2 + FMA / NEON / scalar).
+//! the model's threads when large enough to gain from it); f32 depthwise convolutions, convolutions over few input channels, 1×1
+//! convolutions and max pools are replaced by [`PupilDepthwiseConv`], [`PupilDirectConv`], [`PupilPointwiseConv`]
+//! and [`PupilMaxPool`] (AVX-512 / AVX2 + FMA / NEON / scalar).
 //! int8 convolutions (`QLinearConv`) are rewritten before tract reads the file ([`qconv`]) so that they run on
 //! those f32 kernels with the int8 model's activation grid; the `QuantizeLinear → DequantizeLinear` chains left
 //! between them (with their clamps) then run as one pass each ([`PupilRequant`], [`requant`]). Also tunes tract's aarch64 CPU detection on Android, where tract cannot see the core kind.
@@ -13,6 +14,7 @@ mod dwconv;
 pub mod gemv;
 mod matmul;
 mod op;
+mod pointwise;
 mod pool;
 pub mod qconv;
 pub mod qgemv;
@@ -27,6 +29,7 @@ pub use dwconv::{MAX_DIRECT_INPUTS, PupilConv, PupilDepthwiseConv, PupilDirectCo
 pub use gemv::PackedF32;
 pub use matmul::PupilMatMul;
 pub use op::PupilQMatMul;
+pub use pointwise::PupilPointwiseConv;
 pub use pool::PupilMaxPool;
 pub use qgemv::{Isa, PackedI8};
 pub use requant::PupilRequant;
@@ -70,7 +73,8 @@ impl Acceleration {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replacement {
     pub node: String,
-    /// The pupil operator: `PupilQMatMul`, `PupilMatMul`, `PupilDepthwiseConv`, `PupilDirectConv` or `PupilMaxPool`.
+    /// The pupil operator: `PupilQMatMul`, `PupilMatMul`, `PupilDepthwiseConv`, `PupilDirectConv`,
+    /// `PupilPointwiseConv` or `PupilMaxPool`.
     pub op: &'static str,
     /// Products summed per output value: K of a matrix product, `c_in / group · kh · kw` of a convolution,
     /// `kh · kw` of a pool.
@@ -92,6 +96,8 @@ impl Replacement {
             ("PupilDepthwiseConv", o.dims(), o.isa())
         } else if let Some(o) = any.downcast_ref::<PupilDirectConv>() {
             ("PupilDirectConv", o.dims(), o.isa())
+        } else if let Some(o) = any.downcast_ref::<PupilPointwiseConv>() {
+            ("PupilPointwiseConv", o.dims(), o.isa())
         } else if let Some(o) = any.downcast_ref::<PupilMaxPool>() {
             ("PupilMaxPool", o.dims(), o.isa())
         } else {
@@ -124,7 +130,8 @@ pub fn optimize_with(model: InferenceModel, accel: Acceleration) -> TractResult<
 /// Replaces, in a decluttered graph, every quantized matrix product with constant weights by [`PupilQMatMul`],
 /// every f32 matrix product with constant weights over at most [`matmul::MAX_ROWS`] rows (known at load) by
 /// [`PupilMatMul`] (with the bias `Add` and ReLU after it), every f32 depthwise convolution by [`PupilDepthwiseConv`], every f32 convolution over at most
-/// [`MAX_DIRECT_INPUTS`] input channels by [`PupilDirectConv`] and every f32 max pool by [`PupilMaxPool`] (each
+/// [`MAX_DIRECT_INPUTS`] input channels by [`PupilDirectConv`], every f32 1×1 convolution (tract's `EinSum` form of
+/// it) by [`PupilPointwiseConv`] and every f32 max pool by [`PupilMaxPool`] (each
 /// when its shape is one the kernels handle; tract keeps the others).
 pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Vec<Replacement>> {
     let Some(isa) = isa_for(accel)? else { return Ok(vec![]) };
@@ -141,6 +148,8 @@ pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Ve
                 dwconv::Direct::Depthwise(op) => Some((Box::new(op), last)),
                 dwconv::Direct::Dense(op) => Some((Box::new(op), last)),
             }
+        } else if let Some((op, last)) = pointwise::for_einsum(model, node, isa)? {
+            Some((Box::new(op), last))
         } else {
             pool::for_maxpool(model, node, isa)?.map(|op| (Box::new(op) as Box<dyn TypedOp>, id))
         };
