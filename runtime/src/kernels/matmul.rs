@@ -83,15 +83,7 @@ impl EvalOp for PupilMatMul {
         let k: usize = shape[split..].iter().product();
         ensure!(k == self.packed.k(), "PupilMatMul expected K = {}, got input shape {shape:?}", self.packed.k());
         let m: usize = shape[..split].iter().product();
-        let mut out_shape: TVec<usize> = tvec![];
-        for d in &self.out_shape {
-            out_shape.push(d.eval(ctx.symbols).to_usize()?);
-        }
-        ensure!(
-            out_shape.iter().product::<usize>() == m * self.packed.n(),
-            "PupilMatMul: output shape {out_shape:?} does not hold {m} rows of {}",
-            self.packed.n()
-        );
+        let out_shape = super::output_shape("PupilMatMul", &self.out_shape, ctx, m * self.packed.n())?;
         // SAFETY: `product` writes all m × n values.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
         let view = a.try_as_plain_ram()?;

@@ -23,7 +23,7 @@ mod taps;
 pub mod zoo;
 
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::ensure;
+use tract_onnx::tract_core::internal::{DimLike, EvalContext, ensure};
 
 pub use dwconv::{MAX_DIRECT_INPUTS, PupilConv, PupilDepthwiseConv, PupilDirectConv};
 pub use gemv::PackedF32;
@@ -167,6 +167,17 @@ pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Ve
         *model = model.clone().into_compact()?;
     }
     Ok(replaced)
+}
+
+/// A pupil operator's declared output shape with the run's symbols (a symbolic batch) filled in, checked to hold
+/// `values` values.
+pub(crate) fn output_shape(op: &str, shape: &[TDim], ctx: &EvalContext, values: usize) -> TractResult<TVec<usize>> {
+    let mut out: TVec<usize> = tvec![];
+    for d in shape {
+        out.push(d.eval(ctx.symbols).to_usize()?);
+    }
+    ensure!(out.iter().product::<usize>() == values, "{op}: output shape {out:?} does not hold {values} values");
+    Ok(out)
 }
 
 /// The instruction set `accel` asks for (`None`: pupil's kernels off); an error when this CPU lacks it.

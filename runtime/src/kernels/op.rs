@@ -126,15 +126,7 @@ impl EvalOp for PupilQMatMul {
         let k: usize = shape[split..].iter().product();
         ensure!(k == self.packed.k(), "PupilQMatMul expected K = {}, got input shape {shape:?}", self.packed.k());
         let m: usize = shape[..split].iter().product();
-        let mut out_shape: TVec<usize> = tvec![];
-        for d in &self.out_shape {
-            out_shape.push(d.eval(ctx.symbols).to_usize()?);
-        }
-        ensure!(
-            out_shape.iter().product::<usize>() == m * self.packed.n(),
-            "PupilQMatMul: output shape {out_shape:?} does not hold {m} rows of {}",
-            self.packed.n()
-        );
+        let out_shape = super::output_shape("PupilQMatMul", &self.out_shape, ctx, m * self.packed.n())?;
         // SAFETY: every element is written by `compute` below (m × n values).
         let mut out = unsafe { Tensor::uninitialized_dt(self.out_dt, &out_shape)? };
         let view = a.try_as_plain_ram()?;

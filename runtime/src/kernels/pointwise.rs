@@ -301,16 +301,7 @@ impl EvalOp for PupilPointwiseConv {
             bail!("PupilPointwiseConv expects images of {} channels × {} pixels, got {shape:?}", p.c_in, p.hw);
         }
         let batch = input.len() / image;
-        let mut out_shape: TVec<usize> = tvec![];
-        for d in &self.out_shape {
-            out_shape.push(d.eval(ctx.symbols).to_usize()?);
-        }
-        ensure!(
-            out_shape.iter().product::<usize>() == batch * p.c_out * p.hw,
-            "PupilPointwiseConv: output shape {out_shape:?} does not hold {batch} images of {}×{}",
-            p.c_out,
-            p.hw
-        );
+        let out_shape = super::output_shape("PupilPointwiseConv", &self.out_shape, ctx, batch * p.c_out * p.hw)?;
         // SAFETY: f32 has no invalid bit patterns, and `run` writes every output value.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
         let src = input.try_as_plain_ram()?;
