@@ -15,8 +15,9 @@ use super::dwconv::following_clamp;
 use super::qgemv::Isa;
 use super::taps::Simd;
 
-/// Output channels per block of packed weights (one accumulator row each).
-const ROWS: usize = 4;
+/// Output channels per block of packed weights (one accumulator row each): 6 rows × 2 AVX2 registers of pixels
+/// keep 12 independent FMA chains in 15 of the 16 registers (4 × 3 spilled one).
+const ROWS: usize = 6;
 
 /// The weights of a 1×1 convolution packed for the kernels.
 #[derive(Debug)]
@@ -95,22 +96,22 @@ mod x86 {
     use super::{Pointwise, ROWS};
     use std::arch::x86_64::*;
 
-    /// Pixels in blocks of 24, then 8 (4 output channels × 3 or 1 registers of accumulators), then the last
+    /// Pixels in blocks of 16, then 8 (6 output channels × 2 or 1 registers of accumulators), then the last
     /// 1–7 with masked loads and stores; returns how many pixels it computed (all of them).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2(pk: &Pointwise, x: &[f32], out: &mut [f32]) -> usize {
         let hw = pk.hw;
-        let (n24, n8) = (hw / 24 * 24, hw / 8 * 8);
+        let (n16, n8) = (hw / 16 * 16, hw / 8 * 8);
         let blocks = pk.c_out.div_ceil(ROWS);
         // SAFETY: blocks read x[i·hw + p .. + 8·V] and write out[o·hw + p .. + 8·V] with p + 8·V <= hw; the
         // masked block touches only the lanes below hw − n8.
         unsafe {
-            for p in (0..n24).step_by(24) {
+            for p in (0..n16).step_by(16) {
                 for blk in 0..blocks {
-                    block::<3>(pk, blk, p, x, out, None);
+                    block::<2>(pk, blk, p, x, out, None);
                 }
             }
-            for p in (n24..n8).step_by(8) {
+            for p in (n16..n8).step_by(8) {
                 for blk in 0..blocks {
                     block::<1>(pk, blk, p, x, out, None);
                 }
@@ -185,7 +186,7 @@ mod arm {
     use super::{Pointwise, ROWS};
     use std::arch::aarch64::*;
 
-    /// Pixels in blocks of 16 then 4 (4 output channels × 4 or 1 registers of accumulators); returns how many
+    /// Pixels in blocks of 16 then 4 (6 output channels × 4 or 1 registers of accumulators); returns how many
     /// pixels it computed.
     #[target_feature(enable = "neon")]
     pub(super) unsafe fn neon(pk: &Pointwise, x: &[f32], out: &mut [f32]) -> usize {
@@ -224,12 +225,14 @@ mod arm {
                 for (v, xv) in xs.iter_mut().enumerate() {
                     *xv = vld1q_f32(xp.add(i * hw + 4 * v));
                 }
-                let wv = vld1q_f32(w.add(i * ROWS));
+                let (wq, wd) = (vld1q_f32(w.add(i * ROWS)), vld1_f32(w.add(i * ROWS + 4)));
                 for (v, xv) in xs.iter().enumerate() {
-                    acc[0][v] = vfmaq_laneq_f32::<0>(acc[0][v], *xv, wv);
-                    acc[1][v] = vfmaq_laneq_f32::<1>(acc[1][v], *xv, wv);
-                    acc[2][v] = vfmaq_laneq_f32::<2>(acc[2][v], *xv, wv);
-                    acc[3][v] = vfmaq_laneq_f32::<3>(acc[3][v], *xv, wv);
+                    acc[0][v] = vfmaq_laneq_f32::<0>(acc[0][v], *xv, wq);
+                    acc[1][v] = vfmaq_laneq_f32::<1>(acc[1][v], *xv, wq);
+                    acc[2][v] = vfmaq_laneq_f32::<2>(acc[2][v], *xv, wq);
+                    acc[3][v] = vfmaq_laneq_f32::<3>(acc[3][v], *xv, wq);
+                    acc[4][v] = vfmaq_lane_f32::<0>(acc[4][v], *xv, wd);
+                    acc[5][v] = vfmaq_lane_f32::<1>(acc[5][v], *xv, wd);
                 }
             }
             let (lo, hi) = (vdupq_n_f32(pk.lo), vdupq_n_f32(pk.hi));
