@@ -1,5 +1,6 @@
 //! `pupil bench`: pupil against ONNX Runtime on the same ONNX files, same thread count, in one run,
-//! interleaved: p50/p90 latency at batch 1, the ratio pupil/ORT, and cold start. Also `--generate DIR`
+//! interleaved in short turns (each after a pause that lets the previous contender's worker threads park):
+//! p50/p90 latency at batch 1, the ratio pupil/ORT, and cold start. Also `--generate DIR`
 //! to write the benchmark suite (MLPs, CNN, MobileNet-style CNN, f32 and int8).
 
 mod ort_backend;
@@ -34,6 +35,14 @@ pub struct Args {
     /// Untimed warm-up runs per contender.
     #[arg(long, default_value_t = 30)]
     pub warmup: usize,
+    /// Timed runs per contender per turn: the contenders take turns, each running this many times back to back.
+    #[arg(long, default_value_t = 4)]
+    pub burst: usize,
+    /// Pause before each turn, in milliseconds, so that the previous contender's worker threads (ONNX Runtime's
+    /// spin after every run by default) have parked before the next one runs; each turn after a pause starts
+    /// with one untimed run. 0: no pause and no untimed run.
+    #[arg(long, default_value_t = 3)]
+    pub settle_ms: u64,
     /// Only models whose name contains this text.
     #[arg(long)]
     pub only: Option<String>,
@@ -92,6 +101,8 @@ struct Report {
     ort_skipped_because: Option<String>,
     runs: usize,
     warmup: usize,
+    burst: usize,
+    settle_ms: u64,
     rows: Vec<Row>,
 }
 
@@ -224,21 +235,40 @@ fn bench_one(e: &Entry, threads: usize, args: &Args, use_ort: bool, input_seed: 
         }
     }
     let mut times: [Vec<Duration>; 3] = Default::default();
-    for i in 0..args.runs {
-        // Rotate who goes first so no contender always runs on a cache warmed by the same neighbour.
-        for slot in 0..3 {
-            let who = (slot + i) % 3;
-            let t0 = Instant::now();
-            match who {
-                0 => drop(tract.run(&input)?),
-                1 => drop(pupil.run(&input)?),
-                _ => match ort.as_mut() {
-                    Some(o) => drop(o.run(&input).map_err(anyhow::Error::msg)?),
-                    None => continue,
-                },
+    let contenders = if ort.is_some() { 3 } else { 2 };
+    let settle = Duration::from_millis(args.settle_ms);
+    let mut run = |who: usize| -> anyhow::Result<()> {
+        match who {
+            0 => drop(tract.run(&input)?),
+            1 => drop(pupil.run(&input)?),
+            _ => {
+                if let Some(o) = ort.as_mut() {
+                    drop(o.run(&input).map_err(anyhow::Error::msg)?)
+                }
             }
-            times[who].push(t0.elapsed());
         }
+        Ok(())
+    };
+    let mut turn = 0;
+    while times[..contenders].iter().any(|t| t.len() < args.runs) {
+        // Rotate who goes first so no contender always runs on a cache warmed by the same neighbour.
+        for slot in 0..contenders {
+            let who = (slot + turn) % contenders;
+            let left = args.runs - times[who].len();
+            if left == 0 {
+                continue;
+            }
+            if !settle.is_zero() {
+                std::thread::sleep(settle);
+                run(who)?;
+            }
+            for _ in 0..args.burst.min(left) {
+                let t0 = Instant::now();
+                run(who)?;
+                times[who].push(t0.elapsed());
+            }
+        }
+        turn += 1;
     }
     for t in times.iter_mut() {
         t.sort();
@@ -273,8 +303,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if args.threads.is_empty() || args.threads.contains(&0) {
         bail!("--threads needs counts of at least 1, got {:?}", args.threads);
     }
-    if args.runs == 0 {
-        bail!("--runs must be at least 1");
+    if args.runs == 0 || args.burst == 0 {
+        bail!("--runs and --burst must be at least 1, got {} and {}", args.runs, args.burst);
     }
     let mut entries = match &args.models {
         Some(dir) => from_dir(dir)?,
@@ -325,6 +355,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         ort_skipped_because: ort_skip,
         runs: args.runs,
         warmup: args.warmup,
+        burst: args.burst,
+        settle_ms: args.settle_ms,
         rows,
     };
     if args.json {
@@ -374,7 +406,10 @@ fn header(r: &Report) -> String {
         (None, Some(why)) => s.push_str(&format!("ONNX Runtime skipped: {why}\n")),
         _ => {}
     }
-    s.push_str(&format!("batch 1, {} timed runs after {} warm-up, interleaved\n", r.runs, r.warmup));
+    s.push_str(&format!(
+        "batch 1, {} timed runs after {} warm-up, interleaved in turns of {} runs ({} ms pause before each turn)\n",
+        r.runs, r.warmup, r.burst, r.settle_ms
+    ));
     s
 }
 
