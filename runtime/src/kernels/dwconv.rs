@@ -63,15 +63,7 @@ pub(crate) struct DirectConv {
     /// Channels-last images (depthwise with one output per channel only): the weights as `[kh · kw][c]`, used
     /// instead of `taps`.
     channels_last: Option<Vec<f32>>,
-    /// Channels-first images computed channels-last (transposed in and out): depthwise convolutions over small
-    /// planes, where the sliding-window engine's per-plane work (phase split, tap loop set-up, copy-out)
-    /// outweighs the arithmetic, while the channels-last kernel vectorises across channels.
-    transposed: bool,
 }
-
-/// A channels-first depthwise convolution whose output planes have at most this many values runs on the
-/// channels-last kernel, transposed in and out ([`DirectConv::transposed`]).
-pub const SMALL_PLANE: usize = 144;
 
 impl DirectConv {
     /// Lays out OIHW weights `[c_out, c_in / group, kh, kw]` as taps. The caller checks that `group` divides
@@ -104,7 +96,6 @@ impl DirectConv {
             lo: f32::NEG_INFINITY,
             hi: f32::INFINITY,
             channels_last: None,
-            transposed: false,
         }
     }
 
@@ -132,19 +123,7 @@ impl DirectConv {
             lo: f32::NEG_INFINITY,
             hi: f32::INFINITY,
             channels_last: Some(w),
-            transposed: false,
         }
-    }
-
-    /// [`channels_last`](Self::channels_last) for channels-first images: each image is transposed to
-    /// channels-last, convolved, and transposed back.
-    pub(crate) fn transposed(
-        win: Window,
-        c: usize,
-        weights: impl Fn(usize, usize, usize) -> f32,
-        bias: Vec<f32>,
-    ) -> DirectConv {
-        DirectConv { transposed: true, ..Self::channels_last(win, c, weights, bias) }
     }
 
     /// The same convolution with its outputs clamped to `[lo, hi]` (`lo <= hi`).
@@ -163,16 +142,6 @@ impl DirectConv {
         let (plane, oplane, plane_len) = (win.h * win.w, win.oh * win.ow, win.plane_len());
         let (cig, cog) = (self.c_in / self.group, self.c_out / self.group);
         ensure!(input.len() == batch * self.c_in * plane && out.len() == batch * self.c_out * oplane);
-        if let (Some(w), true) = (&self.channels_last, self.transposed) {
-            let c = self.c_in;
-            let (mut xt, mut ot) = (vec![0f32; plane * c], vec![0f32; oplane * c]);
-            for (x, o) in input.chunks_exact(plane * c).zip(out.chunks_exact_mut(oplane * c)) {
-                transpose(x, c, plane, &mut xt);
-                ensure!(channels_last::depthwise(simd, win, c, w, &self.bias, (self.lo, self.hi), &xt, &mut ot));
-                transpose(&ot, oplane, c, o);
-            }
-            return Ok(());
-        }
         if let Some(w) = &self.channels_last {
             let c = self.c_in;
             for (x, o) in input.chunks_exact(plane * c).zip(out.chunks_exact_mut(oplane * c)) {
@@ -198,15 +167,6 @@ impl DirectConv {
             }
         }
         Ok(())
-    }
-}
-
-/// `dst[j · rows + i] = src[i · cols + j]`: a `rows × cols` matrix transposed.
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    for (i, row) in src.chunks_exact(cols).take(rows).enumerate() {
-        for (j, v) in row.iter().enumerate() {
-            dst[j * rows + i] = *v;
-        }
     }
 }
 
@@ -468,11 +428,8 @@ pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractR
     };
     let bias = if bias.len() == 1 { vec![bias[0]; c_out] } else { bias };
     let (lo, hi, last) = following_clamp(model, node)?;
-    let small = depthwise && c_out == c_in && win.oh * win.ow <= SMALL_PLANE && kh * kw <= channels_last::MAX_TAPS;
     let conv = if layout.channels_last {
         DirectConv::channels_last(win, c_in, |c, y, x| weight(c, 0, y, x), bias)
-    } else if small {
-        DirectConv::transposed(win, c_in, |c, y, x| weight(c, 0, y, x), bias)
     } else {
         DirectConv::new(win, (c_in, c_out, group), weight, bias)
     };
@@ -597,30 +554,22 @@ mod tests {
             let win = Window::new((c.h, c.w), c.k, c.s, (c.pads.0, c.pads.2), (oh, ow));
             prop_assert!(win.is_some(), "padding below the kernel size always makes a window");
             let conv = DirectConv::new(
-                win.clone().unwrap(),
+                win.unwrap(),
                 (c.c_in, c.c_out, c.group),
                 |o, i, y, xx| wts[((o * cig + i) * kh + y) * kw + xx],
                 bias.clone(),
             )
             .clamped(c.clamp.0, c.clamp.1);
-            // A depthwise convolution with one output per channel also runs transposed (the small-plane path).
-            let transposed = (c.group == c.c_in && c.c_out == c.c_in && kh * kw <= channels_last::MAX_TAPS).then(|| {
-                DirectConv::transposed(win.clone().unwrap(), c.c_in, |ch, y, xx| wts[(ch * kh + y) * kw + xx], bias.clone())
-                    .clamped(c.clamp.0, c.clamp.1)
-            });
             let (expected, mag) = reference(&c, &x, &wts, &bias);
             for isa in Isa::available() {
                 let simd = Simd::for_isa(isa);
-                for (form, conv) in [("taps", Some(&conv)), ("transposed", transposed.as_ref())] {
-                    let Some(conv) = conv else { continue };
-                    let mut out = vec![f32::NAN; expected.len()];
-                    conv.run(simd, &x, c.batch, &mut out).unwrap();
-                    for (j, ((got, want), m)) in out.iter().zip(&expected).zip(&mag).enumerate() {
-                        prop_assert!(
-                            (*got as f64 - want).abs() <= 1e-5 * (1.0 + m),
-                            "{} {:?} ({:?}) output {}: {} vs {}", form, simd, c, j, got, want
-                        );
-                    }
+                let mut out = vec![f32::NAN; expected.len()];
+                conv.run(simd, &x, c.batch, &mut out).unwrap();
+                for (j, ((got, want), m)) in out.iter().zip(&expected).zip(&mag).enumerate() {
+                    prop_assert!(
+                        (*got as f64 - want).abs() <= 1e-5 * (1.0 + m),
+                        "{:?} ({:?}) output {}: {} vs {}", simd, c, j, got, want
+                    );
                 }
             }
         }
