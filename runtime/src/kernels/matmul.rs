@@ -111,9 +111,16 @@ impl TypedOp for PupilMatMul {
     as_op!();
 }
 
-/// The constant bias that an f32 `Add` right after `node` adds along the last axis (`n` values, or one for all),
-/// and that node; `None` when the next node is something else.
-fn following_bias(model: &TypedModel, node: &TypedNode, n: usize) -> TractResult<Option<(Vec<f32>, usize)>> {
+/// The constant bias that an f32 `Add` right after `node` (its only consumer) adds along one axis, `axis` places
+/// from the last (`n` values, or one for all; every other axis of the constant is 1), and that node; `None` when
+/// the next node is something else. A dense layer's bias runs along the last axis (0), a 1×1 convolution's along
+/// the channels of `[.., O, H, W]` (2).
+pub(crate) fn following_bias(
+    model: &TypedModel,
+    node: &TypedNode,
+    n: usize,
+    axis: usize,
+) -> TractResult<Option<(Vec<f32>, usize)>> {
     let outputs = model.output_outlets()?;
     let [succ] = node.outputs[0].successors.as_slice() else { return Ok(None) };
     if node.outputs.len() != 1 || outputs.contains(&OutletId::new(node.id, 0)) {
@@ -134,10 +141,11 @@ fn following_bias(model: &TypedModel, node: &TypedNode, n: usize) -> TractResult
     if b.datum_type() != DatumType::F32 {
         return Ok(None);
     }
-    // Along the last axis only: every other axis of the bias is 1.
+    // Right-aligned against the output: 1 everywhere but (optionally) along `axis`; a rank-0 constant is left
+    // to tract.
     let dims = b.shape();
-    let along_n = dims.last().is_some_and(|&d| d == n || d == 1) && dims.iter().rev().skip(1).all(|&d| d == 1);
-    if !along_n || dims.len() > shape.len() {
+    let along = !dims.is_empty() && dims.iter().rev().enumerate().all(|(j, &d)| d == 1 || (j == axis && d == n));
+    if !along || dims.len() > shape.len() {
         return Ok(None);
     }
     let v = b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
@@ -171,7 +179,7 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
     if !rows.to_usize().is_ok_and(|m| m <= MAX_ROWS) || k == 0 || n == 0 {
         return Ok(None);
     }
-    let (bias, mut last) = match following_bias(model, node, n)? {
+    let (bias, mut last) = match following_bias(model, node, n, 0)? {
         Some((bias, add)) => (Some(bias), add),
         None => (None, node.id),
     };

@@ -7,11 +7,10 @@
 use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
-use tract_onnx::tract_core::ops::math::Add;
 
 use super::dwconv::following_clamp;
+use super::matmul::following_bias;
 use super::qgemv::Isa;
 use super::taps::Simd;
 
@@ -332,41 +331,6 @@ impl TypedOp for PupilPointwiseConv {
     as_op!();
 }
 
-/// The bias of a 1×1 convolution: the `Add` of a constant along the channel axis (`[O, 1, 1]`, broadcast) that
-/// alone consumes `node`'s output, and that node.
-fn following_channel_bias(
-    model: &TypedModel,
-    node: &TypedNode,
-    c_out: usize,
-) -> TractResult<Option<(Vec<f32>, usize)>> {
-    let [succ] = node.outputs[0].successors.as_slice() else { return Ok(None) };
-    if model.output_outlets()?.contains(&OutletId::new(node.id, 0)) {
-        return Ok(None);
-    }
-    let next = &model.nodes()[succ.node];
-    let Some(bin) = next.op_as::<TypedBinOp>() else { return Ok(None) };
-    if !bin.0.is::<Add>() || bin.1.is_some() || next.inputs.len() != 2 || next.outputs.len() != 1 {
-        return Ok(None);
-    }
-    let shape = &model.outlet_fact(OutletId::new(node.id, 0))?.shape;
-    let out = model.outlet_fact(OutletId::new(next.id, 0))?;
-    if out.datum_type != DatumType::F32 || &out.shape != shape {
-        return Ok(None);
-    }
-    let Some(b) = &model.outlet_fact(next.inputs[1 - succ.slot])?.konst else { return Ok(None) };
-    let dims = b.shape();
-    if b.datum_type() != DatumType::F32 || dims.len() > shape.len() {
-        return Ok(None);
-    }
-    // Right-aligned against `[.., O, H, W]`: 1 everywhere but (optionally) the channel axis.
-    let along_c = dims.iter().rev().enumerate().all(|(j, &d)| d == 1 || (j == 2 && d == c_out));
-    if !along_c {
-        return Ok(None);
-    }
-    let v = b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-    Ok(Some((if v.len() == c_out { v } else { vec![v[0]; c_out] }, next.id)))
-}
-
 /// Builds the pupil operator for a decluttered 1×1 f32 convolution, which tract declutters to an `EinSum`
 /// `NIHW,OI->NOHW` (or `IHW,OI->OHW`, or `NIHW,OI->OHW` for a batch of one) with constant weights, and the last
 /// node it replaces (the bias `Add` and a ReLU / Clip folded in); `None` for any other product.
@@ -418,7 +382,7 @@ pub(crate) fn for_einsum(
     let wv = w.try_as_plain_ram()?;
     let wv = wv.as_slice::<f32>()?;
     let weight = |oc: usize, ic: usize| if o_first { wv[oc * c_in + ic] } else { wv[ic * c_out + oc] };
-    let (bias, mut last) = match following_channel_bias(model, node, c_out)? {
+    let (bias, mut last) = match following_bias(model, node, c_out, 2)? {
         Some((bias, add)) => (bias, add),
         None => (vec![0.0; c_out], node.id),
     };
