@@ -232,7 +232,7 @@ fn with_and_without_requant(proto: &pb::ModelProto, shape: &[usize], isa: Isa) -
     kernels::accelerate(&mut typed, Acceleration::With(isa)).unwrap();
     let pools = kernels::requant::hoist_pools(&mut fused).unwrap();
     kernels::accelerate(&mut fused, Acceleration::With(isa)).unwrap();
-    let (chains, _) = kernels::requant::fuse(&mut fused, isa).unwrap();
+    let chains = kernels::requant::fuse(&mut fused, isa).unwrap();
     // The CNN's two max pools read quantized activations: both move in front of their quantization.
     let want_pools = if shape[1] == 1 { 2 } else { 0 };
     assert_eq!(pools, want_pools, "max pools moved in front of their quantization");

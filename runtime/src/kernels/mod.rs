@@ -108,7 +108,7 @@ impl Replacement {
 }
 
 /// Turns an ONNX inference model into an optimised tract plan graph with pupil's kernels in it:
-/// `into_typed → declutter → accelerate → into_optimized`.
+/// `into_typed → declutter → requant::hoist_pools → accelerate → requant::fuse → into_optimized`.
 pub fn optimize(model: InferenceModel) -> TractResult<TypedModel> {
     optimize_with(model, Acceleration::current()).map(|(m, _)| m)
 }
@@ -117,11 +117,12 @@ pub fn optimize(model: InferenceModel) -> TractResult<TypedModel> {
 pub fn optimize_with(model: InferenceModel, accel: Acceleration) -> TractResult<(TypedModel, Vec<Replacement>)> {
     tune_tract_for_cpu();
     let mut typed = model.into_typed()?.into_decluttered()?;
-    if isa_for(accel)?.is_some() {
+    let isa = isa_for(accel)?;
+    if isa.is_some() {
         requant::hoist_pools(&mut typed)?;
     }
     let replaced = accelerate(&mut typed, accel)?;
-    if let Some(isa) = isa_for(accel)? {
+    if let Some(isa) = isa {
         requant::fuse(&mut typed, isa)?;
     }
     Ok((typed.into_optimized()?, replaced))

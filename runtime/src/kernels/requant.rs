@@ -11,11 +11,11 @@
 //! every intermediate is an integer held exactly in f32, so the fused stage gives tract's values bit for bit.
 
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::MaxPool;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8};
 
+use super::dwconv::following_clamp;
 use super::qgemv::Isa;
 use super::taps::Simd;
 
@@ -161,34 +161,6 @@ fn quantize_params(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Q
     })
 }
 
-/// The bounds of a `Max` / `Min` with a uniform f32 constant (a `Clip` or ReLU after decluttering), as a clamp.
-fn clamp_of(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Stage>> {
-    let Some(bin) = node.op_as::<TypedBinOp>() else { return Ok(None) };
-    if node.inputs.len() != 2 || model.outlet_fact(OutletId::new(node.id, 0))?.datum_type != DatumType::F32 {
-        return Ok(None);
-    }
-    let out_shape = &model.outlet_fact(OutletId::new(node.id, 0))?.shape;
-    for (c, x) in [(1, 0), (0, 1)] {
-        let (cf, xf) = (model.outlet_fact(node.inputs[c])?, model.outlet_fact(node.inputs[x])?);
-        let Some(k) = cf.konst.as_ref() else { continue };
-        if xf.datum_type != DatumType::F32 || k.datum_type() != DatumType::F32 || xf.shape != *out_shape {
-            continue;
-        }
-        let v = k.try_as_plain_ram()?;
-        let v = v.as_slice::<f32>()?;
-        let Some(&first) = v.first() else { continue };
-        if v.iter().any(|&e| e.to_bits() != first.to_bits()) || first.is_nan() {
-            continue;
-        }
-        return Ok(match bin.0.name() {
-            "Max" => Some(Stage::Clamp { lo: first, hi: f32::INFINITY }),
-            "Min" => Some(Stage::Clamp { lo: f32::NEG_INFINITY, hi: first }),
-            _ => None,
-        });
-    }
-    Ok(None)
-}
-
 /// Moves every max pool that reads a `QuantizeLinear` of f32 values in front of it: `MaxPool(Q(x)) = Q(MaxPool(x))`
 /// exactly, as quantizing never reorders values (and the padding, −∞ or the lowest integer, never wins). The
 /// pool then runs on f32 (on [`super::PupilMaxPool`]) and the quantization on the pooled, smaller tensor, where
@@ -237,10 +209,12 @@ fn shared_dequantize(model: &TypedModel, q: &TypedNode) -> Option<(f32, i32, Vec
 }
 
 /// Replaces, in a decluttered graph, every `QuantizeLinear → DequantizeLinear` pair reading f32, with the
-/// constant clamps right after it and the pairs those lead into, by one [`PupilRequant`]. Returns how many
-/// chains were fused and how many tract nodes they replaced.
-pub fn fuse(model: &mut TypedModel, isa: Isa) -> TractResult<(usize, usize)> {
+/// constant clamps right after it ([`super::dwconv::following_clamp`], the same chain of `Max` / `Min` the
+/// convolution kernels fold in) and the pairs those lead into, by one [`PupilRequant`]. Returns how many chains
+/// were fused.
+pub fn fuse(model: &mut TypedModel, isa: Isa) -> TractResult<usize> {
     let mut chains: Vec<Chain> = vec![];
+    // Quantize nodes already inside a chain (so that none starts a second one).
     let mut taken = std::collections::HashSet::new();
     for id in model.eval_order()? {
         let q = &model.nodes()[id];
@@ -250,46 +224,39 @@ pub fn fuse(model: &mut TypedModel, isa: Isa) -> TractResult<(usize, usize)> {
         let Some((mul, zq, range)) = quantize_params(model, q)? else { continue };
         let Some((s, zd, ends)) = shared_dequantize(model, q) else { continue };
         let mut chain = Chain { reader: id, stages: vec![Stage::grid(mul, zq, range, s, zd)], ends };
-        taken.insert(id);
-        taken.extend(chain.ends.iter().copied());
-        // Follow a single path forward: clamps, and quantize → dequantize pairs.
+        // Follow a single path forward: constant clamps, and quantize → dequantize pairs.
         while let [end] = chain.ends[..] {
-            let Some(next) = model.single_succ(end)? else { break };
-            if let Some(clamp) = clamp_of(model, next)? {
-                chain.stages.push(clamp);
-                chain.ends = vec![next.id];
-                taken.insert(next.id);
-            } else if let Some((mul, zq, range)) = quantize_params(model, next)?
-                && let Some((s, zd, ends)) = shared_dequantize(model, next)
-            {
-                chain.stages.push(Stage::grid(mul, zq, range, s, zd));
-                taken.insert(next.id);
-                taken.extend(ends.iter().copied());
-                chain.ends = ends;
-            } else {
-                break;
+            let (lo, hi, last) = following_clamp(model, &model.nodes()[end])?;
+            if last != end {
+                chain.stages.push(Stage::Clamp { lo, hi });
+                chain.ends = vec![last];
+                continue;
             }
+            let Some(next) = model.single_succ(end)? else { break };
+            let Some((mul, zq, range)) = quantize_params(model, next)? else { break };
+            let Some((s, zd, ends)) = shared_dequantize(model, next) else { break };
+            chain.stages.push(Stage::grid(mul, zq, range, s, zd));
+            taken.insert(next.id);
+            chain.ends = ends;
         }
         chains.push(chain);
     }
-    let mut replaced = 0;
-    for chain in &chains {
+    let fused = chains.len();
+    for chain in chains {
         let input = model.nodes()[chain.reader].inputs[0];
         let name = format!("{}.requant", model.nodes()[chain.reader].name);
         let mut patch = TypedModelPatch::default();
         let tapped = patch.tap_model(model, input)?;
-        let out = patch.wire_node(name, PupilRequant::new(chain.stages.clone(), isa), &[tapped])?[0];
+        let out = patch.wire_node(name, PupilRequant::new(chain.stages, isa), &[tapped])?[0];
         for &end in &chain.ends {
             patch.shunt_outside(model, OutletId::new(end, 0), out)?;
         }
         patch.apply(model)?;
-        replaced += chain.stages.iter().map(|s| if matches!(s, Stage::Grid { .. }) { 2 } else { 1 }).sum::<usize>()
-            + chain.ends.len().saturating_sub(1);
     }
-    if !chains.is_empty() {
+    if fused > 0 {
         *model = model.clone().into_compact()?;
     }
-    Ok((chains.len(), replaced))
+    Ok(fused)
 }
 
 #[cfg(target_arch = "x86_64")]
