@@ -2,7 +2,7 @@
 //! end to end: models with pupil's operators give tract's own outputs.
 
 use proptest::prelude::*;
-use pupil_runtime::kernels::{self, Acceleration, Isa, PackedI8, pupil_nodes, zoo};
+use pupil_runtime::kernels::{self, Acceleration, Isa, PackedI8, WeightLayout, pupil_nodes, zoo};
 use pupil_runtime::onnx::{GraphBuilder, dtype};
 use pupil_runtime::spec::Dim;
 use tract_onnx::prelude::*;
@@ -57,6 +57,16 @@ proptest! {
         let p = PackedI8::from_row_major(k, n, &w);
         let expected: Vec<i32> = (0..n).map(|j| (0..k).map(|i| w[i * n + j] as i32).sum()).collect();
         prop_assert_eq!(p.colsum(), &expected[..]);
+    }
+
+    /// A transposed `[N, K]` matrix (ONNX `Gemm` with `transB`) packs to exactly the panels and column sums of the
+    /// same matrix given `[K, N]`.
+    #[test]
+    fn an_n_by_k_matrix_packs_like_its_k_by_n_transpose((k, n, _a, w) in gemv_case()) {
+        let transposed: Vec<i8> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
+        let by_rows = PackedI8::pack(k, n, &w, WeightLayout::KByN);
+        let by_cols = PackedI8::pack(k, n, &transposed, WeightLayout::NByK);
+        prop_assert_eq!(by_cols, by_rows);
     }
 }
 

@@ -3,7 +3,7 @@
 //! outputs, at batch 1, 2 and a symbolic batch (which tract keeps).
 
 use proptest::prelude::*;
-use pupil_runtime::kernels::{self, Acceleration, Isa, PackedF32, gemv, pupil_nodes, zoo};
+use pupil_runtime::kernels::{self, Acceleration, Isa, PackedF32, WeightLayout, gemv, pupil_nodes, zoo};
 use pupil_runtime::onnx::GraphBuilder;
 use pupil_runtime::spec::Dim;
 use pupil_runtime::{Batch, Model, ModelOptions};
@@ -60,6 +60,20 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// A transposed `[N, K]` matrix (ONNX `Gemm` with `transB`) packs to exactly the panels of the same matrix
+    /// given `[K, N]`.
+    #[test]
+    fn an_n_by_k_matrix_packs_like_its_k_by_n_transpose((k, n, _m, _a, w, bias) in case()) {
+        let transposed: Vec<f32> = (0..n * k).map(|i| w[(i % k) * n + i / k]).collect();
+        let by_rows = PackedF32::pack(k, n, &w, WeightLayout::KByN, bias.as_deref());
+        let by_cols = PackedF32::pack(k, n, &transposed, WeightLayout::NByK, bias.as_deref());
+        prop_assert!(by_cols == by_rows, "k {k} n {n}");
     }
 }
 

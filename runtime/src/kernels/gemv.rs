@@ -67,6 +67,15 @@ impl Split {
 /// Output columns per packed panel.
 pub const PANEL: usize = 16;
 
+/// How a `K × N` weight matrix is laid out in memory before packing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// Row-major `[K, N]`: the `N` weights of one input are contiguous.
+    KByN,
+    /// Row-major `[N, K]` (a transposed `B`, as in ONNX `Gemm` with `transB`): one output's `K` weights are contiguous.
+    NByK,
+}
+
 /// An f32 weight matrix `[K, N]` packed for [`PackedF32::gemv`], with its bias.
 #[derive(Clone, PartialEq)]
 pub struct PackedF32 {
@@ -84,17 +93,32 @@ impl std::fmt::Debug for PackedF32 {
 }
 
 impl PackedF32 {
-    /// Packs a `[K, N]` matrix given element by element (`w(k, n)`), with an optional bias of `n` values.
-    pub fn pack(k: usize, n: usize, w: impl Fn(usize, usize) -> f32, bias: Option<&[f32]>) -> PackedF32 {
+    /// Packs a `K × N` weight matrix stored in `layout`, with an optional bias of `n` values.
+    ///
+    /// # Panics
+    /// If `w` does not hold `K × N` values or the bias fewer than `N`.
+    pub fn pack(k: usize, n: usize, w: &[f32], layout: WeightLayout, bias: Option<&[f32]>) -> PackedF32 {
+        assert_eq!(w.len(), k * n, "weights must hold K × N values");
         let panels = n.div_ceil(PANEL);
         let mut data = vec![0f32; panels * k * PANEL];
-        for p in 0..panels {
-            for kk in 0..k {
-                let dst = &mut data[(p * k + kk) * PANEL..][..PANEL];
-                for (lane, d) in dst.iter_mut().enumerate() {
-                    let c = p * PANEL + lane;
-                    if c < n {
-                        *d = w(kk, c);
+        if k > 0 {
+            for (p, panel) in data.chunks_exact_mut(k * PANEL).enumerate() {
+                let c0 = p * PANEL;
+                let width = PANEL.min(n - c0);
+                match layout {
+                    // Row `kk` of the panel is a contiguous run of the weight row.
+                    WeightLayout::KByN => {
+                        for (dst, src) in panel.chunks_exact_mut(PANEL).zip(w.chunks_exact(n)) {
+                            dst[..width].copy_from_slice(&src[c0..c0 + width]);
+                        }
+                    }
+                    // Each output column is a contiguous weight row: scatter it down its lane.
+                    WeightLayout::NByK => {
+                        for (lane, src) in w[c0 * k..(c0 + width) * k].chunks_exact(k).enumerate() {
+                            for (dst, &v) in panel[lane..].iter_mut().step_by(PANEL).zip(src) {
+                                *dst = v;
+                            }
+                        }
                     }
                 }
             }
@@ -108,8 +132,7 @@ impl PackedF32 {
 
     /// Packs a row-major `[K, N]` matrix.
     pub fn from_row_major(k: usize, n: usize, w: &[f32], bias: Option<&[f32]>) -> PackedF32 {
-        assert_eq!(w.len(), k * n);
-        PackedF32::pack(k, n, |r, c| w[r * n + c], bias)
+        PackedF32::pack(k, n, w, WeightLayout::KByN, bias)
     }
 
     pub fn k(&self) -> usize {

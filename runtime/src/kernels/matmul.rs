@@ -11,7 +11,7 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::math::Add;
 
 use super::dwconv::following_clamp;
-use super::gemv::PackedF32;
+use super::gemv::{PackedF32, WeightLayout};
 use super::op::{ProductLayout, product_layout};
 use super::qgemv::Isa;
 use super::taps::Simd;
@@ -187,11 +187,8 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
     last = clamp_last;
     let w = b.try_as_plain_ram()?;
     let w = w.as_slice::<f32>()?;
-    let packed = if k_first {
-        PackedF32::pack(k, n, |r, c| w[r * n + c], bias.as_deref())
-    } else {
-        PackedF32::pack(k, n, |r, c| w[c * k + r], bias.as_deref())
-    };
+    let layout = if k_first { WeightLayout::KByN } else { WeightLayout::NByK };
+    let packed = PackedF32::pack(k, n, w, layout, bias.as_deref());
     let out_shape = model.outlet_fact(OutletId::new(last, 0))?.shape.iter().cloned().collect();
     Ok(Some((PupilMatMul { packed: Arc::new(packed), isa, clamp: (lo, hi), out_shape, k_dims }, last)))
 }

@@ -26,7 +26,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{DimLike, EvalContext, ensure};
 
 pub use dwconv::{MAX_DIRECT_INPUTS, PupilConv, PupilDepthwiseConv, PupilDirectConv};
-pub use gemv::PackedF32;
+pub use gemv::{PackedF32, WeightLayout};
 pub use matmul::PupilMatMul;
 pub use op::PupilQMatMul;
 pub use pointwise::PupilPointwiseConv;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
+use super::gemv::WeightLayout;
 use super::qgemv::{Isa, PackedI8};
 
 /// A quantized `[.., M, K] × [K, N]` product with constant weights, requantized like tract's `EinSum`:
@@ -209,11 +210,8 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
     } else {
         b_view.as_slice::<i8>()?.to_vec()
     };
-    let packed = if k_first {
-        PackedI8::pack(k, n, |r, c| b_bytes[r * n + c])
-    } else {
-        PackedI8::pack(k, n, |r, c| b_bytes[c * k + r])
-    };
+    let layout = if k_first { WeightLayout::KByN } else { WeightLayout::NByK };
+    let packed = PackedI8::pack(k, n, &b_bytes, layout);
     let a0 = a0[0].round() as i32 + if a_dt == DatumType::I8 { 128 } else { 0 };
     let b0: Vec<i32> = b0.iter().map(|v| v.round() as i32 - if b_is_u8 { 128 } else { 0 }).collect();
     let scale: Vec<f32> = b_scale.iter().map(|bs| a_scale[0] * bs).collect();

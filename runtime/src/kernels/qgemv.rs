@@ -6,6 +6,8 @@
 //! streams the weights exactly once and in order. `K` is padded to a multiple of 4 and `N` to a multiple of
 //! [`PANEL`] with zero weights, which contribute nothing to any sum.
 
+use super::gemv::WeightLayout;
+
 /// Output columns per packed panel.
 pub const PANEL: usize = 16;
 
@@ -115,27 +117,38 @@ impl std::fmt::Debug for PackedI8 {
 }
 
 impl PackedI8 {
-    /// Packs a `[K, N]` matrix given element by element (`w(k, n)`).
-    pub fn pack(k: usize, n: usize, w: impl Fn(usize, usize) -> i8) -> PackedI8 {
+    /// Packs a `K × N` matrix stored in `layout`.
+    ///
+    /// # Panics
+    /// If `w` does not hold `K × N` values.
+    pub fn pack(k: usize, n: usize, w: &[i8], layout: WeightLayout) -> PackedI8 {
+        assert_eq!(w.len(), k * n, "weights must hold K × N values");
         let kp = k.div_ceil(4) * 4;
         let np = n.div_ceil(PANEL) * PANEL;
         let mut data = vec![0i8; kp * np];
         let mut colsum = vec![0i32; n];
-        let quads = kp / 4;
-        for panel in 0..np / PANEL {
-            for q in 0..quads {
-                let base = (panel * quads + q) * PANEL * 4;
-                for c in 0..PANEL {
-                    let col = panel * PANEL + c;
-                    if col >= n {
-                        continue;
+        // A panel holds, for each quad of 4 inputs, PANEL columns of 4 consecutive weights.
+        let panel_len = kp * PANEL;
+        if k > 0 {
+            for (p, panel) in data.chunks_exact_mut(panel_len).enumerate() {
+                let c0 = p * PANEL;
+                let width = PANEL.min(n - c0);
+                match layout {
+                    WeightLayout::KByN => {
+                        for (row, src) in w.chunks_exact(n).enumerate() {
+                            let base = (row / 4) * PANEL * 4 + row % 4;
+                            for (c, &v) in src[c0..c0 + width].iter().enumerate() {
+                                panel[base + c * 4] = v;
+                                colsum[c0 + c] += v as i32;
+                            }
+                        }
                     }
-                    for j in 0..4 {
-                        let row = q * 4 + j;
-                        if row < k {
-                            let v = w(row, col);
-                            data[base + c * 4 + j] = v;
-                            colsum[col] += v as i32;
+                    WeightLayout::NByK => {
+                        for (c, src) in w[c0 * k..(c0 + width) * k].chunks_exact(k).enumerate() {
+                            for (q, quad) in src.chunks(4).enumerate() {
+                                panel[q * PANEL * 4 + c * 4..][..quad.len()].copy_from_slice(quad);
+                            }
+                            colsum[c0 + c] = src.iter().map(|&v| v as i32).sum();
                         }
                     }
                 }
@@ -146,8 +159,7 @@ impl PackedI8 {
 
     /// Packs a row-major `[K, N]` slice.
     pub fn from_row_major(k: usize, n: usize, w: &[i8]) -> PackedI8 {
-        assert_eq!(w.len(), k * n, "weights must hold K × N values");
-        PackedI8::pack(k, n, |r, c| w[r * n + c])
+        PackedI8::pack(k, n, w, WeightLayout::KByN)
     }
 
     pub fn k(&self) -> usize {
