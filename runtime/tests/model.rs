@@ -82,6 +82,8 @@ fn specs_are_read_from_the_file() {
     assert_eq!(info.operators.get("Gemm"), Some(&2));
     assert_eq!(info.operators.get("Relu"), Some(&1));
     assert_eq!(info.file_size, mlp.bytes().len() as u64);
+    // Hashed on a helper thread while the graph loads: still the hash of exactly these bytes.
+    assert_eq!(info.sha256, pupil_runtime::model::sha256_hex(&mlp.bytes()));
     assert_eq!(info.sha256.len(), 64);
     // 784 = 28*28: the spec is inferred, and says so.
     assert_eq!(model.meta().preprocess_source, Some(SpecSource::Inferred));
