@@ -35,10 +35,26 @@ struct CheckpointState {
 }
 
 /// Soft targets prepared for the loss.
+/// The teacher's softened outputs, for every shift of the transfer set that jitter can produce.
 struct Soft {
-    p: Vec<f32>,
-    logp: Vec<f32>,
+    /// `p[s]`, `logp[s]`: `[n, classes]` for the shift `s` (see [`Shifts`]).
+    p: Vec<Vec<f32>>,
+    logp: Vec<Vec<f32>>,
     t: f64,
+}
+
+/// The whole-pixel shifts `(dy, dx)` in `[-k, k]²`, numbered row by row; `k = 0` gives only `(0, 0)`.
+struct Shifts {
+    k: i64,
+}
+
+impl Shifts {
+    fn all(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
+        (-self.k..=self.k).flat_map(move |dy| (-self.k..=self.k).map(move |dx| (dy, dx)))
+    }
+    fn index(&self, dy: i64, dx: i64) -> usize {
+        ((dy + self.k) * (2 * self.k + 1) + dx + self.k) as usize
+    }
 }
 
 pub(crate) fn run(job: &Job, teacher_path: Option<&Path>) -> Result<Outcome> {
@@ -78,9 +94,10 @@ pub(crate) fn run(job: &Job, teacher_path: Option<&Path>) -> Result<Outcome> {
     if teacher_path.is_none() && data.labels.is_none() {
         return Err(DistillError::NoLabels { data: data.name.clone() });
     }
-    if teacher_path.is_some() && recipe.train.jitter > 0 {
-        return Err(DistillError::JitterWithTeacher);
-    }
+    let image = image_hw(recipe);
+    // With jitter, the teacher is run on every shifted copy of the transfer set, so that each shifted input the
+    // student sees is paired with the teacher's outputs for that same input (each copy cached on its own).
+    let shifts = Shifts { k: if image.is_some() { recipe.train.jitter as i64 } else { 0 } };
 
     // ---- Teacher soft targets (cached).
     let mut teacher_info = None;
@@ -102,8 +119,31 @@ pub(crate) fn run(job: &Job, teacher_path: Option<&Path>) -> Result<Outcome> {
                 from_cache: outs.from_cache,
                 heldout,
             });
-            let (p, logp) = teacher::soften(&outs.logits, classes, recipe.distill.temperature);
-            Some(Soft { p, logp, t: recipe.distill.temperature })
+            let t = recipe.distill.temperature;
+            let mut soft = Soft { p: vec![], logp: vec![], t };
+            for (dy, dx) in shifts.all() {
+                let logits = if (dy, dx) == (0, 0) {
+                    outs.logits.clone()
+                } else {
+                    let (c, h, w) = image.expect("shifts exist only for image-shaped inputs");
+                    let mut inputs = Vec::with_capacity(data.inputs.len());
+                    for i in 0..data.len() {
+                        shift(data.example(i), c, h, w, dy, dx, &mut inputs);
+                    }
+                    let shifted = crate::Dataset {
+                        name: format!("{} shifted by ({dy}, {dx}) px", data.name),
+                        example_shape: data.example_shape.clone(),
+                        inputs,
+                        labels: None,
+                        class_names: None,
+                    };
+                    teacher::soft_targets(path, &shifted, classes, &job.cache_dir(), job.progress)?.logits
+                };
+                let (p, logp) = teacher::soften(&logits, classes, t);
+                soft.p.push(p);
+                soft.logp.push(logp);
+            }
+            Some(soft)
         }
     };
     let alpha = match (&soft, &data.labels) {
@@ -160,7 +200,6 @@ pub(crate) fn run(job: &Job, teacher_path: Option<&Path>) -> Result<Outcome> {
     let n = data.len();
     let per = data.example_len();
     let bs = recipe.train.batch_size;
-    let image = image_hw(recipe);
     let mut speeds = Vec::new();
     for epoch in start..end {
         let lr = recipe.schedule.lr(recipe.optimizer.lr(), epoch, epochs);
@@ -175,22 +214,28 @@ pub(crate) fn run(job: &Job, teacher_path: Option<&Path>) -> Result<Outcome> {
         for (b, idx) in order.chunks(bs).enumerate() {
             let m = idx.len();
             let mut x = Vec::with_capacity(m * per);
+            // (example, shift) of every row of the batch.
+            let mut rows = Vec::with_capacity(m);
             for &i in idx {
                 let ex = data.example(i);
-                match (recipe.train.jitter, image) {
-                    (k, Some((c, h, w))) if k > 0 => {
-                        let k = k as i64;
+                match image {
+                    Some((c, h, w)) if shifts.k > 0 => {
+                        let k = shifts.k;
                         let (dy, dx) = (rng.random_range(-k..=k), rng.random_range(-k..=k));
                         shift(ex, c, h, w, dy, dx, &mut x);
+                        rows.push((i, shifts.index(dy, dx)));
                     }
-                    _ => x.extend_from_slice(ex),
+                    _ => {
+                        x.extend_from_slice(ex);
+                        rows.push((i, 0));
+                    }
                 }
             }
             let xt = Tensor::<2>::from_data(TensorData::new(x, [m, per]), &device);
             let logits = net.forward(xt);
             let mut loss: Option<Tensor<1>> = None;
             if let Some(s) = &soft {
-                let (p, lp) = gather(&s.p, &s.logp, idx, classes);
+                let (p, lp) = gather(s, &rows, classes);
                 let p = Tensor::<2>::from_data(TensorData::new(p, [m, classes]), &device);
                 let lp = Tensor::<2>::from_data(TensorData::new(lp, [m, classes]), &device);
                 let ls = log_softmax(logits.clone().div_scalar(s.t), 1);
@@ -454,12 +499,13 @@ fn shift(ex: &[f32], c: usize, h: usize, w: usize, dy: i64, dx: i64, out: &mut V
     }
 }
 
-fn gather(p: &[f32], lp: &[f32], idx: &[usize], classes: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut a = Vec::with_capacity(idx.len() * classes);
-    let mut b = Vec::with_capacity(idx.len() * classes);
-    for &i in idx {
-        a.extend_from_slice(&p[i * classes..(i + 1) * classes]);
-        b.extend_from_slice(&lp[i * classes..(i + 1) * classes]);
+/// The teacher's probabilities and log-probabilities for the `(example, shift)` rows of a batch.
+fn gather(soft: &Soft, rows: &[(usize, usize)], classes: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut a = Vec::with_capacity(rows.len() * classes);
+    let mut b = Vec::with_capacity(rows.len() * classes);
+    for &(i, s) in rows {
+        a.extend_from_slice(&soft.p[s][i * classes..(i + 1) * classes]);
+        b.extend_from_slice(&soft.logp[s][i * classes..(i + 1) * classes]);
     }
     (a, b)
 }
@@ -561,4 +607,32 @@ fn save_checkpoint(dir: &Path, net: &Net, optim: &ModuleOptimizer, state: Checkp
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     pupil_runtime::onnx::write_atomic(path, bytes)
         .map_err(|e| DistillError::Checkpoint { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The teacher outputs are stored in `Shifts::all` order and looked up by `Shifts::index`: the two must agree.
+    #[test]
+    fn shifts_are_numbered_in_the_order_they_are_listed() {
+        for k in 0..4 {
+            let shifts = Shifts { k };
+            let all: Vec<_> = shifts.all().collect();
+            assert_eq!(all.len(), ((2 * k + 1) * (2 * k + 1)) as usize);
+            for (n, &(dy, dx)) in all.iter().enumerate() {
+                assert!(dy.abs() <= k && dx.abs() <= k);
+                assert_eq!(shifts.index(dy, dx), n, "k {k} shift ({dy}, {dx})");
+            }
+        }
+    }
+
+    /// A shifted copy moves every pixel by (dy, dx) and fills what comes in with zeros.
+    #[test]
+    fn shift_moves_pixels_and_zero_fills() {
+        let ex: Vec<f32> = (1..=9).map(|v| v as f32).collect(); // 1 × 3 × 3
+        let mut out = vec![];
+        shift(&ex, 1, 3, 3, 1, -1, &mut out);
+        assert_eq!(out, vec![0.0, 0.0, 0.0, 2.0, 3.0, 0.0, 5.0, 6.0, 0.0]);
+    }
 }

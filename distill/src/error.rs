@@ -30,8 +30,6 @@ pub enum DistillError {
     LabelRange { data: String, max: u32, classes: usize },
     #[error("`pupil train` needs labels but `{data}` has none")]
     NoLabels { data: String },
-    #[error("train.jitter is not allowed when distilling: the teacher's cached outputs are for the unjittered inputs")]
-    JitterWithTeacher,
     #[error("teacher {path}: {source}")]
     Teacher {
         path: PathBuf,

@@ -147,7 +147,9 @@ pub struct TrainSettings {
     /// Dropout probability on the input (Hinton's teacher uses 0.2).
     #[serde(default)]
     pub input_dropout: f64,
-    /// Shift each training image by a random whole number of pixels in `[-jitter, jitter]` on both axes.
+    /// Shift each training image by a random whole number of pixels in `[-jitter, jitter]` on both axes. When
+    /// distilling, the teacher is run once on every shifted copy of the transfer set (each copy cached), so a
+    /// shifted input is always paired with the teacher's outputs for that same shifted input.
     #[serde(default)]
     pub jitter: usize,
     /// Max-norm constraint: each hidden unit's incoming weight vector is rescaled to at most this L2 norm.

@@ -93,6 +93,21 @@ fn trains_a_teacher_then_distills_a_student_from_its_onnx() {
     let s2 = pupil_distill::distill(&j2, &teacher_path).unwrap();
     assert!(s2.teacher.unwrap().from_cache, "teacher outputs were not reused from the cache");
     assert_eq!(s2.heldout.unwrap().errors, s.heldout.unwrap().errors, "same seed, different student");
+
+    // With ±1 px jitter the teacher is run on each of the 9 shifted copies of the transfer set (8 new cache
+    // files beside the unshifted one), and the student still learns from it.
+    let mut j3 = j.clone();
+    j3.out = dir.path().join("student-jitter.onnx");
+    j3.recipe.train.jitter = 1;
+    let s3 = pupil_distill::distill(&j3, &teacher_path).unwrap();
+    let cached = std::fs::read_dir(&cache)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "safetensors"))
+        .count();
+    assert_eq!(cached, 9, "expected the unshifted and 8 shifted teacher outputs in the cache");
+    assert!(s3.history[1].loss < s3.history[0].loss, "jittered student loss did not fall: {:?}", s3.history);
+    let jacc = s3.heldout.unwrap().accuracy;
+    assert!(jacc > 0.80, "distilled tiny student with jitter: held-out accuracy {jacc} ≤ 0.80");
 }
 
 #[test]
