@@ -111,7 +111,7 @@ fn mobilenet_runs_its_depthwise_convs_and_stem_on_pupils_kernels_with_tracts_out
 }
 
 #[test]
-fn the_cnn_runs_its_first_conv_and_both_max_pools_on_pupils_kernels_with_tracts_outputs() {
+fn the_cnn_runs_both_convs_and_both_max_pools_on_pupils_kernels_with_tracts_outputs() {
     let bytes = zoo::cnn(3).to_bytes();
     for batch in [1, 3] {
         let dims = [Some(batch), Some(1), Some(28), Some(28)];
@@ -120,16 +120,26 @@ fn the_cnn_runs_its_first_conv_and_both_max_pools_on_pupils_kernels_with_tracts_
         let expected = run(&plain, &input);
         for isa in Isa::available() {
             let (fast, replaced) = optimized(&bytes, &dims, Acceleration::With(isa));
-            // The second conv has 32 input channels: tract's im2col + matrix product keeps it. The two dense layers
-            // (batch ≤ 4 rows) run on pupil's f32 matrix-vector kernel.
+            // The second conv (32 input channels, 3×3, stride 1) runs on the grid kernel, with its padding done
+            // in its own copy and its ReLU folded in. The two dense layers (batch ≤ 4 rows) run on pupil's f32
+            // matrix-vector kernel.
             assert_eq!(
                 ops_of(&replaced),
-                ["PupilDirectConv", "PupilMatMul", "PupilMatMul", "PupilMaxPool", "PupilMaxPool"],
+                ["PupilDirectConv", "PupilGridConv", "PupilMatMul", "PupilMatMul", "PupilMaxPool", "PupilMaxPool"],
                 "{isa} batch {batch}"
             );
-            assert_eq!(pupil_nodes(&fast).len(), 5);
+            assert_eq!(pupil_nodes(&fast).len(), 6);
             let conv = fast.nodes().iter().find_map(|n| n.op_as::<kernels::PupilDirectConv>()).unwrap();
             assert_eq!(conv.clamp(), (0.0, f32::INFINITY), "the ReLU after the first conv is folded in");
+            let grid = fast.nodes().iter().find_map(|n| n.op_as::<kernels::PupilGridConv>()).unwrap();
+            assert_eq!(grid.dims(), (32 * 9, 64));
+            let left: Vec<String> = fast
+                .nodes()
+                .iter()
+                .map(|n| n.op.name().to_string())
+                .filter(|n| n.contains("Pad") || (n.contains("Max") && !n.contains("MaxPool")))
+                .collect();
+            assert!(left.is_empty(), "{isa}: a padding or ReLU node is left: {left:?}");
             assert_close(&expected, &run(&fast, &input), 1e-5, &format!("cnn {isa} batch {batch}"));
         }
     }
@@ -297,9 +307,35 @@ fn single_nodes_are_replaced_when_pupil_handles_them_and_left_to_tract_otherwise
             None,
         ),
         (
-            "regular conv over 8 channels: tract's",
+            "regular conv over 8 channels, no padding",
             single("Conv", 8, (6, 6), &[("kernel_shape", ints(&[3, 3]))], Some((4, 1, 3)), (4, 4, 4)),
             (8, 6, 6),
+            Some("PupilGridConv"),
+        ),
+        (
+            "regular conv over 8 channels, SAME_UPPER on an odd 7×5",
+            single(
+                "Conv",
+                8,
+                (7, 5),
+                &[("kernel_shape", ints(&[3, 3])), ("auto_pad", Attr::String("SAME_UPPER".into()))],
+                Some((5, 1, 3)),
+                (5, 7, 5),
+            ),
+            (8, 7, 5),
+            Some("PupilGridConv"),
+        ),
+        (
+            "strided regular conv over 8 channels: tract's",
+            single(
+                "Conv",
+                8,
+                (9, 9),
+                &[("kernel_shape", ints(&[3, 3])), ("strides", ints(&[2, 2]))],
+                Some((4, 1, 3)),
+                (4, 4, 4),
+            ),
+            (8, 9, 9),
             None,
         ),
     ];

@@ -195,7 +195,7 @@ fn quantized_zoo() -> &'static [Quantized] {
 fn quantized_cnn_and_mobilenet_run_their_convolutions_on_pupils_kernels() {
     for q in quantized_zoo() {
         let (name, shape, act) = (q.name, &q.shape, q.act);
-        let want = if name == "cnn" { vec!["PupilDirectConv"] } else { vec!["PupilDepthwiseConv"; 8] };
+        let want = if name == "cnn" { vec!["PupilDirectConv", "PupilGridConv"] } else { vec!["PupilDepthwiseConv"; 8] };
         let original = decode(&q.int8);
         let mut rewritten = original.clone();
         let count = qconv::to_f32_convolutions(&mut rewritten).len();

@@ -369,10 +369,35 @@ pub(crate) fn window_of(
     Ok(window.map(|w| (w, layout, c)))
 }
 
-/// Builds the pupil operator for a decluttered f32 `Conv` node with constant weights and bias, when it is
-/// depthwise or has at most [`MAX_DIRECT_INPUTS`] input channels; `None` otherwise (tract keeps the node).
-/// A ReLU / Clip right after the node is folded in: the operator replaces the output of the returned node.
-pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractResult<Option<(Direct, usize)>> {
+/// A decluttered f32 `Conv` node (no dilation, constant weights and bias, concrete image sizes) read into plain
+/// numbers: what every pupil convolution operator is built from.
+pub(crate) struct ConvParts {
+    pub win: Window,
+    pub layout: Layout,
+    pub c_in: usize,
+    pub c_out: usize,
+    pub group: usize,
+    /// The weights as `[c_out][c_in / group][kh][kw]` (OIHW), whatever format the node had.
+    pub kernel: Vec<f32>,
+    /// One bias per output channel.
+    pub bias: Vec<f32>,
+    /// The node's output shape.
+    pub out_shape: TVec<TDim>,
+}
+
+impl ConvParts {
+    /// Input channels per group.
+    pub fn cig(&self) -> usize {
+        self.c_in / self.group
+    }
+    /// The weight of output channel `o`, input channel `i` (within its group), kernel row `y`, column `x`.
+    pub fn weight(&self, o: usize, i: usize, y: usize, x: usize) -> f32 {
+        self.kernel[((o * self.cig() + i) * self.win.kh + y) * self.win.kw + x]
+    }
+}
+
+/// The [`ConvParts`] of `node`, or `None` when it is not an f32 `Conv` pupil can read (tract keeps it).
+pub(crate) fn conv_parts(model: &TypedModel, node: &TypedNode) -> TractResult<Option<ConvParts>> {
     let Some(op) = node.op_as::<Conv>() else { return Ok(None) };
     if op.q_params.is_some() || node.inputs.len() != 3 {
         return Ok(None);
@@ -388,18 +413,10 @@ pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractR
         return Ok(None);
     }
     let cig = c_in / group;
-    // One input channel per group; a single-channel image (group 1) is a regular convolution.
-    let depthwise = cig == 1 && group > 1;
-    if !(depthwise || (group == 1 && c_in <= MAX_DIRECT_INPUTS)) {
-        return Ok(None);
-    }
-    // Channels last: depthwise with one output per channel and windows up to 7×7 only.
-    if layout.channels_last && !(depthwise && c_out == c_in && win.kh * win.kw <= channels_last::MAX_TAPS) {
-        return Ok(None);
-    }
     // The output the node declares must be the one the window computes.
     let expected = layout.shape(x.shape[0].clone(), c_out.into(), win.oh.into(), win.ow.into());
-    if out_fact.shape.iter().cloned().collect::<TVec<_>>() != expected {
+    let out_shape: TVec<TDim> = out_fact.shape.iter().cloned().collect();
+    if out_shape != expected {
         return Ok(None);
     }
     let (Some(kernel), Some(bias)) = (konst_f32(model, node.inputs[1])?, konst_f32(model, node.inputs[2])?) else {
@@ -419,22 +436,49 @@ pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractR
     if bias.len() != 1 && bias.len() != c_out {
         return Ok(None);
     }
-    let weight = |o: usize, i: usize, y: usize, x: usize| -> f32 {
-        kernel[match op.kernel_fmt {
-            KernelFormat::OIHW => ((o * cig + i) * kh + y) * kw + x,
-            KernelFormat::OHWI => ((o * kh + y) * kw + x) * cig + i,
-            KernelFormat::HWIO => ((y * kw + x) * cig + i) * c_out + o,
-        }]
-    };
+    let mut oihw = Vec::with_capacity(kernel.len());
+    for o in 0..c_out {
+        for i in 0..cig {
+            for y in 0..kh {
+                for x in 0..kw {
+                    oihw.push(
+                        kernel[match op.kernel_fmt {
+                            KernelFormat::OIHW => ((o * cig + i) * kh + y) * kw + x,
+                            KernelFormat::OHWI => ((o * kh + y) * kw + x) * cig + i,
+                            KernelFormat::HWIO => ((y * kw + x) * cig + i) * c_out + o,
+                        }],
+                    );
+                }
+            }
+        }
+    }
     let bias = if bias.len() == 1 { vec![bias[0]; c_out] } else { bias };
+    Ok(Some(ConvParts { win, layout, c_in, c_out, group, kernel: oihw, bias, out_shape }))
+}
+
+/// Builds the pupil operator for a decluttered f32 `Conv` node with constant weights and bias, when it is
+/// depthwise or has at most [`MAX_DIRECT_INPUTS`] input channels; `None` otherwise (tract keeps the node).
+/// A ReLU / Clip right after the node is folded in: the operator replaces the output of the returned node.
+pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractResult<Option<(Direct, usize)>> {
+    let Some(parts) = conv_parts(model, node)? else { return Ok(None) };
+    let (c_in, c_out, group, win, layout) = (parts.c_in, parts.c_out, parts.group, parts.win.clone(), parts.layout);
+    // One input channel per group; a single-channel image (group 1) is a regular convolution.
+    let depthwise = parts.cig() == 1 && group > 1;
+    if !(depthwise || (group == 1 && c_in <= MAX_DIRECT_INPUTS)) {
+        return Ok(None);
+    }
+    // Channels last: depthwise with one output per channel and windows up to 7×7 only.
+    if layout.channels_last && !(depthwise && c_out == c_in && win.kh * win.kw <= channels_last::MAX_TAPS) {
+        return Ok(None);
+    }
     let (lo, hi, last) = following_clamp(model, node)?;
     let conv = if layout.channels_last {
-        DirectConv::channels_last(win, c_in, |c, y, x| weight(c, 0, y, x), bias)
+        DirectConv::channels_last(win, c_in, |c, y, x| parts.weight(c, 0, y, x), parts.bias.clone())
     } else {
-        DirectConv::new(win, (c_in, c_out, group), weight, bias)
+        DirectConv::new(win, (c_in, c_out, group), |o, i, y, x| parts.weight(o, i, y, x), parts.bias.clone())
     };
     let conv = Arc::new(conv.clamped(lo, hi));
-    let out_shape = out_fact.shape.iter().cloned().collect();
+    let out_shape = parts.out_shape;
     let simd = Simd::for_isa(isa);
     let op = if depthwise {
         Direct::Depthwise(PupilConv { conv, isa, simd, layout, out_shape })

@@ -3,8 +3,9 @@
 //! dispatched at run time to AVX-512 VNNI / AVX2 / scalar on x86-64 and NEON dotprod / NEON on aarch64; f32
 //! matrix products with constant weights over few rows (batch-1 dense layers) by [`PupilMatMul`] (split across
 //! the model's threads when large enough to gain from it); f32 depthwise convolutions, convolutions over few input channels, 1×1
-//! convolutions and max pools are replaced by [`PupilDepthwiseConv`], [`PupilDirectConv`], [`PupilPointwiseConv`]
-//! and [`PupilMaxPool`] (AVX-512 / AVX2 + FMA / NEON / scalar).
+//! convolutions, stride-1 convolutions over more input channels and max pools are replaced by
+//! [`PupilDepthwiseConv`], [`PupilDirectConv`], [`PupilPointwiseConv`], [`PupilGridConv`] and [`PupilMaxPool`]
+//! (AVX-512 / AVX2 + FMA / NEON / scalar).
 //! int8 convolutions (`QLinearConv`) are rewritten before tract reads the file ([`qconv`]) so that they run on
 //! those f32 kernels with the int8 model's activation grid; the `QuantizeLinear → DequantizeLinear` chains left
 //! between them (with their clamps) then run as one pass each ([`PupilRequant`], [`requant`]). Also tunes tract's aarch64 CPU detection on Android, where tract cannot see the core kind.
@@ -12,6 +13,7 @@
 mod channels_last;
 mod dwconv;
 pub mod gemv;
+mod gridconv;
 mod matmul;
 mod op;
 mod pointwise;
@@ -27,6 +29,7 @@ use tract_onnx::tract_core::internal::{DimLike, EvalContext, ensure};
 
 pub use dwconv::{MAX_DIRECT_INPUTS, PupilConv, PupilDepthwiseConv, PupilDirectConv};
 pub use gemv::{PackedF32, WeightLayout};
+pub use gridconv::PupilGridConv;
 pub use matmul::PupilMatMul;
 pub use op::PupilQMatMul;
 pub use pointwise::PupilPointwiseConv;
@@ -74,7 +77,7 @@ impl Acceleration {
 pub struct Replacement {
     pub node: String,
     /// The pupil operator: `PupilQMatMul`, `PupilMatMul`, `PupilDepthwiseConv`, `PupilDirectConv`,
-    /// `PupilPointwiseConv` or `PupilMaxPool`.
+    /// `PupilPointwiseConv`, `PupilGridConv` or `PupilMaxPool`.
     pub op: &'static str,
     /// Products summed per output value: K of a matrix product, `c_in / group · kh · kw` of a convolution,
     /// `kh · kw` of a pool.
@@ -98,6 +101,8 @@ impl Replacement {
             ("PupilDirectConv", o.dims(), o.isa())
         } else if let Some(o) = any.downcast_ref::<PupilPointwiseConv>() {
             ("PupilPointwiseConv", o.dims(), o.isa())
+        } else if let Some(o) = any.downcast_ref::<PupilGridConv>() {
+            ("PupilGridConv", o.dims(), o.isa())
         } else if let Some(o) = any.downcast_ref::<PupilMaxPool>() {
             ("PupilMaxPool", o.dims(), o.isa())
         } else {
@@ -132,7 +137,7 @@ pub fn optimize_with(model: InferenceModel, accel: Acceleration) -> TractResult<
 /// every f32 matrix product with constant weights over at most [`matmul::MAX_ROWS`] rows (known at load) by
 /// [`PupilMatMul`] (with the bias `Add` and ReLU after it), every f32 depthwise convolution by [`PupilDepthwiseConv`], every f32 convolution over at most
 /// [`MAX_DIRECT_INPUTS`] input channels by [`PupilDirectConv`], every f32 1×1 convolution (tract's `EinSum` form of
-/// it) by [`PupilPointwiseConv`] and every f32 max pool by [`PupilMaxPool`] (each
+/// it) by [`PupilPointwiseConv`], every other f32 stride-1 channels-first convolution by [`PupilGridConv`] and every f32 max pool by [`PupilMaxPool`] (each
 /// when its shape is one the kernels handle; tract keeps the others).
 pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Vec<Replacement>> {
     let Some(isa) = isa_for(accel)? else { return Ok(vec![]) };
@@ -150,6 +155,8 @@ pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Ve
                 dwconv::Direct::Dense(op) => Some((Box::new(op), last)),
             }
         } else if let Some((op, last)) = pointwise::for_einsum(model, node, isa)? {
+            Some((Box::new(op), last))
+        } else if let Some((op, last)) = gridconv::for_conv(model, node, isa)? {
             Some((Box::new(op), last))
         } else {
             pool::for_maxpool(model, node, isa)?.map(|op| (Box::new(op) as Box<dyn TypedOp>, id))

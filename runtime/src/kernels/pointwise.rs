@@ -18,14 +18,21 @@ use super::taps::Simd;
 /// keep 12 independent FMA chains in 15 of the 16 registers (4 × 3 spilled one).
 const ROWS: usize = 6;
 
-/// The weights of a 1×1 convolution packed for the kernels.
+/// The weights of a 1×1 convolution packed for the kernels; more generally, of any product
+/// `out[o][p] = Σ_t w[o][t] · x[offset[t] + p]` over `hw` contiguous positions, whose terms read the input at
+/// fixed offsets (a stride-1 convolution over a zero-padded input is one: see [`super::gridconv`]).
 #[derive(Debug)]
 pub(crate) struct Pointwise {
+    /// Input channels (of a 1×1 convolution: the number of terms).
     c_in: usize,
     c_out: usize,
-    /// Pixels per image plane.
+    /// Output positions per image (pixels of a 1×1 convolution).
     hw: usize,
-    /// `[c_out / ROWS (rounded up)][c_in][ROWS]`, zero-padded past `c_out`.
+    /// Where each term starts reading in the input (`t · hw` for a 1×1 convolution).
+    offsets: Vec<usize>,
+    /// Input values one image must hold: `max(offsets) + hw`.
+    x_len: usize,
+    /// `[c_out / ROWS (rounded up)][terms][ROWS]`, zero-padded past `c_out`.
     w: Vec<f32>,
     /// Padded like `w`.
     bias: Vec<f32>,
@@ -38,24 +45,42 @@ impl Pointwise {
         (c_in, c_out, hw): (usize, usize, usize),
         weight: impl Fn(usize, usize) -> f32,
         bias: &[f32],
+        clamp: (f32, f32),
+    ) -> Pointwise {
+        Pointwise::shifted((0..c_in).map(|i| i * hw).collect(), (c_out, hw), weight, bias, clamp)
+    }
+
+    /// A product whose term `t` reads `x[offsets[t] + p]` for the positions `p < hw`, with weights `weight(o, t)`.
+    pub(crate) fn shifted(
+        offsets: Vec<usize>,
+        (c_out, hw): (usize, usize),
+        weight: impl Fn(usize, usize) -> f32,
+        bias: &[f32],
         (lo, hi): (f32, f32),
     ) -> Pointwise {
+        let terms = offsets.len();
         let blocks = c_out.div_ceil(ROWS);
-        let mut w = vec![0f32; blocks * c_in * ROWS];
+        let mut w = vec![0f32; blocks * terms * ROWS];
         let mut b = vec![0f32; blocks * ROWS];
         for o in 0..c_out {
             let (blk, r) = (o / ROWS, o % ROWS);
-            for i in 0..c_in {
-                w[(blk * c_in + i) * ROWS + r] = weight(o, i);
+            for t in 0..terms {
+                w[(blk * terms + t) * ROWS + r] = weight(o, t);
             }
             b[o] = bias[o];
         }
-        Pointwise { c_in, c_out, hw, w, bias: b, lo, hi }
+        let x_len = offsets.iter().max().map_or(0, |m| m + hw);
+        Pointwise { c_in: terms, c_out, hw, offsets, x_len, w, bias: b, lo, hi }
     }
 
-    /// One image: `out[o·hw + p] = clamp(bias[o] + Σ_i w[o][i] · x[i·hw + p], lo, hi)`.
+    /// Input values one image must hold.
+    pub(crate) fn x_len(&self) -> usize {
+        self.x_len
+    }
+
+    /// One image: `out[o·hw + p] = clamp(bias[o] + Σ_t w[o][t] · x[offset[t] + p], lo, hi)`.
     pub(crate) fn run(&self, simd: Simd, x: &[f32], out: &mut [f32]) {
-        assert!(x.len() == self.c_in * self.hw && out.len() == self.c_out * self.hw);
+        assert!(x.len() >= self.x_len && out.len() == self.c_out * self.hw);
         let done = match simd {
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2Fma | Simd::Avx512
@@ -81,8 +106,8 @@ impl Pointwise {
             let (blk, r) = (o / ROWS, o % ROWS);
             for p in from..hw {
                 let mut acc = self.bias[o];
-                for i in 0..self.c_in {
-                    acc += self.w[(blk * self.c_in + i) * ROWS + r] * x[i * hw + p];
+                for (i, &off) in self.offsets.iter().enumerate() {
+                    acc += self.w[(blk * self.c_in + i) * ROWS + r] * x[off + p];
                 }
                 out[o * hw + p] = acc.max(self.lo).min(self.hi);
             }
@@ -102,8 +127,8 @@ mod x86 {
         let hw = pk.hw;
         let (n16, n8) = (hw / 16 * 16, hw / 8 * 8);
         let blocks = pk.c_out.div_ceil(ROWS);
-        // SAFETY: blocks read x[i·hw + p .. + 8·V] and write out[o·hw + p .. + 8·V] with p + 8·V <= hw; the
-        // masked block touches only the lanes below hw − n8.
+        // SAFETY: blocks read x[offset + p .. + 8·V] and write out[o·hw + p .. + 8·V] with p + 8·V <= hw and
+        // offset + hw <= x_len <= x.len(); the masked block touches only the lanes below hw − n8.
         unsafe {
             for p in (0..n16).step_by(16) {
                 for blk in 0..blocks {
@@ -145,10 +170,10 @@ mod x86 {
             for (r, row) in acc.iter_mut().enumerate() {
                 *row = [_mm256_set1_ps(*pk.bias.get_unchecked(blk * ROWS + r)); V];
             }
-            for i in 0..c_in {
+            for (i, &off) in pk.offsets.iter().enumerate() {
                 let mut xs = [_mm256_setzero_ps(); V];
                 for (v, xv) in xs.iter_mut().enumerate() {
-                    let src = xp.add(i * hw + 8 * v);
+                    let src = xp.add(off + 8 * v);
                     *xv = match mask {
                         Some(m) => _mm256_maskload_ps(src, m),
                         None => _mm256_loadu_ps(src),
@@ -191,7 +216,8 @@ mod arm {
     pub(super) unsafe fn neon(pk: &Pointwise, x: &[f32], out: &mut [f32]) -> usize {
         let hw = pk.hw;
         let (n16, n4) = (hw / 16 * 16, hw / 4 * 4);
-        // SAFETY: blocks read x[i·hw + p .. + 4·V] and write out[o·hw + p .. + 4·V] with p + 4·V <= n4 <= hw.
+        // SAFETY: blocks read x[offset + p .. + 4·V] and write out[o·hw + p .. + 4·V] with p + 4·V <= n4 <= hw
+        // and offset + hw <= x_len <= x.len().
         unsafe {
             for p in (0..n16).step_by(16) {
                 for blk in 0..pk.c_out.div_ceil(ROWS) {
@@ -219,10 +245,10 @@ mod arm {
             for (r, row) in acc.iter_mut().enumerate() {
                 *row = [vdupq_n_f32(*pk.bias.get_unchecked(blk * ROWS + r)); V];
             }
-            for i in 0..c_in {
+            for (i, &off) in pk.offsets.iter().enumerate() {
                 let mut xs = [vdupq_n_f32(0.0); V];
                 for (v, xv) in xs.iter_mut().enumerate() {
-                    *xv = vld1q_f32(xp.add(i * hw + 4 * v));
+                    *xv = vld1q_f32(xp.add(off + 4 * v));
                 }
                 let (wq, wd) = (vld1q_f32(w.add(i * ROWS)), vld1_f32(w.add(i * ROWS + 4)));
                 for (v, xv) in xs.iter().enumerate() {

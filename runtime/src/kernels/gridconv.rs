@@ -1,0 +1,274 @@
+//! `PupilGridConv`: f32 convolutions with stride 1, group 1 and more input channels than the direct kernel takes
+//! (a CNN's 32→64 3×3 layer), computed as one product over the zero-padded input instead of tract's im2col +
+//! matrix product.
+//!
+//! Output row `y`, column `x` is computed at position `y·PW + x` of a grid as wide as the padded input (`PW`
+//! columns). Every (input channel `c`, kernel row `ky`, column `kx`) term then reads the padded planes at the
+//! fixed offset `c·PH·PW + ky·PW + kx` from the position, so the whole convolution is the pointwise kernel's
+//! product (6 output channels × 16 positions per block, [`super::pointwise`]) with `C·KH·KW` terms. The `KW − 1`
+//! positions of each grid row past the output width are computed and dropped; bias and a following ReLU / ReLU6
+//! are folded in. Per run: one copy of the input into the padded planes and one crop of the grid.
+
+use std::sync::Arc;
+
+use tract_onnx::tract_core::internal::*;
+
+use super::dwconv::{MAX_DIRECT_INPUTS, conv_parts, following_clamp};
+use super::pointwise::Pointwise;
+use super::qgemv::Isa;
+use super::taps::Simd;
+
+/// Where the image goes in the padded planes, and the grid the product runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Grid {
+    c_in: usize,
+    h: usize,
+    w: usize,
+    /// Zero rows above and columns left of the image.
+    pt: usize,
+    pl: usize,
+    /// Padded plane height and width.
+    ph: usize,
+    pw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Grid {
+    fn plane(&self) -> usize {
+        self.ph * self.pw
+    }
+}
+
+/// The convolution's weights as a shifted product, and its geometry.
+#[derive(Debug)]
+pub(crate) struct GridConv {
+    grid: Grid,
+    c_out: usize,
+    /// `c_in · kh · kw`: multiply-adds per output value.
+    terms: usize,
+    pk: Pointwise,
+}
+
+impl GridConv {
+    /// `weight(o, c, ky, kx)` of a `kh × kw` convolution, stride 1, over `grid`.
+    fn new(
+        grid: Grid,
+        (c_out, kh, kw): (usize, usize, usize),
+        weight: impl Fn(usize, usize, usize, usize) -> f32,
+        bias: &[f32],
+        clamp: (f32, f32),
+    ) -> GridConv {
+        let mut offsets = Vec::with_capacity(grid.c_in * kh * kw);
+        for c in 0..grid.c_in {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    offsets.push(c * grid.plane() + ky * grid.pw + kx);
+                }
+            }
+        }
+        let term = |o: usize, t: usize| weight(o, t / (kh * kw), t / kw % kh, t % kw);
+        let pk = Pointwise::shifted(offsets, (c_out, grid.oh * grid.pw), term, bias, clamp);
+        GridConv { grid, c_out, terms: grid.c_in * kh * kw, pk }
+    }
+
+    /// One image `[c_in, h, w]` into `out` `[c_out, oh, ow]`, with `padded` and `staged` as scratch (their
+    /// padding stays zero between calls: only the image's own cells are written).
+    fn run(&self, simd: Simd, x: &[f32], out: &mut [f32], padded: &mut [f32], staged: &mut [f32]) {
+        let g = &self.grid;
+        for (c, plane) in x.chunks_exact(g.h * g.w).enumerate() {
+            for (y, row) in plane.chunks_exact(g.w).enumerate() {
+                let at = c * g.plane() + (y + g.pt) * g.pw + g.pl;
+                padded[at..at + g.w].copy_from_slice(row);
+            }
+        }
+        self.pk.run(simd, padded, staged);
+        for (o_plane, s_plane) in out.chunks_exact_mut(g.oh * g.ow).zip(staged.chunks_exact(g.oh * g.pw)) {
+            for (o_row, s_row) in o_plane.chunks_exact_mut(g.ow).zip(s_plane.chunks_exact(g.pw)) {
+                o_row.copy_from_slice(&s_row[..g.ow]);
+            }
+        }
+    }
+
+    fn padded_len(&self) -> usize {
+        self.pk.x_len().max(self.grid.c_in * self.grid.plane())
+    }
+}
+
+/// A stride-1, group-1 f32 convolution over channels-first images, on the shifted-product kernel.
+#[derive(Debug, Clone)]
+pub struct PupilGridConv {
+    conv: Arc<GridConv>,
+    isa: Isa,
+    simd: Simd,
+    out_shape: TVec<TDim>,
+}
+
+impl PartialEq for PupilGridConv {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.conv, &other.conv) && self.isa == other.isa && self.out_shape == other.out_shape
+    }
+}
+impl Eq for PupilGridConv {}
+
+impl PupilGridConv {
+    /// The instruction set level the operator was built for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+    /// `(c_in · kh · kw, output channels)`: products summed per output value, and outputs per position.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.conv.terms, self.conv.c_out)
+    }
+}
+
+impl Op for PupilGridConv {
+    fn name(&self) -> StaticName {
+        "PupilGridConv".into()
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        let (g, c) = (&self.conv.grid, &self.conv);
+        Ok(vec![format!(
+            "{}→{} channels, {}×{} → {}×{} over a {}-wide grid, {:?}",
+            g.c_in, c.c_out, g.h, g.w, g.oh, g.ow, g.pw, self.simd
+        )])
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for PupilGridConv {
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = &inputs[0];
+        let (c, g) = (&self.conv, &self.conv.grid);
+        let shape = input.shape();
+        let image = g.c_in * g.h * g.w;
+        if shape.len() < 3 || shape[shape.len() - 3..] != [g.c_in, g.h, g.w] {
+            bail!("PupilGridConv expects images of {:?}, got {shape:?}", [g.c_in, g.h, g.w]);
+        }
+        let batch = input.len() / image;
+        let out_len = c.c_out * g.oh * g.ow;
+        let out_shape = super::output_shape("PupilGridConv", &self.out_shape, ctx, batch * out_len)?;
+        // SAFETY: f32 has no invalid bit patterns, and `run` writes every output value.
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
+        let src = input.try_as_plain_ram()?;
+        let src = src.as_slice::<f32>()?;
+        let mut dst = out.try_as_plain_ram_mut()?;
+        let dst = dst.as_slice_mut::<f32>()?;
+        let mut padded = vec![0f32; c.padded_len()];
+        let mut staged = vec![0f32; c.c_out * g.oh * g.pw];
+        for (x, o) in src.chunks_exact(image).zip(dst.chunks_exact_mut(out_len)) {
+            c.run(self.simd, x, o, &mut padded, &mut staged);
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+    op_out_of_plan!();
+}
+
+impl TypedOp for PupilGridConv {
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(&*self.out_shape)))
+    }
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let shape = &inputs[0].shape;
+        let batch: TDim = shape.iter().take(shape.len().saturating_sub(3)).product();
+        let (c, g) = (&self.conv, &self.conv.grid);
+        let macs = c.c_out * g.oh * g.ow * c.terms;
+        Ok(tvec!((Cost::FMA(DatumType::F32), batch * macs as i64)))
+    }
+    as_op!();
+}
+
+/// Builds the pupil operator for a decluttered f32 `Conv` node with stride 1, group 1, channels first and more
+/// than [`MAX_DIRECT_INPUTS`] input channels (fewer go to the direct kernel), and the last node it replaces (a
+/// ReLU / Clip folded in); `None` for any other convolution.
+pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractResult<Option<(PupilGridConv, usize)>> {
+    let Some(parts) = conv_parts(model, node)? else { return Ok(None) };
+    let w = parts.win.clone();
+    if parts.group != 1 || parts.c_in <= MAX_DIRECT_INPUTS || parts.layout.channels_last || (w.sh, w.sw) != (1, 1) {
+        return Ok(None);
+    }
+    // The padded planes hold the image at (pt, pl) and every window the output reads.
+    let grid = Grid {
+        c_in: parts.c_in,
+        h: w.h,
+        w: w.w,
+        pt: w.pt,
+        pl: w.pl,
+        ph: (w.pt + w.h).max(w.oh + w.kh - 1),
+        pw: (w.pl + w.w).max(w.ow + w.kw - 1),
+        oh: w.oh,
+        ow: w.ow,
+    };
+    let (lo, hi, last) = following_clamp(model, node)?;
+    let conv =
+        GridConv::new(grid, (parts.c_out, w.kh, w.kw), |o, c, y, x| parts.weight(o, c, y, x), &parts.bias, (lo, hi));
+    let out_shape = model.outlet_fact(OutletId::new(last, 0))?.shape.iter().cloned().collect();
+    Ok(Some((PupilGridConv { conv: Arc::new(conv), isa, simd: Simd::for_isa(isa), out_shape }, last)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::zoo::Rng;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// 5..24 input and 1..20 output channels, images up to 17 × 17, kernels 1..=5 (not always square), every
+        /// padding below the kernel size, with and without a clamp: every instruction set within
+        /// `1e-5 · (1 + Σ|w·x|)` of the definition computed in f64 (run twice, so the reused scratch is checked too).
+        #[test]
+        fn grid_convolution_matches_the_definition_on_every_isa(
+            (c_in, c_out) in (5usize..24, 1usize..20),
+            (h, w) in (1usize..18, 1usize..18),
+            (kh, kw) in (1usize..=5, 1usize..=5),
+            pads in (0usize..5, 0usize..5, 0usize..5, 0usize..5),
+            clamp in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let (pt, pb, pl, pr) = (pads.0 % kh, pads.1 % kh, pads.2 % kw, pads.3 % kw);
+            prop_assume!(h + pt + pb >= kh && w + pl + pr >= kw);
+            let (oh, ow) = (h + pt + pb - kh + 1, w + pl + pr - kw + 1);
+            let mut rng = Rng::new(seed);
+            let weights: Vec<f32> = (0..c_out * c_in * kh * kw).map(|_| rng.sym(1.0)).collect();
+            let bias: Vec<f32> = (0..c_out).map(|_| rng.sym(1.0)).collect();
+            let wt = |o: usize, c: usize, y: usize, x: usize| weights[((o * c_in + c) * kh + y) * kw + x];
+            let (lo, hi) = if clamp { (0.0, 1.5) } else { (f32::NEG_INFINITY, f32::INFINITY) };
+            let grid = Grid { c_in, h, w, pt, pl, ph: (pt + h).max(oh + kh - 1), pw: (pl + w).max(ow + kw - 1), oh, ow };
+            let conv = GridConv::new(grid, (c_out, kh, kw), wt, &bias, (lo, hi));
+            for isa in Isa::available() {
+                let mut padded = vec![0f32; conv.padded_len()];
+                let mut staged = vec![0f32; c_out * oh * grid.pw];
+                for _ in 0..2 {
+                    let x: Vec<f32> = (0..c_in * h * w).map(|_| rng.sym(2.0)).collect();
+                    let mut out = vec![f32::NAN; c_out * oh * ow];
+                    conv.run(Simd::for_isa(isa), &x, &mut out, &mut padded, &mut staged);
+                    for o in 0..c_out {
+                        for y in 0..oh {
+                            for xo in 0..ow {
+                                let (mut exact, mut mag) = (bias[o] as f64, bias[o].abs() as f64);
+                                for c in 0..c_in {
+                                    for ky in 0..kh {
+                                        for kx in 0..kw {
+                                            let (iy, ix) = ((y + ky) as i64 - pt as i64, (xo + kx) as i64 - pl as i64);
+                                            if iy < 0 || ix < 0 || iy >= h as i64 || ix >= w as i64 {
+                                                continue;
+                                            }
+                                            let v = x[(c * h + iy as usize) * w + ix as usize] * wt(o, c, ky, kx);
+                                            exact += v as f64;
+                                            mag += v.abs() as f64;
+                                        }
+                                    }
+                                }
+                                let exact = exact.max(lo as f64).min(hi as f64);
+                                let got = out[(o * oh + y) * ow + xo] as f64;
+                                prop_assert!((got - exact).abs() <= 1e-5 * (1.0 + mag), "{} o {} y {} x {}: {} vs {}", isa, o, y, xo, got, exact);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
