@@ -360,6 +360,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("mnist-teacher", include_str!("../recipes/mnist-teacher.toml")),
     ("mnist-student-800", include_str!("../recipes/mnist-student-800.toml")),
     ("mnist-student-800-distill", include_str!("../recipes/mnist-student-800-distill.toml")),
+    ("mnist-student-800-distill-jitter", include_str!("../recipes/mnist-student-800-distill-jitter.toml")),
     ("mnist-student-30", include_str!("../recipes/mnist-student-30.toml")),
     ("quick", include_str!("../recipes/quick.toml")),
     ("tiny", include_str!("../recipes/tiny.toml")),
