@@ -15,11 +15,12 @@ use tract_linalg::multithread::Executor;
 use super::qgemv::Isa;
 use super::taps::Simd;
 
-/// Multiply-accumulates per call below which a product is not split across threads. Splitting a batch-1
-/// product of the sizes students have (784×800 … 1200×1200, ≤ 1.5 M) measured slower than one core on both
-/// machines pupil was benchmarked on (e.g. 800×800 on an AMD EPYC: 50 µs on one thread, 87–90 µs split in two,
-/// with pool threads or with spinning helpers), so only far larger products are split.
-pub const MIN_SPLIT_MACS: usize = 1 << 22;
+/// Multiply-accumulates per call below which a product is not split across threads. On the AMD EPYC of the
+/// benchmarks (two independent cores, 512 KiB of L2 each), a model loaded with 2 threads and run back to back
+/// ran its 784×1200 and 1200×1200 layers twice as fast split (the 1200-1200 MLP: 270–440 µs → 125–183 µs per
+/// run), while splitting the 784×800 and 800×800 layers of the students gained nothing measurable (124–137 µs
+/// either way), so products from about 900 k multiply-adds up are split.
+pub const MIN_SPLIT_MACS: usize = 900_000;
 
 /// A product split into chunks that threads claim.
 struct Split {
