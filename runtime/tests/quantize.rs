@@ -304,11 +304,12 @@ fn cnn_static_int8_agrees_and_runs_its_dense_layer_on_integer_kernels_and_its_co
     assert!(accuracy(&reference, &d.test.1) > 0.85, "accuracy {}", accuracy(&reference, &d.test.1));
     let (bytes, report) = quantize_checked(f32_bytes, &QuantizeOptions::default());
     // The dense layer on an i32 kernel; the two int8 convolutions on f32 kernels with the int8 activation grid
-    // (`kernels::qconv`): the 1-channel one on pupil's direct kernel, the other on tract's f32 GEMM.
-    assert_kernels(&bytes, 1, 1);
+    // (`kernels::qconv`): the 1-channel one on pupil's direct kernel, the other on pupil's grid kernel, so no
+    // matrix product is left in f32.
+    assert_kernels(&bytes, 1, 0);
     let model = Model::from_bytes(&bytes, ModelOptions::default()).unwrap();
     let ops: Vec<&str> = pupil_runtime::kernels::pupil_nodes(model.typed_model()).iter().map(|r| r.op).collect();
-    assert!(ops.contains(&"PupilDirectConv"), "{ops:?}");
+    assert!(ops.contains(&"PupilDirectConv") && ops.contains(&"PupilGridConv"), "{ops:?}");
     let on_f32: Vec<&pupil_runtime::quantize::KernelReport> =
         report.kernels.iter().filter(|k| k.op == "QLinearConv" && !k.expected_integer).collect();
     assert_eq!(on_f32.len(), 2, "the report lists both convolutions as run in f32 by design: {:?}", report.kernels);
