@@ -34,7 +34,6 @@ struct CheckpointState {
     history: Vec<EpochStats>,
 }
 
-/// Soft targets prepared for the loss.
 /// The teacher's softened outputs, for every shift of the transfer set that jitter can produce.
 struct Soft {
     /// `p[s]`, `logp[s]`: `[n, classes]` for the shift `s` (see [`Shifts`]).
@@ -122,8 +121,8 @@ pub(crate) fn run(job: &Job, teacher_path: Option<&Path>) -> Result<Outcome> {
             let t = recipe.distill.temperature;
             let mut soft = Soft { p: vec![], logp: vec![], t };
             for (dy, dx) in shifts.all() {
-                let logits = if (dy, dx) == (0, 0) {
-                    outs.logits.clone()
+                let (p, logp) = if (dy, dx) == (0, 0) {
+                    teacher::soften(&outs.logits, classes, t)
                 } else {
                     let (c, h, w) = image.expect("shifts exist only for image-shaped inputs");
                     let mut inputs = Vec::with_capacity(data.inputs.len());
@@ -137,9 +136,9 @@ pub(crate) fn run(job: &Job, teacher_path: Option<&Path>) -> Result<Outcome> {
                         labels: None,
                         class_names: None,
                     };
-                    teacher::soft_targets(path, &shifted, classes, &job.cache_dir(), job.progress)?.logits
+                    let logits = teacher::soft_targets(path, &shifted, classes, &job.cache_dir(), job.progress)?.logits;
+                    teacher::soften(&logits, classes, t)
                 };
-                let (p, logp) = teacher::soften(&logits, classes, t);
                 soft.p.push(p);
                 soft.logp.push(logp);
             }

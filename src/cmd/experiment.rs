@@ -159,7 +159,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     // 3c. Beyond the paper: a ±2 px jittered transfer set, the teacher run on every shifted copy (the shipped
     // student's recipe), against the hard-label student trained with the same jitter and schedule.
     let jittered = with_epochs(Recipe::load("mnist-student-800-distill-jitter")?, args.student_epochs);
-    let mut hard_jittered = with_epochs(Recipe::load("mnist-student-800")?, args.student_epochs);
+    let mut hard_jittered = Recipe::load("mnist-student-800")?;
     hard_jittered.name = "mnist-student-800-jitter".into();
     hard_jittered.train.jitter = jittered.train.jitter;
     hard_jittered.train.epochs = jittered.train.epochs;
@@ -171,10 +171,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         &o,
         "",
     ));
-    let alpha = jittered.distill.alpha;
+    let (alpha, t) = (jittered.distill.alpha, jittered.distill.temperature);
     let o = pupil_distill::distill(&job(jittered, train.clone(), "student-800-distilled-jitter"), &teacher)?;
     rows.push(row_of(
-        &format!("same student, distilled at T = 20 on a ±{jitter} px jittered transfer set, hard labels added (alpha = {alpha})"),
+        &format!("same student, distilled at T = {t} on a ±{jitter} px jittered transfer set, hard labels added (alpha = {alpha})"),
         "–",
         &o,
         "the teacher is run on every shifted copy; the shipped student's recipe",
