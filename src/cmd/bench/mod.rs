@@ -1,5 +1,5 @@
 //! `pupil bench`: pupil against ONNX Runtime on the same ONNX files, same thread count, in one run,
-//! interleaved in short turns (each after a pause that lets the previous contender's worker threads park):
+//! interleaved in short turns (each after a pause and a wait until the previous contender's worker threads park):
 //! p50/p90 latency at batch 1, the ratio pupil/ORT, and cold start. Also `--generate DIR`
 //! to write the benchmark suite (MLPs, CNN, MobileNet-style CNN, f32 and int8).
 
@@ -38,9 +38,10 @@ pub struct Args {
     /// Timed runs per contender per turn: the contenders take turns, each running this many times back to back.
     #[arg(long, default_value_t = 4)]
     pub burst: usize,
-    /// Pause before each turn, in milliseconds, so that the previous contender's worker threads (ONNX Runtime's
-    /// spin after every run by default) have parked before the next one runs; each turn after a pause starts
-    /// with one untimed run. 0: no pause and no untimed run.
+    /// Pause before each turn, in milliseconds; after it the turn also waits (up to 100 ms, on Linux) until every
+    /// other thread of the process has parked, so the previous contender's workers (ONNX Runtime's spin after
+    /// every run by default) never share the CPU with the next one. Each turn after a pause starts with one
+    /// untimed run. 0: no pause, no wait and no untimed run.
     #[arg(long, default_value_t = 3)]
     pub settle_ms: u64,
     /// Only models whose name contains this text.
@@ -104,6 +105,41 @@ struct Report {
     burst: usize,
     settle_ms: u64,
     rows: Vec<Row>,
+}
+
+/// The longest a turn waits, after its pause, for the other threads of this process to park.
+const PARK_WAIT_CAP: Duration = Duration::from_millis(100);
+
+/// Waits, up to `cap`, until no thread of this process but the caller is running (Linux: every other
+/// `/proc/self/task/*/stat` in a state other than `R`), so that a contender's turn never shares the CPU with the
+/// previous contender's workers: ONNX Runtime's spin for a while after each run, and on a 2-core machine a
+/// spinning worker takes the core the next contender's helper thread needs. `Some(true)` when they parked,
+/// `Some(false)` when `cap` ran out first, `None` where threads cannot be listed.
+fn wait_until_others_park(cap: Duration) -> Option<bool> {
+    let me = std::fs::read_link("/proc/thread-self").ok()?;
+    let me = me.file_name()?.to_owned();
+    let t0 = Instant::now();
+    loop {
+        let mut running = false;
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            if task.file_name() == me {
+                continue;
+            }
+            // `pid (comm) S ...`: the state follows the last ')' (comm may itself hold parentheses).
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+            if stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('R')) {
+                running = true;
+                break;
+            }
+        }
+        if !running {
+            return Some(true);
+        }
+        if t0.elapsed() >= cap {
+            return Some(false);
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -250,6 +286,7 @@ fn bench_one(e: &Entry, threads: usize, args: &Args, use_ort: bool, input_seed: 
         Ok(())
     };
     let mut turn = 0;
+    let mut parked = Vec::new();
     while times[..contenders].iter().any(|t| t.len() < args.runs) {
         // Rotate who goes first so no contender always runs on a cache warmed by the same neighbour.
         for slot in 0..contenders {
@@ -260,6 +297,7 @@ fn bench_one(e: &Entry, threads: usize, args: &Args, use_ort: bool, input_seed: 
             }
             if !settle.is_zero() {
                 std::thread::sleep(settle);
+                parked.push(wait_until_others_park(PARK_WAIT_CAP));
                 run(who)?;
             }
             for _ in 0..args.burst.min(left) {
@@ -272,6 +310,15 @@ fn bench_one(e: &Entry, threads: usize, args: &Args, use_ort: bool, input_seed: 
     }
     for t in times.iter_mut() {
         t.sort();
+    }
+    let turns_after_unparked = parked.iter().filter(|&&p| p == Some(false)).count();
+    if turns_after_unparked > 0 {
+        tracing::warn!(
+            "{}: {turns_after_unparked} of {} turns started while another thread of this process still ran after \
+             {PARK_WAIT_CAP:?} (another contender's workers spinning?)",
+            e.name,
+            parked.len()
+        );
     }
     let lat = |t: &[Duration], cold: Duration| Latency {
         p50_us: percentile(t, 0.5),
@@ -407,7 +454,7 @@ fn header(r: &Report) -> String {
         _ => {}
     }
     s.push_str(&format!(
-        "batch 1, {} timed runs after {} warm-up, interleaved in turns of {} runs ({} ms pause before each turn)\n",
+        "batch 1, {} timed runs after {} warm-up, interleaved in turns of {} runs (before each: a {} ms pause, then a wait until the other threads park)\n",
         r.runs, r.warmup, r.burst, r.settle_ms
     ));
     s
