@@ -71,7 +71,12 @@ impl PupilMaxPool {
             }
             return Ok(());
         }
-        if (win.kh, win.kw, win.sh, win.sw, win.pt, win.pl) == (2, 2, 2, 2, 0, 0) {
+        // Windows wholly inside the plane: no padding on top or left, and none of the bottom or right padding read
+        // (an odd height padded to an extra output row is not).
+        if (win.kh, win.kw, win.sh, win.sw, win.pt, win.pl) == (2, 2, 2, 2, 0, 0)
+            && 2 * win.oh <= win.h
+            && 2 * win.ow <= win.w
+        {
             for (src, dst) in input.chunks_exact(plane).zip(out.chunks_exact_mut(oplane)) {
                 max_pool_2x2(src, win.w, win.ow, dst);
             }
