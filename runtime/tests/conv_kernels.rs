@@ -81,6 +81,11 @@ fn mobilenet_runs_its_depthwise_convs_and_stem_on_pupils_kernels_with_tracts_out
                 "{isa}, batch {shape:?}: {pointwise} of {one_by_one} 1×1 convolutions replaced"
             );
             want.extend(vec!["PupilPointwiseConv"; pointwise]);
+            // The classifier head, a matrix product over as many rows as the batch: pupil's when the batch is
+            // known at load.
+            if shape.is_some() {
+                want.push("PupilMatMul");
+            }
             want.sort();
             assert_eq!(ops, want, "{isa}, batch {shape:?}: 8 depthwise convs, the 3-channel stem and 1×1 convolutions");
             let listed = pupil_nodes(&fast);

@@ -234,7 +234,7 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
 
 /// Where K and N sit in a matrix product `EinSum` with a constant weight `b`.
 pub(crate) struct ProductLayout {
-    /// How many trailing axes of the activations make up K.
+    /// How many trailing axes of the activations make up K (unit axes after it included).
     pub k_dims: usize,
     /// The weight is `[K.., N]` (else `[N, K..]`).
     pub k_first: bool,
@@ -263,8 +263,26 @@ pub(crate) fn product_layout(
     // a: [.., K₁, K₂, ..] (the trailing axes summed over; other axes: the rows), b: [K₁, K₂, .., n] or
     // [n, K₁, K₂, ..], c: [.., n]. tract folds a Flatten into the product (`NabI,ObI->O` for a first layer on
     // 1×28×28 images) and drops or adds unit axes (`mk,kn->n` at batch 1): fine while the rows keep their order.
-    let mut k_pos_b = vec![];
+    // A 1×1 convolution in this form keeps its unit H and W axes after K (`NIHW,OI->NOHW`, before tract's
+    // `ChangeAxes` removes them): unit axes at the end of `a` that go straight to the end of the output change no
+    // memory layout, so they count as part of K (a product of 1s).
+    let mut units = 0;
     let mut rows = rank;
+    while rows > 0 {
+        let ax = axes.axis((InOut::In(0), rows - 1))?;
+        if a_fact.shape[rows - 1].is_one()
+            && ax.inputs[0].len() == 1
+            && ax.inputs[1].is_empty()
+            && out_rank > units + 1
+            && ax.outputs[0].as_slice() == [out_rank - 1 - units]
+        {
+            units += 1;
+            rows -= 1;
+        } else {
+            break;
+        }
+    }
+    let mut k_pos_b = vec![];
     while rows > 0 {
         let ax = axes.axis((InOut::In(0), rows - 1))?;
         if ax.outputs[0].is_empty() && ax.inputs[0].len() == 1 && ax.inputs[1].len() == 1 {
@@ -285,7 +303,7 @@ pub(crate) fn product_layout(
         _ => return Ok(None),
     };
     let n_axis = axes.axis((InOut::In(1), b_n_pos))?;
-    if n_axis.outputs[0].as_slice() != [out_rank - 1] || !n_axis.inputs[0].is_empty() {
+    if n_axis.outputs[0].as_slice() != [out_rank - 1 - units] || !n_axis.inputs[0].is_empty() {
         return Ok(None);
     }
     let mut last_out = None;
@@ -300,7 +318,7 @@ pub(crate) fn product_layout(
             _ => return Ok(None),
         }
     }
-    for o in 0..out_rank - 1 {
+    for o in 0..out_rank - 1 - units {
         let ax = axes.axis((InOut::Out(0), o))?;
         if ax.inputs[0].is_empty() && (!ax.inputs[1].is_empty() || !out_fact.shape[o].is_one()) {
             return Ok(None);
@@ -308,5 +326,5 @@ pub(crate) fn product_layout(
     }
     let k: usize = k_pos_b.iter().map(|&p| b.shape()[p]).product();
     let n = b.shape()[b_n_pos];
-    Ok(Some(ProductLayout { k_dims, k_first, k, n, n_axis_repr: n_axis.repr }))
+    Ok(Some(ProductLayout { k_dims: k_dims + units, k_first, k, n, n_axis_repr: n_axis.repr }))
 }
