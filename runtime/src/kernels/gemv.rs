@@ -15,12 +15,14 @@ use tract_linalg::multithread::Executor;
 use super::qgemv::Isa;
 use super::taps::Simd;
 
-/// Multiply-accumulates per call below which a product is not split across threads. On the AMD EPYC of the
-/// benchmarks (two independent cores, 512 KiB of L2 each), a model loaded with 2 threads and run back to back
-/// ran its 784×1200 and 1200×1200 layers twice as fast split (the 1200-1200 MLP: 270–440 µs → 125–183 µs per
-/// run), while splitting the 784×800 and 800×800 layers of the students gained nothing measurable (124–137 µs
-/// either way), so products from about 900 k multiply-adds up are split.
-pub const MIN_SPLIT_MACS: usize = 900_000;
+/// Multiply-accumulates per call below which a product is not split across threads. On the AMD EPYCs of the
+/// benchmarks (two independent cores), a model loaded with 2 threads ran its 784×1200 and 1200×1200 layers twice
+/// as fast split (the 1200-1200 MLP: 270–440 µs → 125–183 µs per run). The 784×800 and 800×800 layers of the
+/// students first seemed to gain nothing (124–137 µs either way, measured while ONNX Runtime's spinning workers
+/// could still hold the second core); once the benchmark waited for them to park, the same layers split ran the
+/// f32 800-800 MLP at 2 threads in 43–53 µs against 73–76 µs unsplit (binaries alternated, same host, AVX-512
+/// machine). So products from 600 k multiply-adds up are split (784×800 is 627 k).
+pub const MIN_SPLIT_MACS: usize = 600_000;
 
 /// A product split into chunks that threads claim.
 struct Split {
