@@ -48,6 +48,16 @@ pub(crate) struct GridConv {
     /// `c_in · kh · kw`: multiply-adds per output value.
     terms: usize,
     pk: Pointwise,
+    /// The `padded` and `staged` buffers of the last run, kept for the next one (`run`'s padding stays zero, so
+    /// they are reused as they are); a run that finds them taken by a concurrent one allocates its own.
+    scratch: std::sync::Mutex<Option<Scratch>>,
+}
+
+/// The zero-padded input planes and the product's output over the whole grid, for one image.
+#[derive(Debug)]
+struct Scratch {
+    padded: Vec<f32>,
+    staged: Vec<f32>,
 }
 
 impl GridConv {
@@ -69,7 +79,7 @@ impl GridConv {
         }
         let term = |o: usize, t: usize| weight(o, t / (kh * kw), t / kw % kh, t % kw);
         let pk = Pointwise::shifted(offsets, (c_out, grid.oh * grid.pw), term, bias, clamp);
-        GridConv { grid, c_out, terms: grid.c_in * kh * kw, pk }
+        GridConv { grid, c_out, terms: grid.c_in * kh * kw, pk, scratch: std::sync::Mutex::new(None) }
     }
 
     /// One image `[c_in, h, w]` into `out` `[c_out, oh, ow]`, with `padded` and `staged` as scratch (their
@@ -87,6 +97,22 @@ impl GridConv {
             for (o_row, s_row) in o_plane.chunks_exact_mut(g.ow).zip(s_plane.chunks_exact(g.pw)) {
                 o_row.copy_from_slice(&s_row[..g.ow]);
             }
+        }
+    }
+
+    /// This convolution's scratch buffers: the kept ones when no other run holds them, else new zeroed ones.
+    fn take_scratch(&self) -> Scratch {
+        let kept = self.scratch.try_lock().ok().and_then(|mut kept| kept.take());
+        kept.unwrap_or_else(|| Scratch {
+            padded: vec![0f32; self.padded_len()],
+            staged: vec![0f32; self.c_out * self.grid.oh * self.grid.pw],
+        })
+    }
+
+    /// Keeps `scratch` for the next run.
+    fn keep_scratch(&self, scratch: Scratch) {
+        if let Ok(mut kept) = self.scratch.try_lock() {
+            *kept = Some(scratch);
         }
     }
 
@@ -154,11 +180,11 @@ impl EvalOp for PupilGridConv {
         let src = src.as_slice::<f32>()?;
         let mut dst = out.try_as_plain_ram_mut()?;
         let dst = dst.as_slice_mut::<f32>()?;
-        let mut padded = vec![0f32; c.padded_len()];
-        let mut staged = vec![0f32; c.c_out * g.oh * g.pw];
+        let mut scratch = c.take_scratch();
         for (x, o) in src.chunks_exact(image).zip(dst.chunks_exact_mut(out_len)) {
-            c.run(self.simd, x, o, &mut padded, &mut staged);
+            c.run(self.simd, x, o, &mut scratch.padded, &mut scratch.staged);
         }
+        c.keep_scratch(scratch);
         Ok(tvec!(out.into_tvalue()))
     }
     op_out_of_plan!();
@@ -238,12 +264,13 @@ mod tests {
             let grid = Grid { c_in, h, w, pt, pl, ph: (pt + h).max(oh + kh - 1), pw: (pl + w).max(ow + kw - 1), oh, ow };
             let conv = GridConv::new(grid, (c_out, kh, kw), wt, &bias, (lo, hi));
             for isa in Isa::available() {
-                let mut padded = vec![0f32; conv.padded_len()];
-                let mut staged = vec![0f32; c_out * oh * grid.pw];
+                // Two images per ISA, on the scratch the op keeps between runs (its padding must stay zero).
                 for _ in 0..2 {
                     let x: Vec<f32> = (0..c_in * h * w).map(|_| rng.sym(2.0)).collect();
                     let mut out = vec![f32::NAN; c_out * oh * ow];
-                    conv.run(Simd::for_isa(isa), &x, &mut out, &mut padded, &mut staged);
+                    let mut scratch = conv.take_scratch();
+                    conv.run(Simd::for_isa(isa), &x, &mut out, &mut scratch.padded, &mut scratch.staged);
+                    conv.keep_scratch(scratch);
                     for o in 0..c_out {
                         for y in 0..oh {
                             for xo in 0..ow {
