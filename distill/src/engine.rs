@@ -125,18 +125,31 @@ pub(crate) fn run(job: &Job, teacher_path: Option<&Path>) -> Result<Outcome> {
                     teacher::soften(&outs.logits, classes, t)
                 } else {
                     let (c, h, w) = image.expect("shifts exist only for image-shaped inputs");
-                    let mut inputs = Vec::with_capacity(data.inputs.len());
-                    for i in 0..data.len() {
-                        shift(data.example(i), c, h, w, dy, dx, &mut inputs);
-                    }
-                    let shifted = crate::Dataset {
-                        name: format!("{} shifted by ({dy}, {dx}) px", data.name),
-                        example_shape: data.example_shape.clone(),
-                        inputs,
-                        labels: None,
-                        class_names: None,
+                    let variant = format!("shifted by ({dy}, {dx}) px");
+                    let derive = || {
+                        let mut inputs = Vec::with_capacity(data.inputs.len());
+                        for i in 0..data.len() {
+                            shift(data.example(i), c, h, w, dy, dx, &mut inputs);
+                        }
+                        crate::Dataset {
+                            name: format!("{} {variant}", data.name),
+                            example_shape: data.example_shape.clone(),
+                            inputs,
+                            labels: None,
+                            class_names: None,
+                        }
                     };
-                    let logits = teacher::soft_targets(path, &shifted, classes, &job.cache_dir(), job.progress)?.logits;
+                    let shifted = teacher::soft_targets_of_variant(
+                        path,
+                        &data,
+                        &outs.data_sha256,
+                        &variant,
+                        derive,
+                        classes,
+                        &job.cache_dir(),
+                        job.progress,
+                    )?;
+                    let logits = shifted.logits;
                     teacher::soften(&logits, classes, t)
                 };
                 soft.p.push(p);

@@ -1,6 +1,7 @@
 //! Teacher soft targets: any ONNX model run by `pupil_runtime` over the transfer set, its logits cached on disk
 //! (safetensors) keyed by the teacher's sha256 and the data's sha256, so later runs reuse them.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -48,15 +49,47 @@ pub fn soft_targets(
     cache_dir: &Path,
     progress: Progress,
 ) -> Result<TeacherOutputs> {
+    soft_targets_keyed(teacher, data, data_sha256(data), || Cow::Borrowed(data), classes, cache_dir, progress)
+}
+
+/// The teacher's logits over a variant of `data` (same example shape, e.g. every image shifted by a pixel) that
+/// `derive` builds only when the cache has no outputs for it: the variant is keyed by `data_sha256` (the key of
+/// `data`, which the caller already has) and `variant`, its name, so a cached variant is neither built nor hashed.
+#[allow(clippy::too_many_arguments)]
+pub fn soft_targets_of_variant(
+    teacher: &Path,
+    data: &Dataset,
+    data_sha256: &str,
+    variant: &str,
+    derive: impl FnOnce() -> Dataset,
+    classes: usize,
+    cache_dir: &Path,
+    progress: Progress,
+) -> Result<TeacherOutputs> {
+    let key =
+        format!("{:x}", Sha256::new().chain_update(data_sha256).chain_update(b"\n").chain_update(variant).finalize());
+    soft_targets_keyed(teacher, data, key, || Cow::Owned(derive()), classes, cache_dir, progress)
+}
+
+/// `soft_targets` with the data's cache key given, and the data itself built only on a cache miss; `like` has the
+/// data's example shape (for the teacher's checks).
+fn soft_targets_keyed<'a>(
+    teacher: &Path,
+    like: &Dataset,
+    data_sha256: String,
+    data: impl FnOnce() -> Cow<'a, Dataset>,
+    classes: usize,
+    cache_dir: &Path,
+    progress: Progress,
+) -> Result<TeacherOutputs> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4);
     let model = Model::load(teacher, ModelOptions { batch: Batch::Symbolic, threads, top_k: 1 })
         .map_err(|source| DistillError::Teacher { path: teacher.to_path_buf(), source })?;
-    check_teacher(&model, teacher, data, classes)?;
+    check_teacher(&model, teacher, like, classes)?;
     let teacher_sha256 = model.info().sha256.clone();
-    let data_sha256 = data_sha256(data);
     let cache_file =
         cache_dir.join(format!("teacher-{}-data-{}.safetensors", &teacher_sha256[..16], &data_sha256[..16]));
-    let n = data.len();
+    let n = like.len();
     if let Some(logits) = read_cache(&cache_file, n, classes) {
         tracing::info!("teacher outputs reused from {}", cache_file.display());
         return Ok(TeacherOutputs {
@@ -68,6 +101,16 @@ pub fn soft_targets(
             cache_file,
             from_cache: true,
         });
+    }
+    let data = data();
+    if data.len() != n || data.example_len() != like.example_len() {
+        return Err(DistillError::Engine(format!(
+            "a variant of {} has {} examples of {} values, expected {n} of {}",
+            like.name,
+            data.len(),
+            data.example_len(),
+            like.example_len()
+        )));
     }
     let bar = progress.bar(n as u64, "teacher");
     let per = data.example_len();

@@ -108,6 +108,29 @@ fn trains_a_teacher_then_distills_a_student_from_its_onnx() {
     assert!(s3.history[1].loss < s3.history[0].loss, "jittered student loss did not fall: {:?}", s3.history);
     let jacc = s3.heldout.unwrap().accuracy;
     assert!(jacc > 0.80, "distilled tiny student with jitter: held-out accuracy {jacc} ≤ 0.80");
+
+    // A shifted copy is keyed by the transfer set's key and the shift, so a cached one is read back without
+    // being built (or hashed) again, and holds the teacher's outputs for the shifted images.
+    let transfer = train.clone().unlabeled();
+    let key = pupil_distill::teacher::data_sha256(&transfer);
+    let cache_key = |variant: &str| {
+        pupil_distill::teacher::soft_targets_of_variant(
+            &teacher_path,
+            &transfer,
+            &key,
+            variant,
+            || panic!("the cached copy {variant} was built again"),
+            10,
+            &cache,
+            Progress::Hidden,
+        )
+    };
+    let shifted = cache_key("shifted by (1, -1) px").unwrap();
+    assert!(shifted.from_cache);
+    let unshifted =
+        pupil_distill::teacher::soft_targets(&teacher_path, &transfer, 10, &cache, Progress::Hidden).unwrap();
+    assert_eq!(shifted.logits.len(), unshifted.logits.len());
+    assert_ne!(shifted.logits, unshifted.logits, "the shifted copy's cache holds the unshifted outputs");
 }
 
 #[test]
