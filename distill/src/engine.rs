@@ -139,7 +139,7 @@ pub(crate) fn run(job: &Job, teacher_path: Option<&Path>) -> Result<Outcome> {
                             class_names: None,
                         }
                     };
-                    let shifted = teacher::soft_targets_of_variant(
+                    let logits = teacher::soft_targets_of_variant(
                         path,
                         &data,
                         &outs.data_sha256,
@@ -148,8 +148,8 @@ pub(crate) fn run(job: &Job, teacher_path: Option<&Path>) -> Result<Outcome> {
                         classes,
                         &job.cache_dir(),
                         job.progress,
-                    )?;
-                    let logits = shifted.logits;
+                    )?
+                    .logits;
                     teacher::soften(&logits, classes, t)
                 };
                 soft.p.push(p);

@@ -58,6 +58,17 @@ pub enum DistillError {
         #[source]
         source: pupil_runtime::Error,
     },
+    #[error(
+        "the variant `{variant}` of `{data}` has {got_len} examples of {got_values} values, expected {expected_len} of {expected_values}"
+    )]
+    VariantShape {
+        data: String,
+        variant: String,
+        expected_len: usize,
+        expected_values: usize,
+        got_len: usize,
+        got_values: usize,
+    },
     #[error("training engine: {0}")]
     Engine(String),
 }

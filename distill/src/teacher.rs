@@ -49,12 +49,13 @@ pub fn soft_targets(
     cache_dir: &Path,
     progress: Progress,
 ) -> Result<TeacherOutputs> {
-    soft_targets_keyed(teacher, data, data_sha256(data), || Cow::Borrowed(data), classes, cache_dir, progress)
+    soft_targets_keyed(teacher, data, data_sha256(data), || Ok(Cow::Borrowed(data)), classes, cache_dir, progress)
 }
 
 /// The teacher's logits over a variant of `data` (same example shape, e.g. every image shifted by a pixel) that
 /// `derive` builds only when the cache has no outputs for it: the variant is keyed by `data_sha256` (the key of
 /// `data`, which the caller already has) and `variant`, its name, so a cached variant is neither built nor hashed.
+/// A built variant whose size differs from `data`'s is a [`DistillError::VariantShape`].
 #[allow(clippy::too_many_arguments)]
 pub fn soft_targets_of_variant(
     teacher: &Path,
@@ -68,7 +69,21 @@ pub fn soft_targets_of_variant(
 ) -> Result<TeacherOutputs> {
     let key =
         format!("{:x}", Sha256::new().chain_update(data_sha256).chain_update(b"\n").chain_update(variant).finalize());
-    soft_targets_keyed(teacher, data, key, || Cow::Owned(derive()), classes, cache_dir, progress)
+    let build = || {
+        let built = derive();
+        if built.len() != data.len() || built.example_len() != data.example_len() {
+            return Err(DistillError::VariantShape {
+                data: data.name.clone(),
+                variant: variant.to_string(),
+                expected_len: data.len(),
+                expected_values: data.example_len(),
+                got_len: built.len(),
+                got_values: built.example_len(),
+            });
+        }
+        Ok(Cow::Owned(built))
+    };
+    soft_targets_keyed(teacher, data, key, build, classes, cache_dir, progress)
 }
 
 /// `soft_targets` with the data's cache key given, and the data itself built only on a cache miss; `like` has the
@@ -77,7 +92,7 @@ fn soft_targets_keyed<'a>(
     teacher: &Path,
     like: &Dataset,
     data_sha256: String,
-    data: impl FnOnce() -> Cow<'a, Dataset>,
+    data: impl FnOnce() -> Result<Cow<'a, Dataset>>,
     classes: usize,
     cache_dir: &Path,
     progress: Progress,
@@ -102,16 +117,7 @@ fn soft_targets_keyed<'a>(
             from_cache: true,
         });
     }
-    let data = data();
-    if data.len() != n || data.example_len() != like.example_len() {
-        return Err(DistillError::Engine(format!(
-            "a variant of {} has {} examples of {} values, expected {n} of {}",
-            like.name,
-            data.len(),
-            data.example_len(),
-            like.example_len()
-        )));
-    }
+    let data = data()?;
     let bar = progress.bar(n as u64, "teacher");
     let per = data.example_len();
     let chunk = 512;

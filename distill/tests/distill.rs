@@ -113,7 +113,7 @@ fn trains_a_teacher_then_distills_a_student_from_its_onnx() {
     // being built (or hashed) again, and holds the teacher's outputs for the shifted images.
     let transfer = train.clone().unlabeled();
     let key = pupil_distill::teacher::data_sha256(&transfer);
-    let cache_key = |variant: &str| {
+    let cached_variant = |variant: &str| {
         pupil_distill::teacher::soft_targets_of_variant(
             &teacher_path,
             &transfer,
@@ -125,12 +125,34 @@ fn trains_a_teacher_then_distills_a_student_from_its_onnx() {
             Progress::Hidden,
         )
     };
-    let shifted = cache_key("shifted by (1, -1) px").unwrap();
+    let shifted = cached_variant("shifted by (1, -1) px").unwrap();
     assert!(shifted.from_cache);
     let unshifted =
         pupil_distill::teacher::soft_targets(&teacher_path, &transfer, 10, &cache, Progress::Hidden).unwrap();
     assert_eq!(shifted.logits.len(), unshifted.logits.len());
     assert_ne!(shifted.logits, unshifted.logits, "the shifted copy's cache holds the unshifted outputs");
+
+    // A built variant of another size is a typed error naming both sizes, and nothing is cached for it.
+    let files = std::fs::read_dir(&cache).unwrap().count();
+    let err = pupil_distill::teacher::soft_targets_of_variant(
+        &teacher_path,
+        &transfer,
+        &key,
+        "first example only",
+        || transfer.select(&[0]),
+        10,
+        &cache,
+        Progress::Hidden,
+    )
+    .unwrap_err();
+    match err {
+        DistillError::VariantShape { expected_len, got_len, expected_values, got_values, .. } => {
+            assert_eq!((expected_len, got_len), (transfer.len(), 1));
+            assert_eq!(expected_values, got_values);
+        }
+        other => panic!("expected VariantShape, got {other}"),
+    }
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), files, "a cache file was written for a bad variant");
 }
 
 #[test]
