@@ -33,6 +33,8 @@ pub struct PupilQMatMul {
     out_shape: TVec<TDim>,
     /// How many trailing axes of the activations make up K (more than one when tract folded a Flatten in).
     k_dims: usize,
+    /// The requantization's per-column constants, computed on the first run.
+    columns: Arc<std::sync::OnceLock<Columns>>,
 }
 
 impl PartialEq for PupilQMatMul {
@@ -56,12 +58,31 @@ impl PupilQMatMul {
         if v.len() == 1 { v[0] } else { v[n] }
     }
 
+    /// The per-column constants of the requantization, one value per output column.
+    fn columns(&self) -> Columns {
+        let p = &*self.packed;
+        let (k, n) = (p.k() as i32, p.n());
+        let colsum = p.colsum();
+        let mut c = Columns { offset: Vec::with_capacity(n), b0: Vec::with_capacity(n), scale: vec![], bias: vec![] };
+        for (j, &sum) in colsum.iter().enumerate().take(n) {
+            let b0 = Self::per_col(&self.b0, j);
+            let s = Self::per_col(&self.scale, j);
+            c.offset.push((self.a0.wrapping_mul(sum)).wrapping_sub(k.wrapping_mul(self.a0).wrapping_mul(b0)));
+            c.b0.push(b0);
+            c.scale.push(s);
+            c.bias.push(Self::per_col(&self.bias, j) * s);
+        }
+        c
+    }
+
     /// Runs the product on a contiguous `[M, K]` buffer of raw activation bytes.
     fn compute(&self, a: &[u8], m: usize, out: &mut Tensor) -> TractResult<()> {
         let p = &*self.packed;
         let (k, n) = (p.k(), p.n());
         let mut row = vec![0u8; p.k_padded()];
         let mut acc = vec![0i32; p.n_padded()];
+        let mut values = vec![0f32; n];
+        let cols = self.columns.get_or_init(|| self.columns());
         let mut out_plain = out.try_as_plain_ram_mut()?;
         for mi in 0..m {
             let src = &a[mi * k..(mi + 1) * k];
@@ -74,37 +95,90 @@ impl PupilQMatMul {
             }
             let rowsum: i32 = row[..k].iter().map(|&v| v as i32).sum();
             p.gemv(self.isa, &row, &mut acc);
-            let colsum = p.colsum();
-            let kk = k as i32;
-            let value = |j: usize| -> f32 {
-                let b0 = Self::per_col(&self.b0, j);
-                let exact = acc[j] - self.a0 * colsum[j] - b0 * rowsum + kk * self.a0 * b0;
-                let s = Self::per_col(&self.scale, j);
-                ((exact as f32 * s + Self::per_col(&self.bias, j) * s) / self.c_scale + self.c0).round()
-            };
+            let q = Requant { cols, rowsum, c_scale: self.c_scale, c0: self.c0 };
             match self.out_dt.unquantized() {
                 DatumType::U8 => {
                     let o = &mut out_plain.as_slice_mut::<u8>()?[mi * n..(mi + 1) * n];
-                    for (j, o) in o.iter_mut().enumerate() {
-                        *o = value(j).clamp(0.0, 255.0) as u8;
-                    }
+                    q.run(&acc[..n], &mut values, |v, o: &mut u8| *o = v.clamp(0.0, 255.0) as i32 as u8, o);
                 }
                 DatumType::I8 => {
                     let o = &mut out_plain.as_slice_mut::<i8>()?[mi * n..(mi + 1) * n];
-                    for (j, o) in o.iter_mut().enumerate() {
-                        *o = value(j).clamp(-128.0, 127.0) as i8;
-                    }
+                    q.run(&acc[..n], &mut values, |v, o: &mut i8| *o = v.clamp(-128.0, 127.0) as i32 as i8, o);
                 }
                 DatumType::I32 => {
                     let o = &mut out_plain.as_slice_mut::<i32>()?[mi * n..(mi + 1) * n];
-                    for (j, o) in o.iter_mut().enumerate() {
-                        *o = value(j) as i32;
-                    }
+                    q.run(&acc[..n], &mut values, |v, o: &mut i32| *o = v as i32, o);
                 }
                 other => bail!("PupilQMatMul cannot produce {other:?}"),
             }
         }
         Ok(())
+    }
+}
+
+/// The requantization's per-column constants: `offset = a0 · Σ_k b − K · a0 · b0`, `b0`, `scale = sa · sb` and
+/// `bias = bias · sa · sb`, so that column `j` of a row is
+/// `round(((acc − offset − b0 · Σ_k a) · scale + bias) / c_scale + c0)` (the same operations, in the same order,
+/// as the definition in [`PupilQMatMul`]).
+#[derive(Debug, Clone)]
+struct Columns {
+    offset: Vec<i32>,
+    b0: Vec<i32>,
+    scale: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// One row's requantization.
+struct Requant<'a> {
+    cols: &'a Columns,
+    rowsum: i32,
+    c_scale: f32,
+    c0: f32,
+}
+
+impl Requant<'_> {
+    /// `store(value, out)` for every column's rounded value; the loops are compiled for AVX-512 and AVX2 too,
+    /// where they vectorize (rounding half away from zero, like `f32::round`, exactly).
+    fn run<T>(&self, acc: &[i32], values: &mut [f32], store: impl Fn(f32, &mut T) + Copy, out: &mut [T]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F detected.
+                return unsafe { self.run_avx512(acc, values, store, out) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 detected.
+                return unsafe { self.run_avx2(acc, values, store, out) };
+            }
+        }
+        self.run_plain(acc, values, store, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn run_avx512<T>(&self, acc: &[i32], values: &mut [f32], store: impl Fn(f32, &mut T) + Copy, out: &mut [T]) {
+        self.run_plain(acc, values, store, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn run_avx2<T>(&self, acc: &[i32], values: &mut [f32], store: impl Fn(f32, &mut T) + Copy, out: &mut [T]) {
+        self.run_plain(acc, values, store, out)
+    }
+
+    #[inline(always)]
+    fn run_plain<T>(&self, acc: &[i32], values: &mut [f32], store: impl Fn(f32, &mut T) + Copy, out: &mut [T]) {
+        let c = self.cols;
+        let n = acc.len().min(values.len()).min(out.len()).min(c.offset.len());
+        let (acc, values, out) = (&acc[..n], &mut values[..n], &mut out[..n]);
+        let (offset, b0, scale, bias) = (&c.offset[..n], &c.b0[..n], &c.scale[..n], &c.bias[..n]);
+        for j in 0..n {
+            let exact = acc[j].wrapping_sub(offset[j]).wrapping_sub(b0[j].wrapping_mul(self.rowsum));
+            values[j] = ((exact as f32 * scale[j] + bias[j]) / self.c_scale + self.c0).round();
+        }
+        for (v, o) in values.iter().zip(out.iter_mut()) {
+            store(*v, o);
+        }
     }
 }
 
@@ -229,6 +303,7 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
         out_dt,
         out_shape: out_fact.shape.iter().cloned().collect(),
         k_dims,
+        columns: Arc::new(std::sync::OnceLock::new()),
     }))
 }
 
