@@ -358,8 +358,8 @@ impl Model {
 
         clock.stats.decode_ms = clock.lap();
         let mut proto = proto;
-        let int8_convolutions_on_f32 = if crate::kernels::Acceleration::current() == crate::kernels::Acceleration::Off {
-            vec![]
+        let rewrite = if crate::kernels::Acceleration::current() == crate::kernels::Acceleration::Off {
+            crate::kernels::qconv::Rewrite::default()
         } else {
             crate::kernels::qconv::to_f32_convolutions(&mut proto)
         };
@@ -373,7 +373,17 @@ impl Model {
             .set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), dims))
             .map_err(|e| invalid(format!("{e:#}")))?;
         clock.stats.analyse_ms = clock.lap();
-        let typed = crate::kernels::optimize(model).map_err(|e| invalid(format!("{e:#}")))?;
+        let (typed, replaced) =
+            crate::kernels::optimize_int8(model, crate::kernels::Acceleration::current(), &rewrite.int8)
+                .map_err(|e| invalid(format!("{e:#}")))?;
+        // The int8 convolutions left on pupil's f32 kernels: the rewritten ones no integer kernel took.
+        let int8_convolutions_on_f32: Vec<String> = rewrite
+            .nodes
+            .into_iter()
+            .filter(|n| {
+                !replaced.iter().any(|r| r.op == "PupilQGridConv" && r.node.starts_with(&format!("{n}.conv_f32")))
+            })
+            .collect();
         clock.stats.optimise_ms = clock.lap();
         let out_fact = typed.output_fact(0).map_err(|e| invalid(format!("{e:#}")))?;
         let classes = out_fact

@@ -119,7 +119,7 @@ fn a_rewritten_qlinearconv_gives_the_int8_nodes_quantized_values() {
                 let (bytes, shape) = single_qconv(c_in, c_out, group, k, stride, hw, act, per_channel, bias);
                 let original = decode(&bytes);
                 let mut rewritten = original.clone();
-                assert_eq!(qconv::to_f32_convolutions(&mut rewritten).len(), 1, "{what}: one node rewritten");
+                assert_eq!(qconv::to_f32_convolutions(&mut rewritten).nodes.len(), 1, "{what}: one node rewritten");
                 let ops: Vec<&str> =
                     rewritten.graph.as_ref().unwrap().node.iter().map(|n| n.op_type.as_str()).collect();
                 assert_eq!(ops, ["QuantizeLinear", "DequantizeLinear", "Conv", "QuantizeLinear"], "{what}");
@@ -157,7 +157,7 @@ fn a_qlinearconv_reading_a_reshape_is_a_dense_layer_and_stays_int8() {
     let qlinear = proto.graph.as_ref().unwrap().node.iter().filter(|n| n.op_type == "QLinearConv").count();
     assert!(qlinear >= 1, "the quantizer wrote the hidden layer as QLinearConv");
     let before = proto.clone();
-    assert!(qconv::to_f32_convolutions(&mut proto).is_empty());
+    assert!(qconv::to_f32_convolutions(&mut proto).nodes.is_empty());
     assert_eq!(proto, before, "nothing changed");
 }
 
@@ -198,7 +198,7 @@ fn quantized_cnn_and_mobilenet_run_their_convolutions_on_pupils_kernels() {
         let want = if name == "cnn" { vec!["PupilDirectConv", "PupilGridConv"] } else { vec!["PupilDepthwiseConv"; 8] };
         let original = decode(&q.int8);
         let mut rewritten = original.clone();
-        let count = qconv::to_f32_convolutions(&mut rewritten).len();
+        let count = qconv::to_f32_convolutions(&mut rewritten).nodes.len();
         let convs = original.graph.as_ref().unwrap().node.iter().filter(|n| n.op_type == "QLinearConv").count();
         assert!(count >= 2 && count <= convs, "{name}: {count} of {convs} QLinearConv rewritten");
         let (plain, _) = optimized(&original, shape, Acceleration::Off);
@@ -284,6 +284,56 @@ fn requantization_chains_fuse_into_one_pass_with_the_same_logits() {
                     assert_eq!(e.to_bits(), g.to_bits(), "{name} {act:?} {isa}: logits {expected:?} vs {got:?}");
                 }
             }
+        }
+    }
+}
+
+/// The quantized CNN and MobileNet with their rewrite's int8 forms: with u8 activations every convolution over 8
+/// or more channels with group 1 (the CNN's 3×3 one, MobileNet's 1×1 ones) runs on pupil's int8 kernel where the
+/// CPU has AVX-512 VNNI (and none does elsewhere), the requantization chains after MobileNet's pointwise
+/// convolutions run in their output loop (fewer `PupilRequant` passes), and the logits stay those of the int8
+/// graph run by tract within a few output quantization steps, the argmax unchanged. With i8 activations no int8
+/// form is kept (the kernel reads u8).
+#[test]
+fn int8_convolutions_run_on_the_vnni_kernel_where_the_cpu_has_it() {
+    let vnni = Isa::best() == Isa::Avx512Vnni;
+    for q in quantized_zoo() {
+        let (name, shape, act) = (q.name, &q.shape, q.act);
+        let original = decode(&q.int8);
+        let mut rewritten = original.clone();
+        let rewrite = qconv::to_f32_convolutions(&mut rewritten);
+        if act == ActivationType::I8 {
+            assert!(rewrite.int8.is_empty(), "{name} {act:?}: i8 activations keep no int8 form");
+            continue;
+        }
+        assert_eq!(rewrite.int8.len(), rewrite.nodes.len(), "{name}: every rewritten convolution keeps its int8 form");
+        let eligible = rewrite.int8.values().filter(|c| c.group == 1 && c.dims[1] >= 8).count();
+        assert!(eligible >= 1, "{name}: {eligible} convolutions for the int8 kernel");
+        let load = |int8: &qconv::Int8Convs| {
+            let mut m = tract_onnx::onnx().model_for_proto_model(&rewritten).unwrap();
+            let dims: TVec<TDim> = shape.iter().map(|d| TDim::from(*d)).collect();
+            m.set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), dims)).unwrap();
+            kernels::optimize_int8(m, Acceleration::On, int8).unwrap()
+        };
+        let (fast, replaced) = load(&rewrite.int8);
+        let (f32_only, _) = load(&qconv::Int8Convs::new());
+        let on_int8 = replaced.iter().filter(|r| r.op == "PupilQGridConv").count();
+        assert_eq!(on_int8, if vnni { eligible } else { 0 }, "{name}: convolutions on the int8 kernel");
+        assert_eq!(count_ops(&fast, "PupilQGridConv"), on_int8, "{name}: the optimised plan keeps them");
+        if vnni && name == "mobilenet" {
+            let (with, without) = (count_ops(&fast, "PupilRequant"), count_ops(&f32_only, "PupilRequant"));
+            assert!(with < without, "{name}: {with} requantization passes with the int8 kernel, {without} without");
+        }
+        let (plain, _) = optimized(&original, shape, Acceleration::Off);
+        for seed in 0..4 {
+            let input = random_input(shape, 400 + seed);
+            let expected = floats(&run(&plain, &input));
+            let got = floats(&run(&fast, &input));
+            let range = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = expected.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst <= 0.05 * range, "{name}: max |Δ| {worst} for logits up to {range}");
+            let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+            assert_eq!(argmax(&expected), argmax(&got), "{name}: predicted class");
         }
     }
 }

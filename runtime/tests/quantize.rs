@@ -303,16 +303,21 @@ fn cnn_static_int8_agrees_and_runs_its_dense_layer_on_integer_kernels_and_its_co
     let reference = predictions(f32_bytes, &d.test.0);
     assert!(accuracy(&reference, &d.test.1) > 0.85, "accuracy {}", accuracy(&reference, &d.test.1));
     let (bytes, report) = quantize_checked(f32_bytes, &QuantizeOptions::default());
-    // The dense layer on an i32 kernel; the two int8 convolutions on f32 kernels with the int8 activation grid
-    // (`kernels::qconv`): the 1-channel one on pupil's direct kernel, the other on pupil's grid kernel, so no
-    // matrix product is left in f32.
+    // The dense layer on an i32 kernel; the 1-channel int8 convolution on pupil's f32 direct kernel with the int8
+    // activation grid (`kernels::qconv`); the 16-channel one on pupil's int8 grid kernel where the CPU has AVX-512
+    // VNNI, else on its f32 grid kernel. No matrix product is left in f32.
     assert_kernels(&bytes, 1, 0);
+    let vnni = pupil_runtime::kernels::Isa::best() == pupil_runtime::kernels::Isa::Avx512Vnni;
     let model = Model::from_bytes(&bytes, ModelOptions::default()).unwrap();
     let ops: Vec<&str> = pupil_runtime::kernels::pupil_nodes(model.typed_model()).iter().map(|r| r.op).collect();
-    assert!(ops.contains(&"PupilDirectConv") && ops.contains(&"PupilGridConv"), "{ops:?}");
+    let grid = if vnni { "PupilQGridConv" } else { "PupilGridConv" };
+    assert!(ops.contains(&"PupilDirectConv") && ops.contains(&grid), "{ops:?}");
     let on_f32: Vec<&pupil_runtime::quantize::KernelReport> =
         report.kernels.iter().filter(|k| k.op == "QLinearConv" && !k.expected_integer).collect();
-    assert_eq!(on_f32.len(), 2, "the report lists both convolutions as run in f32 by design: {:?}", report.kernels);
+    let want = if vnni { 1 } else { 2 };
+    assert_eq!(on_f32.len(), want, "convolutions the report lists as run in f32 by design: {:?}", report.kernels);
+    let on_int8 = report.kernels.iter().filter(|k| k.op == "QLinearConv" && k.integer && k.accumulator == "i32");
+    assert_eq!(on_int8.count(), 2 - want, "convolutions on pupil's int8 kernel: {:?}", report.kernels);
     let outcome = |op: &str| report.nodes.iter().filter(|n| n.op == op).map(|n| n.outcome.clone()).collect::<Vec<_>>();
     assert!(outcome("MaxPool").iter().all(|o| *o == NodeOutcome::PassThrough), "{:?}", outcome("MaxPool"));
     assert!(outcome("Relu").iter().all(|o| matches!(o, NodeOutcome::Folded { .. })));

@@ -20,6 +20,7 @@ mod pointwise;
 mod pool;
 pub mod qconv;
 pub mod qgemv;
+mod qgridconv;
 pub mod requant;
 mod taps;
 pub mod zoo;
@@ -35,6 +36,7 @@ pub use op::PupilQMatMul;
 pub use pointwise::PupilPointwiseConv;
 pub use pool::PupilMaxPool;
 pub use qgemv::{Isa, PackedI8};
+pub use qgridconv::PupilQGridConv;
 pub use requant::PupilRequant;
 
 /// Whether pupil's kernels replace tract's where they can. Default: on, unless `PUPIL_KERNELS=off`.
@@ -103,6 +105,8 @@ impl Replacement {
             ("PupilPointwiseConv", o.dims(), o.isa())
         } else if let Some(o) = any.downcast_ref::<PupilGridConv>() {
             ("PupilGridConv", o.dims(), o.isa())
+        } else if let Some(o) = any.downcast_ref::<PupilQGridConv>() {
+            ("PupilQGridConv", o.dims(), o.isa())
         } else if let Some(o) = any.downcast_ref::<PupilMaxPool>() {
             ("PupilMaxPool", o.dims(), o.isa())
         } else {
@@ -120,6 +124,16 @@ pub fn optimize(model: InferenceModel) -> TractResult<TypedModel> {
 
 /// [`optimize`] with an explicit choice; also returns what was replaced.
 pub fn optimize_with(model: InferenceModel, accel: Acceleration) -> TractResult<(TypedModel, Vec<Replacement>)> {
+    optimize_int8(model, accel, &qconv::Int8Convs::new())
+}
+
+/// [`optimize_with`] for a model whose `QLinearConv`s [`qconv::to_f32_convolutions`] rewrote: the ones it kept
+/// the int8 form of (`int8`) run on [`PupilQGridConv`] where that kernel takes them.
+pub fn optimize_int8(
+    model: InferenceModel,
+    accel: Acceleration,
+    int8: &qconv::Int8Convs,
+) -> TractResult<(TypedModel, Vec<Replacement>)> {
     tune_tract_for_cpu();
     let isa = isa_for(accel)?;
     let mut typed = model.into_typed()?;
@@ -137,7 +151,7 @@ pub fn optimize_with(model: InferenceModel, accel: Acceleration) -> TractResult<
     } else {
         typed.declutter()?;
     }
-    let replaced = accelerate(&mut typed, accel)?;
+    let replaced = accelerate_int8(&mut typed, accel, int8)?;
     if let Some(isa) = isa {
         requant::fuse(&mut typed, isa)?;
     }
@@ -151,27 +165,40 @@ pub fn optimize_with(model: InferenceModel, accel: Acceleration) -> TractResult<
 /// it) by [`PupilPointwiseConv`], every other f32 stride-1 channels-first convolution by [`PupilGridConv`] and every f32 max pool by [`PupilMaxPool`] (each
 /// when its shape is one the kernels handle; tract keeps the others).
 pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Vec<Replacement>> {
+    accelerate_int8(model, accel, &qconv::Int8Convs::new())
+}
+
+/// [`accelerate`], with the f32 convolutions written for `QLinearConv`s whose int8 form is in `int8` run by
+/// [`PupilQGridConv`] where it takes them.
+pub fn accelerate_int8(
+    model: &mut TypedModel,
+    accel: Acceleration,
+    int8: &qconv::Int8Convs,
+) -> TractResult<Vec<Replacement>> {
     let Some(isa) = isa_for(accel)? else { return Ok(vec![]) };
     let mut replaced = vec![];
     for id in model.eval_order()? {
         let node = &model.nodes()[id];
         // The pupil operator, and the node whose output it replaces (a ReLU folded into a convolution).
-        let op: Option<(Box<dyn TypedOp>, usize)> = if let Some(op) = op::for_einsum(model, node, isa)? {
-            Some((Box::new(op), id))
-        } else if let Some((op, last)) = matmul::for_einsum(model, node, isa)? {
-            Some((Box::new(op), last))
-        } else if let Some((op, last)) = dwconv::for_conv(model, node, isa)? {
-            match op {
-                dwconv::Direct::Depthwise(op) => Some((Box::new(op), last)),
-                dwconv::Direct::Dense(op) => Some((Box::new(op), last)),
-            }
-        } else if let Some((op, last)) = pointwise::for_einsum(model, node, isa)? {
-            Some((Box::new(op), last))
-        } else if let Some((op, last)) = gridconv::for_conv(model, node, isa)? {
-            Some((Box::new(op), last))
-        } else {
-            pool::for_maxpool(model, node, isa)?.map(|op| (Box::new(op) as Box<dyn TypedOp>, id))
-        };
+        let op: Option<(Box<dyn TypedOp>, usize)> =
+            if let Some((op, last)) = qgridconv::for_node(model, node, isa, int8)? {
+                Some((Box::new(op), last))
+            } else if let Some(op) = op::for_einsum(model, node, isa)? {
+                Some((Box::new(op), id))
+            } else if let Some((op, last)) = matmul::for_einsum(model, node, isa)? {
+                Some((Box::new(op), last))
+            } else if let Some((op, last)) = dwconv::for_conv(model, node, isa)? {
+                match op {
+                    dwconv::Direct::Depthwise(op) => Some((Box::new(op), last)),
+                    dwconv::Direct::Dense(op) => Some((Box::new(op), last)),
+                }
+            } else if let Some((op, last)) = pointwise::for_einsum(model, node, isa)? {
+                Some((Box::new(op), last))
+            } else if let Some((op, last)) = gridconv::for_conv(model, node, isa)? {
+                Some((Box::new(op), last))
+            } else {
+                pool::for_maxpool(model, node, isa)?.map(|op| (Box::new(op) as Box<dyn TypedOp>, id))
+            };
         if let Some((op, last)) = op {
             replaced.extend(Replacement::of(op.as_ref(), &node.name));
             let mut patch = TypedModelPatch::default();

@@ -10,8 +10,13 @@
 //!
 //! A `QLinearConv` whose input comes straight out of a `Reshape` is a dense layer in disguise (the quantizer
 //! writes int8 `Gemm`s that way); it is left alone so that [`super::PupilQMatMul`] runs it on the int8 GEMV.
+//!
+//! Each rewrite also keeps the convolution's int8 form ([`Int8Conv`]): where pupil has an integer kernel for
+//! the shape on this CPU ([`super::PupilQGridConv`]), the f32 `Conv` is replaced by it after tract's declutter,
+//! and the result is the int8 model's own (exact `i32` sums, requantized like ONNX Runtime).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use tract_onnx::pb;
 
@@ -38,6 +43,74 @@ fn per_channel<T: Copy>(v: Vec<T>, m: usize) -> Option<Vec<T>> {
         n if n == m => Some(v),
         _ => None,
     }
+}
+
+/// The int8 form of one rewritten `QLinearConv`: u8 activations, symmetric i8 weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Int8Conv {
+    /// Input scale and zero point.
+    pub x_scale: f32,
+    pub x_zero: u8,
+    /// Output scale and zero point.
+    pub y_scale: f32,
+    pub y_zero: u8,
+    /// `[c_out, c_in / group, kh, kw]`.
+    pub dims: [usize; 4],
+    pub group: usize,
+    /// The weights, OIHW (their zero point is 0).
+    pub weight: Vec<i8>,
+    /// Weight scale per output channel.
+    pub w_scale: Vec<f32>,
+    /// Bias per output channel, in accumulator units (zeros when the node has none).
+    pub bias: Vec<i32>,
+}
+
+/// The int8 form of every rewritten convolution, by the name of the f32 `Conv` node written for it.
+pub type Int8Convs = HashMap<String, Arc<Int8Conv>>;
+
+/// What [`to_f32_convolutions`] did.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    /// The `QLinearConv` nodes rewritten.
+    pub nodes: Vec<String>,
+    /// Their int8 form, where it is one pupil's integer kernels read.
+    pub int8: Int8Convs,
+}
+
+/// The int8 form of `node` (see [`Int8Conv`]), or `None` when it has another one (u8 or asymmetric weights,
+/// i8 activations, a missing parameter).
+fn int8_form(node: &pb::NodeProto, inits: &HashMap<&str, &pb::TensorProto>) -> Option<Int8Conv> {
+    let init = |i: usize| node.input.get(i).filter(|n| !n.is_empty()).and_then(|n| inits.get(n.as_str()).copied());
+    let (w, ws, wz, xs, xz, ys, yz) = (init(3)?, init(4)?, init(5)?, init(1)?, init(2)?, init(6)?, init(7)?);
+    if w.data_type != dtype::I8 || xz.data_type != dtype::U8 || yz.data_type != dtype::U8 || w.dims.len() != 4 {
+        return None;
+    }
+    let dims: Vec<usize> = w.dims.iter().map(|&d| usize::try_from(d).ok()).collect::<Option<_>>()?;
+    let m = dims[0];
+    let byte = |t: &pb::TensorProto| -> Option<u8> { u8::try_from(*per_channel(ints(t)?, 1)?.first()?).ok() };
+    if ints(wz)?.iter().any(|&z| z != 0) {
+        return None;
+    }
+    let weight: Vec<i8> = ints(w)?.into_iter().map(|v| v as i8).collect();
+    let group =
+        node.attribute.iter().find(|a| a.name == "group").map(|a| usize::try_from(a.i).ok()).unwrap_or(Some(1))?;
+    let bias = match node.input.get(8).filter(|n| !n.is_empty()) {
+        None => vec![0; m],
+        Some(_) => {
+            per_channel(ints(init(8)?)?, m)?.into_iter().map(|b| i32::try_from(b).ok()).collect::<Option<_>>()?
+        }
+    };
+    Some(Int8Conv {
+        x_scale: per_channel(crate::onnx::f32_data(xs)?, 1)?[0],
+        x_zero: byte(xz)?,
+        y_scale: per_channel(crate::onnx::f32_data(ys)?, 1)?[0],
+        y_zero: byte(yz)?,
+        dims: [dims[0], dims[1], dims[2], dims[3]],
+        group,
+        weight,
+        w_scale: per_channel(crate::onnx::f32_data(ws)?, m)?,
+        bias,
+    })
 }
 
 /// The f32 weights and bias of one `QLinearConv`, or `None` when its weights, scales or bias are not
@@ -83,16 +156,17 @@ fn dequantized(
     Some((weight, bias))
 }
 
-/// Rewrites every eligible `QLinearConv` of `proto` (see the module documentation); returns the names of the
-/// nodes rewritten. Initializers no node reads any more (the int8 weights) are dropped from the in-memory
-/// graph.
-pub fn to_f32_convolutions(proto: &mut pb::ModelProto) -> Vec<String> {
-    let Some(graph) = proto.graph.as_mut() else { return vec![] };
+/// Rewrites every eligible `QLinearConv` of `proto` (see the module documentation); returns the nodes
+/// rewritten and their int8 form. Initializers no node reads any more (the int8 weights) are dropped from the
+/// in-memory graph.
+pub fn to_f32_convolutions(proto: &mut pb::ModelProto) -> Rewrite {
+    let Some(graph) = proto.graph.as_mut() else { return Rewrite::default() };
     let reshaped: HashSet<String> =
         graph.node.iter().filter(|n| n.op_type == "Reshape").flat_map(|n| n.output.iter().cloned()).collect();
     let mut new_inits = vec![];
     let mut nodes = Vec::with_capacity(graph.node.len());
     let mut rewritten = vec![];
+    let mut int8 = Int8Convs::new();
     // The f32 image of an int8 tensor, shared by every convolution reading it.
     let mut dequantized_inputs: HashMap<String, String> = HashMap::new();
     {
@@ -122,6 +196,9 @@ pub fn to_f32_convolutions(proto: &mut pb::ModelProto) -> Vec<String> {
                     xf
                 })
                 .clone();
+            if let Some(form) = int8_form(node, &inits) {
+                int8.insert(format!("{base}.conv_f32"), Arc::new(form));
+            }
             let yf = format!("{base}.y_f32");
             let mut conv_inputs = vec![xf, weight.name.clone()];
             conv_inputs.extend(bias.as_ref().map(|b| b.name.clone()));
@@ -146,7 +223,7 @@ pub fn to_f32_convolutions(proto: &mut pb::ModelProto) -> Vec<String> {
         }
     }
     if rewritten.is_empty() {
-        return rewritten;
+        return Rewrite::default();
     }
     graph.node = nodes;
     graph.initializer.extend(new_inits);
@@ -158,5 +235,5 @@ pub fn to_f32_convolutions(proto: &mut pb::ModelProto) -> Vec<String> {
         .chain(graph.input.iter().map(|i| i.name.as_str()))
         .collect();
     graph.initializer.retain(|t| read.contains(t.name.as_str()));
-    rewritten
+    Rewrite { nodes: rewritten, int8 }
 }

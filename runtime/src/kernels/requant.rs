@@ -17,6 +17,7 @@ use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, 
 
 use super::dwconv::following_clamp;
 use super::qgemv::Isa;
+use super::qgridconv::PupilQGridConv;
 use super::taps::Simd;
 
 /// One step of a fused chain.
@@ -51,28 +52,40 @@ pub(crate) fn run(simd: Simd, stages: &[Stage], xs: &[f32], out: &mut [f32]) {
     debug_assert_eq!(xs.len(), out.len());
     for (x, o) in xs.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
         o.copy_from_slice(x);
-        for st in stages {
-            let done = match simd {
-                #[cfg(target_arch = "x86_64")]
-                Simd::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
-                    // SAFETY: AVX-512F detected; the kernel reads and writes `o` only.
-                    unsafe { x86::avx512(st, o) }
-                }
-                #[cfg(target_arch = "x86_64")]
-                Simd::Avx2Fma | Simd::Avx512 if std::arch::is_x86_feature_detected!("avx") => {
-                    // SAFETY: AVX detected; the kernel reads and writes `o` only.
-                    unsafe { x86::avx(st, o) }
-                }
-                #[cfg(target_arch = "aarch64")]
-                Simd::Neon => {
-                    // SAFETY: NEON is part of the aarch64 baseline; the kernel reads and writes `o` only.
-                    unsafe { arm::neon(st, o) }
-                }
-                _ => 0,
-            };
-            for v in &mut o[done..] {
-                *v = st.apply(*v);
+        run_block(simd, stages, o);
+    }
+}
+
+/// Runs `stages` over `buf` in place, block by block.
+pub(crate) fn run_in_place(simd: Simd, stages: &[Stage], buf: &mut [f32]) {
+    for o in buf.chunks_mut(BLOCK) {
+        run_block(simd, stages, o);
+    }
+}
+
+/// Every stage over one block.
+fn run_block(simd: Simd, stages: &[Stage], o: &mut [f32]) {
+    for st in stages {
+        let done = match simd {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
+                // SAFETY: AVX-512F detected; the kernel reads and writes `o` only.
+                unsafe { x86::avx512(st, o) }
             }
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2Fma | Simd::Avx512 if std::arch::is_x86_feature_detected!("avx") => {
+                // SAFETY: AVX detected; the kernel reads and writes `o` only.
+                unsafe { x86::avx(st, o) }
+            }
+            #[cfg(target_arch = "aarch64")]
+            Simd::Neon => {
+                // SAFETY: NEON is part of the aarch64 baseline; the kernel reads and writes `o` only.
+                unsafe { arm::neon(st, o) }
+            }
+            _ => 0,
+        };
+        for v in &mut o[done..] {
+            *v = st.apply(*v);
         }
     }
 }
@@ -210,8 +223,9 @@ fn shared_dequantize(model: &TypedModel, q: &TypedNode) -> Option<(f32, i32, Vec
 
 /// Replaces, in a decluttered graph, every `QuantizeLinear → DequantizeLinear` pair reading f32, with the
 /// constant clamps right after it ([`super::dwconv::following_clamp`], the same chain of `Max` / `Min` the
-/// convolution kernels fold in) and the pairs those lead into, by one [`PupilRequant`]. Returns how many chains
-/// were fused.
+/// convolution kernels fold in) and the pairs those lead into, by one [`PupilRequant`] (or, for a chain reading
+/// an int8 convolution on [`PupilQGridConv`], by that convolution's output loop). Returns how many chains were
+/// fused.
 pub fn fuse(model: &mut TypedModel, isa: Isa) -> TractResult<usize> {
     let mut chains: Vec<Chain> = vec![];
     // Quantize nodes already inside a chain (so that none starts a second one).
@@ -242,8 +256,27 @@ pub fn fuse(model: &mut TypedModel, isa: Isa) -> TractResult<usize> {
         chains.push(chain);
     }
     let fused = chains.len();
+    let outputs = model.output_outlets()?.to_vec();
     for chain in chains {
         let input = model.nodes()[chain.reader].inputs[0];
+        let producer = &model.nodes()[input.node];
+        // A chain right after an int8 convolution runs in its output loop instead of as a pass of its own.
+        if let Some(conv) = producer.op_as::<PupilQGridConv>()
+            && producer.outputs.len() == 1
+            && producer.outputs[0].successors.len() == 1
+            && !outputs.contains(&input)
+        {
+            let op = conv.with_epilogue(&chain.stages);
+            let mut patch = TypedModelPatch::default();
+            let tapped = patch.tap_model(model, producer.inputs[0])?;
+            let out = patch.wire_node(&*producer.name, op, &[tapped])?[0];
+            for &end in &chain.ends {
+                patch.shunt_outside(model, OutletId::new(end, 0), out)?;
+            }
+            patch.obliterate(producer.id)?;
+            patch.apply(model)?;
+            continue;
+        }
         let name = format!("{}.requant", model.nodes()[chain.reader].name);
         let mut patch = TypedModelPatch::default();
         let tapped = patch.tap_model(model, input)?;

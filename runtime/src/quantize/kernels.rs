@@ -79,6 +79,22 @@ pub fn kernel_report(bytes: &[u8]) -> Result<(Vec<KernelReport>, Vec<String>)> {
             });
             continue;
         }
+        if let Some(op) = node.op_as::<crate::kernels::PupilQGridConv>() {
+            // pupil's int8 convolution (see `crate::kernels`), on the int8 form of a rewritten `QLinearConv`.
+            let (onnx, op_type) = owner(&node.name, &onnx_nodes);
+            let (k, n) = op.dims();
+            kernels.push(KernelReport {
+                expected_integer: INTEGER_OPS.contains(&op_type.as_str()),
+                node: onnx,
+                op: op_type,
+                tract_node: node.name.clone(),
+                kernel: format!("pupil_qgridconv_{}", op.isa()).to_lowercase(),
+                accumulator: "i32".into(),
+                shape: format!("positions×{k}×{n}"),
+                integer: true,
+            });
+            continue;
+        }
         let is_const = |n: usize| typed.node(n).op_is::<tract_onnx::tract_core::ops::konst::Const>();
         if !node.inputs.is_empty() && !is_const(node.id) && node.inputs.iter().all(|i| is_const(i.node)) {
             per_run.push(format!("{} ({})", node.name, node.op.name()));

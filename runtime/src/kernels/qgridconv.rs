@@ -1,0 +1,772 @@
+//! `PupilQGridConv`: int8 convolutions with stride 1 and group 1 over at least [`MIN_INPUTS`] input channels (a
+//! CNN's 32→64 3×3 layer, a MobileNet's 1×1 expand and project layers) on AVX-512 VNNI, in the shifted-grid form
+//! of [`super::gridconv`] with u8 activations and i8 weights.
+//!
+//! The input is quantized once per run into padded planes of 4 interleaved channels (`[c_in / 4][PH · PW][4]`
+//! bytes, padding = the input zero point), so that 16 consecutive grid positions of one tap and 4 channels are
+//! 64 contiguous bytes: one `vpdpbusd` against the tap's 4 weights of one output channel (broadcast) adds 64
+//! products to 16 accumulators, one per output position. 4 output channels × 64 positions are computed at a
+//! time (16 accumulators). The exact `i32` sums are requantized like ONNX Runtime's `QLinearConv` (`(Σ + bias) ·
+//! sx · sw / sy`, clamped, rounded half to even, plus the output zero point), and written dequantized (the f32
+//! graph around the operator carries the int8 model's activations as their f32 values, see [`super::qconv`]).
+//! A portable version of the same arithmetic ([`Isa::Scalar`]) gives bitwise the same outputs; it is the
+//! reference the tests hold the VNNI kernel to, not a fast path (other CPUs keep the f32 kernels).
+
+use std::sync::{Arc, Mutex};
+
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::einsum::EinSum;
+
+use super::dwconv::conv_parts;
+use super::matmul::following_bias;
+use super::qconv::{Int8Conv, Int8Convs};
+use super::qgemv::Isa;
+use super::requant::{self, Stage};
+use super::taps::Simd;
+
+/// Fewer input channels than this stay on the f32 direct kernel (a quad of 4 channels would be mostly padding).
+pub(crate) const MIN_INPUTS: usize = 8;
+/// Output channels per block of packed weights.
+const R: usize = 4;
+/// Grid positions per vector.
+const LANES: usize = 16;
+/// Vectors of positions per register tile.
+const NB: usize = 4;
+
+/// Where the image sits in the padded planes, and the grid the product runs over (see [`super::gridconv`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QGrid {
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub pt: usize,
+    pub pl: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl QGrid {
+    fn plane(&self) -> usize {
+        self.ph * self.pw
+    }
+}
+
+/// One int8 convolution packed for the kernel.
+#[derive(Debug)]
+pub(crate) struct QGridConv {
+    g: QGrid,
+    c_out: usize,
+    kh: usize,
+    kw: usize,
+    /// Per quad of terms (input-channel quad, tap): the cell it reads at grid position 0.
+    offsets: Vec<usize>,
+    /// Vectors of 16 grid positions covering the `oh · pw` grid.
+    blocks: usize,
+    /// Cells (4 bytes each) of the quantized planes, reads past the last plane included.
+    cells: usize,
+    /// `[c_out / R rounded up][quads][R]`: the 4 weights of one quad for one output channel, as one `i32`.
+    w: Vec<i32>,
+    /// `bias − x_zero · Σ w` per output channel (padded like `w`).
+    bias: Vec<i32>,
+    /// `sx · sw / sy` per output channel (padded like `w`).
+    mult: Vec<f32>,
+    x_inv: f32,
+    x_zero: u8,
+    /// Requantized values are clamped to `[lo, hi]` (the u8 range less the output zero point).
+    lo: f32,
+    hi: f32,
+    y_scale: f32,
+    scratch: Mutex<Option<Scratch>>,
+}
+
+/// The quantized planes and the output over the whole grid, kept between runs (the padding stays the zero
+/// point: only the image's own cells are written).
+#[derive(Debug)]
+pub(crate) struct Scratch {
+    x4: Vec<u8>,
+    staged: Vec<f32>,
+}
+
+impl QGridConv {
+    /// The packed form of `spec` (group 1) over `g`; `None` when the numbers disagree.
+    pub(crate) fn new(spec: &Int8Conv, g: QGrid) -> Option<QGridConv> {
+        let [c_out, c_in, kh, kw] = spec.dims;
+        if spec.group != 1
+            || c_in != g.c_in
+            || c_out == 0
+            || spec.weight.len() != c_out * c_in * kh * kw
+            || spec.w_scale.len() != c_out
+            || spec.bias.len() != c_out
+            || g.ph < g.oh + kh - 1
+            || g.pw < g.ow + kw - 1
+            || g.ph < g.pt + g.h
+            || g.pw < g.pl + g.w
+        {
+            return None;
+        }
+        let cq = c_in.div_ceil(4);
+        let mut offsets = Vec::with_capacity(cq * kh * kw);
+        for q in 0..cq {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    offsets.push(q * g.plane() + ky * g.pw + kx);
+                }
+            }
+        }
+        let quads = offsets.len();
+        let blocks = (g.oh * g.pw).div_ceil(LANES);
+        let cells = (offsets.iter().max().copied().unwrap_or(0) + blocks * LANES).max(cq * g.plane());
+        let c_pad = c_out.div_ceil(R) * R;
+        let wt = |o: usize, c: usize, y: usize, x: usize| -> i8 {
+            if o < c_out && c < c_in { spec.weight[((o * c_in + c) * kh + y) * kw + x] } else { 0 }
+        };
+        let mut w = Vec::with_capacity(c_pad * quads);
+        for ob in 0..c_pad / R {
+            for q in 0..cq {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        for r in 0..R {
+                            let o = ob * R + r;
+                            let b: [u8; 4] = std::array::from_fn(|j| wt(o, q * 4 + j, ky, kx) as u8);
+                            w.push(i32::from_le_bytes(b));
+                        }
+                    }
+                }
+            }
+        }
+        let mut bias = vec![0i32; c_pad];
+        let mut mult = vec![0f32; c_pad];
+        for o in 0..c_out {
+            let sum: i32 = spec.weight[o * c_in * kh * kw..(o + 1) * c_in * kh * kw].iter().map(|&v| v as i32).sum();
+            bias[o] = spec.bias[o].checked_sub(spec.x_zero as i32 * sum)?;
+            // ONNX Runtime's order: (sx · sw) / sy, in f32.
+            mult[o] = spec.x_scale * spec.w_scale[o] / spec.y_scale;
+        }
+        if !(spec.x_scale.is_finite() && spec.x_scale > 0.0 && spec.y_scale.is_finite() && spec.y_scale > 0.0) {
+            return None;
+        }
+        Some(QGridConv {
+            g,
+            c_out,
+            kh,
+            kw,
+            offsets,
+            blocks,
+            cells,
+            w,
+            bias,
+            mult,
+            x_inv: 1.0 / spec.x_scale,
+            x_zero: spec.x_zero,
+            lo: -(spec.y_zero as f32),
+            hi: 255.0 - spec.y_zero as f32,
+            y_scale: spec.y_scale,
+            scratch: Mutex::new(None),
+        })
+    }
+
+    /// `c_in · kh · kw`: products summed per output value.
+    fn terms(&self) -> usize {
+        self.g.c_in * self.kh * self.kw
+    }
+
+    /// Whether the grid is the output itself (no columns to crop: a 1×1 convolution without padding).
+    fn direct(&self) -> bool {
+        self.g.pw == self.g.ow
+    }
+
+    /// This convolution's scratch: the kept one when no other run holds it, else a new one.
+    pub(crate) fn take_scratch(&self) -> Scratch {
+        let kept = self.scratch.try_lock().ok().and_then(|mut kept| kept.take());
+        kept.unwrap_or_else(|| Scratch {
+            x4: vec![self.x_zero; self.cells * 4],
+            staged: if self.direct() { vec![] } else { vec![0f32; self.c_out * self.blocks * LANES] },
+        })
+    }
+
+    /// Keeps `scratch` for the next run.
+    pub(crate) fn keep_scratch(&self, scratch: Scratch) {
+        if let Ok(mut kept) = self.scratch.try_lock() {
+            *kept = Some(scratch);
+        }
+    }
+
+    /// One image `[c_in, h, w]` (f32 values on the input's int8 grid) into `out` `[c_out, oh, ow]` (the
+    /// dequantized int8 outputs). `isa` must be [`Isa::Avx512Vnni`] (checked by the builder) or [`Isa::Scalar`].
+    ///
+    /// `epilogue` (a requantization chain, see [`super::requant`]) then runs over each block of output channels
+    /// while it is still in cache.
+    pub(crate) fn run(&self, isa: Isa, x: &[f32], out: &mut [f32], s: &mut Scratch, epilogue: &[Stage]) {
+        let g = &self.g;
+        debug_assert_eq!(x.len(), g.c_in * g.h * g.w);
+        debug_assert_eq!(out.len(), self.c_out * g.oh * g.ow);
+        #[cfg(target_arch = "x86_64")]
+        let vnni = isa == Isa::Avx512Vnni && vnni_available();
+        #[cfg(not(target_arch = "x86_64"))]
+        let vnni = false;
+        let simd = Simd::for_isa(isa);
+        if vnni {
+            // SAFETY: features checked; buffer sizes fixed by `new` and `take_scratch`.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                x86::quantize(self, x, &mut s.x4)
+            };
+        } else {
+            self.quantize_scalar(x, &mut s.x4);
+        }
+        let (stride, direct) = if self.direct() { (g.oh * g.ow, true) } else { (self.blocks * LANES, false) };
+        for ob in 0..self.c_out.div_ceil(R) {
+            let dst: &mut [f32] = if direct { out } else { &mut s.staged };
+            if vnni {
+                // SAFETY: as above. The kernel runs the epilogue on its registers when it writes the output.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    x86::product(self, &s.x4, dst, stride, ob, if direct { epilogue } else { &[] })
+                };
+                continue;
+            }
+            self.product_scalar(&s.x4, dst, stride, ob);
+            if direct && !epilogue.is_empty() {
+                let rows = ob * R * stride..((ob + 1) * R).min(self.c_out) * stride;
+                requant::run_in_place(simd, epilogue, &mut out[rows]);
+            }
+        }
+        if !direct {
+            self.crop(out, &s.staged);
+            if !epilogue.is_empty() {
+                requant::run_in_place(simd, epilogue, out);
+            }
+        }
+    }
+
+    /// Copies the output's columns out of the staged grid (nothing to do when the product wrote `out` itself).
+    fn crop(&self, out: &mut [f32], staged: &[f32]) {
+        let g = &self.g;
+        if self.direct() {
+            return;
+        }
+        for (o_plane, s_plane) in out.chunks_exact_mut(g.oh * g.ow).zip(staged.chunks_exact(self.blocks * LANES)) {
+            for (o_row, s_row) in o_plane.chunks_exact_mut(g.ow).zip(s_plane.chunks_exact(g.pw)) {
+                o_row.copy_from_slice(&s_row[..g.ow]);
+            }
+        }
+    }
+
+    fn quantize_value(&self, v: f32) -> u8 {
+        ((v * self.x_inv).round_ties_even() + self.x_zero as f32).clamp(0.0, 255.0) as u8
+    }
+
+    /// The cell of channel quad `q`, image row `y`, column `x`.
+    fn cell(&self, q: usize, y: usize, x: usize) -> usize {
+        q * self.g.plane() + (y + self.g.pt) * self.g.pw + self.g.pl + x
+    }
+
+    fn quantize_scalar(&self, x: &[f32], x4: &mut [u8]) {
+        let g = &self.g;
+        for (c, plane) in x.chunks_exact(g.h * g.w).enumerate() {
+            for (y, row) in plane.chunks_exact(g.w).enumerate() {
+                let at = self.cell(c / 4, y, 0);
+                for (i, &v) in row.iter().enumerate() {
+                    x4[(at + i) * 4 + c % 4] = self.quantize_value(v);
+                }
+            }
+        }
+    }
+
+    /// The requantized, dequantized output of one exact sum.
+    fn requantize(&self, acc: i32, o: usize) -> f32 {
+        let v = (acc.wrapping_add(self.bias[o]) as f32 * self.mult[o]).max(self.lo).min(self.hi);
+        v.round_ties_even() * self.y_scale
+    }
+
+    /// `dst[o · stride + p]` for the output channels of block `ob` and the first `stride` grid positions.
+    fn product_scalar(&self, x4: &[u8], dst: &mut [f32], stride: usize, ob: usize) {
+        let quads = self.offsets.len();
+        for o in ob * R..((ob + 1) * R).min(self.c_out) {
+            let w = &self.w[(o / R) * quads * R..][..quads * R];
+            for p in 0..stride.min(self.blocks * LANES) {
+                let mut acc = 0i32;
+                for (q, &off) in self.offsets.iter().enumerate() {
+                    let wb = w[q * R + o % R].to_le_bytes();
+                    let xb = &x4[(off + p) * 4..][..4];
+                    for j in 0..4 {
+                        acc += xb[j] as i32 * wb[j] as i8 as i32;
+                    }
+                }
+                dst[o * stride + p] = self.requantize(acc, o);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn vnni_available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vnni")
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{LANES, NB, QGridConv, R, Stage};
+    use std::arch::x86_64::*;
+
+    /// One requantization stage on 16 values (the vector form of [`Stage::apply`]).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn stage(st: &Stage, v: __m512) -> __m512 {
+        match *st {
+            Stage::Grid { mul, add, lo, hi, scale } => {
+                let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+                    v,
+                    _mm512_set1_ps(mul),
+                ));
+                let r = _mm512_min_ps(
+                    _mm512_max_ps(_mm512_add_ps(r, _mm512_set1_ps(add)), _mm512_set1_ps(lo)),
+                    _mm512_set1_ps(hi),
+                );
+                _mm512_mul_ps(r, _mm512_set1_ps(scale))
+            }
+            Stage::Clamp { lo, hi } => _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(lo)), _mm512_set1_ps(hi)),
+        }
+    }
+
+    /// The image's cells of the quantized planes (see [`QGridConv::quantize_scalar`]), 16 columns × 4 channels
+    /// at a time.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn quantize(c: &QGridConv, x: &[f32], x4: &mut [u8]) {
+        let g = &c.g;
+        let inv = _mm512_set1_ps(c.x_inv);
+        let zero = _mm512_set1_epi32(c.x_zero as i32);
+        let (lo, hi) = (_mm512_setzero_si512(), _mm512_set1_epi32(255));
+        let full = g.c_in / 4;
+        // SAFETY (whole body): reads stay in `x` (c_in · h · w values), writes in `x4` (cells · 4 bytes, every
+        // image cell below `cells`).
+        unsafe {
+            let q16 = |p: *const f32| q16(p, inv, zero, lo, hi);
+            for q in 0..full {
+                for y in 0..g.h {
+                    let src = |j: usize| x.as_ptr().add(((q * 4 + j) * g.h + y) * g.w);
+                    let dst = x4.as_mut_ptr().add(c.cell(q, y, 0) * 4);
+                    let mut i = 0;
+                    while i + LANES <= g.w {
+                        let (a, b) = (q16(src(0).add(i)), q16(src(1).add(i)));
+                        let (cc, d) = (q16(src(2).add(i)), q16(src(3).add(i)));
+                        let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b));
+                        let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(cc, d), _mm_unpackhi_epi8(cc, d));
+                        let o = dst.add(i * 4) as *mut __m128i;
+                        _mm_storeu_si128(o, _mm_unpacklo_epi16(ab_lo, cd_lo));
+                        _mm_storeu_si128(o.add(1), _mm_unpackhi_epi16(ab_lo, cd_lo));
+                        _mm_storeu_si128(o.add(2), _mm_unpacklo_epi16(ab_hi, cd_hi));
+                        _mm_storeu_si128(o.add(3), _mm_unpackhi_epi16(ab_hi, cd_hi));
+                        i += LANES;
+                    }
+                    for i in i..g.w {
+                        for j in 0..4 {
+                            *dst.add(i * 4 + j) = c.quantize_value(*src(j).add(i));
+                        }
+                    }
+                }
+            }
+            for ch in full * 4..g.c_in {
+                for y in 0..g.h {
+                    let at = c.cell(ch / 4, y, 0);
+                    for i in 0..g.w {
+                        x4[(at + i) * 4 + ch % 4] = c.quantize_value(x[(ch * g.h + y) * g.w + i]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// 16 values quantized to u8: `clamp(round(v · inv) + zero, lo, hi)`.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn q16(p: *const f32, inv: __m512, zero: __m512i, lo: __m512i, hi: __m512i) -> __m128i {
+        // SAFETY: the caller reads 16 values at `p`.
+        let v = _mm512_cvtps_epi32(_mm512_mul_ps(unsafe { _mm512_loadu_ps(p) }, inv));
+        _mm512_cvtepi32_epi8(_mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(v, zero), lo), hi))
+    }
+
+    /// `dst[o · stride + p]` for the output channels of block `ob` and grid positions `p < stride` (see
+    /// [`QGridConv::product_scalar`]).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn product(
+        c: &QGridConv,
+        x4: &[u8],
+        dst: &mut [f32],
+        stride: usize,
+        ob: usize,
+        epilogue: &[Stage],
+    ) {
+        let quads = c.offsets.len();
+        let positions = stride.min(c.blocks * LANES);
+        // SAFETY: `tile` reads cells below `offsets[q] + blocks · 16 <= cells` and writes `dst` below
+        // `c_out · stride` (masked past `positions`).
+        unsafe {
+            {
+                let w = c.w.as_ptr().add(ob * quads * R);
+                let mut p = 0;
+                while p < positions {
+                    let left = (positions - p).div_ceil(LANES);
+                    match left {
+                        1 => tile::<1>(c, x4, w, ob, p, dst, (stride, positions), epilogue),
+                        2 => tile::<2>(c, x4, w, ob, p, dst, (stride, positions), epilogue),
+                        3 => tile::<3>(c, x4, w, ob, p, dst, (stride, positions), epilogue),
+                        _ => tile::<NB>(c, x4, w, ob, p, dst, (stride, positions), epilogue),
+                    }
+                    p += left.min(NB) * LANES;
+                }
+            }
+        }
+    }
+
+    /// `R` output channels × `N` vectors of positions from `p0`.
+    #[allow(clippy::too_many_arguments)] // the operands of one tile
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile<const N: usize>(
+        c: &QGridConv,
+        x4: &[u8],
+        w: *const i32,
+        ob: usize,
+        p0: usize,
+        dst: &mut [f32],
+        (stride, positions): (usize, usize),
+        epilogue: &[Stage],
+    ) {
+        // SAFETY: see `product`.
+        unsafe {
+            let mut acc = [[_mm512_setzero_si512(); N]; R];
+            let x = x4.as_ptr();
+            for (q, &off) in c.offsets.iter().enumerate() {
+                let base = x.add((off + p0) * 4);
+                let xv: [__m512i; N] = std::array::from_fn(|b| _mm512_loadu_si512(base.add(b * 64) as *const _));
+                let wq = w.add(q * R);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_set1_epi32(*wq.add(r));
+                    for b in 0..N {
+                        acc[b] = _mm512_dpbusd_epi32(acc[b], xv[b], wv);
+                    }
+                }
+            }
+            let (lo, hi, ys) = (_mm512_set1_ps(c.lo), _mm512_set1_ps(c.hi), _mm512_set1_ps(c.y_scale));
+            for (r, acc) in acc.iter().enumerate() {
+                let o = ob * R + r;
+                if o >= c.c_out {
+                    break;
+                }
+                let (bias, mult) = (_mm512_set1_epi32(c.bias[o]), _mm512_set1_ps(c.mult[o]));
+                for (b, acc) in acc.iter().enumerate() {
+                    let p = p0 + b * LANES;
+                    let v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(*acc, bias)), mult);
+                    let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+                    let v = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+                    let mut v = _mm512_mul_ps(v, ys);
+                    for st in epilogue {
+                        v = stage(st, v);
+                    }
+                    let n = (positions - p).min(LANES);
+                    let mask: __mmask16 = if n == LANES { 0xffff } else { (1u16 << n) - 1 };
+                    _mm512_mask_storeu_ps(dst.as_mut_ptr().add(o * stride + p), mask, v);
+                }
+            }
+        }
+    }
+}
+
+/// An int8 convolution (stride 1, group 1, channels first) on the VNNI kernel; f32 in and out (see the module
+/// documentation).
+#[derive(Debug, Clone)]
+pub struct PupilQGridConv {
+    conv: Arc<QGridConv>,
+    isa: Isa,
+    out_shape: TVec<TDim>,
+    /// The requantization chain after the convolution, run in its output loop (see [`Self::with_epilogue`]).
+    epilogue: Vec<Stage>,
+}
+
+impl PartialEq for PupilQGridConv {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.conv, &other.conv)
+            && self.isa == other.isa
+            && self.out_shape == other.out_shape
+            && self.epilogue == other.epilogue
+    }
+}
+impl Eq for PupilQGridConv {}
+
+impl PupilQGridConv {
+    /// The instruction set level the operator was built for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+    /// `(c_in · kh · kw, output channels)`: products summed per output value, and outputs per position.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.conv.terms(), self.conv.c_out)
+    }
+
+    /// This convolution followed by the requantization chain `stages` (appended to its epilogue). Leading grid
+    /// stages that give back the convolution's own outputs (quantizing to its output grid, whose values it
+    /// already writes) are dropped.
+    pub(crate) fn with_epilogue(&self, stages: &[Stage]) -> PupilQGridConv {
+        let c = &self.conv;
+        let identity = |st: &Stage| match *st {
+            Stage::Grid { mul, add, lo, hi, scale } => {
+                add == 0.0 && lo <= c.lo && hi >= c.hi && scale == c.y_scale && (mul * scale - 1.0).abs() < 1e-6
+            }
+            Stage::Clamp { .. } => false,
+        };
+        let mut epilogue = self.epilogue.clone();
+        let skip = if epilogue.is_empty() { stages.iter().take_while(|st| identity(st)).count() } else { 0 };
+        epilogue.extend_from_slice(&stages[skip..]);
+        PupilQGridConv { epilogue, ..self.clone() }
+    }
+
+    /// The requantization chain run after the convolution.
+    pub fn epilogue(&self) -> &[Stage] {
+        &self.epilogue
+    }
+}
+
+impl Op for PupilQGridConv {
+    fn name(&self) -> StaticName {
+        "PupilQGridConv".into()
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        let (g, c) = (&self.conv.g, &self.conv);
+        Ok(vec![format!(
+            "{}→{} channels, {}×{} kernel, {}×{} → {}×{} over a {}-wide grid, {}, {} requantization stages after",
+            g.c_in,
+            c.c_out,
+            c.kh,
+            c.kw,
+            g.h,
+            g.w,
+            g.oh,
+            g.ow,
+            g.pw,
+            self.isa,
+            self.epilogue.len()
+        )])
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for PupilQGridConv {
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = &inputs[0];
+        let (c, g) = (&self.conv, &self.conv.g);
+        let shape = input.shape();
+        let image = g.c_in * g.h * g.w;
+        if shape.len() < 3 || shape[shape.len() - 3..] != [g.c_in, g.h, g.w] {
+            bail!("PupilQGridConv expects images of {:?}, got {shape:?}", [g.c_in, g.h, g.w]);
+        }
+        let batch = input.len() / image;
+        let out_len = c.c_out * g.oh * g.ow;
+        let out_shape = super::output_shape("PupilQGridConv", &self.out_shape, ctx, batch * out_len)?;
+        // SAFETY: f32 has no invalid bit patterns, and `run` writes every output value.
+        let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
+        let src = input.try_as_plain_ram()?;
+        let src = src.as_slice::<f32>()?;
+        let mut dst = out.try_as_plain_ram_mut()?;
+        let dst = dst.as_slice_mut::<f32>()?;
+        let mut scratch = c.take_scratch();
+        for (x, o) in src.chunks_exact(image).zip(dst.chunks_exact_mut(out_len)) {
+            c.run(self.isa, x, o, &mut scratch, &self.epilogue);
+        }
+        c.keep_scratch(scratch);
+        Ok(tvec!(out.into_tvalue()))
+    }
+    op_out_of_plan!();
+}
+
+impl TypedOp for PupilQGridConv {
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(&*self.out_shape)))
+    }
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let shape = &inputs[0].shape;
+        let batch: TDim = shape.iter().take(shape.len().saturating_sub(3)).product();
+        let (c, g) = (&self.conv, &self.conv.g);
+        let macs = c.c_out * g.oh * g.ow * c.terms();
+        Ok(tvec!((Cost::FMA(DatumType::I8), batch * macs as i64)))
+    }
+    as_op!();
+}
+
+/// Builds the int8 operator for the f32 convolution [`super::qconv`] wrote for a `QLinearConv` (a `Conv` node,
+/// or the `EinSum` tract declutters a 1×1 one to, with its bias `Add`), and the last node it replaces; `None`
+/// unless `isa` is AVX-512 VNNI and the convolution has stride 1, group 1, channels first and at least
+/// [`MIN_INPUTS`] input channels.
+pub(crate) fn for_node(
+    model: &TypedModel,
+    node: &TypedNode,
+    isa: Isa,
+    int8: &Int8Convs,
+) -> TractResult<Option<(PupilQGridConv, usize)>> {
+    if isa != Isa::Avx512Vnni || int8.is_empty() {
+        return Ok(None);
+    }
+    let key = node.name.strip_suffix(".einsum").unwrap_or(&node.name);
+    let Some(spec) = int8.get(key) else { return Ok(None) };
+    let [c_out, c_in, kh, kw] = spec.dims;
+    if spec.group != 1 || c_in < MIN_INPUTS {
+        return Ok(None);
+    }
+    let (grid, last) = if node.op_is::<EinSum>() {
+        // A 1×1 convolution: `[.., c_in, h, w]` in, `[.., c_out, h, w]` out after the bias.
+        let x = model.outlet_fact(node.inputs[0])?;
+        let r = x.rank();
+        if (kh, kw) != (1, 1) || r < 3 || x.datum_type != DatumType::F32 || x.shape[r - 3] != c_in.to_dim() {
+            return Ok(None);
+        }
+        let (Ok(h), Ok(w)) = (x.shape[r - 2].to_usize(), x.shape[r - 1].to_usize()) else { return Ok(None) };
+        let last = match following_bias(model, node, c_out, 2)? {
+            Some((_, add)) => add,
+            None if spec.bias.iter().all(|&b| b == 0) => node.id,
+            None => return Ok(None),
+        };
+        let grid = QGrid { c_in, h, w, pt: 0, pl: 0, ph: h, pw: w, oh: h, ow: w };
+        (grid, last)
+    } else {
+        let Some(parts) = conv_parts(model, node)? else { return Ok(None) };
+        let w = &parts.win;
+        if parts.group != 1 || parts.layout.channels_last || (w.sh, w.sw) != (1, 1) {
+            return Ok(None);
+        }
+        if (parts.c_in, parts.c_out, w.kh, w.kw) != (c_in, c_out, kh, kw) {
+            return Ok(None);
+        }
+        let grid = QGrid {
+            c_in,
+            h: w.h,
+            w: w.w,
+            pt: w.pt,
+            pl: w.pl,
+            ph: (w.pt + w.h).max(w.oh + w.kh - 1),
+            pw: (w.pl + w.w).max(w.ow + w.kw - 1),
+            oh: w.oh,
+            ow: w.ow,
+        };
+        (grid, node.id)
+    };
+    let out_fact = model.outlet_fact(OutletId::new(last, 0))?;
+    let r = out_fact.rank();
+    if out_fact.datum_type != DatumType::F32
+        || r < 3
+        || out_fact.shape[r - 3..] != [c_out.to_dim(), grid.oh.to_dim(), grid.ow.to_dim()]
+    {
+        return Ok(None);
+    }
+    let Some(conv) = QGridConv::new(spec, grid) else { return Ok(None) };
+    let out_shape = out_fact.shape.iter().cloned().collect();
+    Ok(Some((PupilQGridConv { conv: Arc::new(conv), isa, out_shape, epilogue: vec![] }, last)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::zoo::Rng;
+    use proptest::prelude::*;
+
+    /// The ONNX definition of `QLinearConv` (stride 1, group 1), dequantized: `((Σ (x − zx) · w + b) · sx · sw /
+    /// sy` rounded half to even, plus `zy`, saturated to u8, minus `zy`) · `sy`.
+    fn reference(spec: &Int8Conv, g: &QGrid, xq: &[u8]) -> Vec<f32> {
+        let [c_out, c_in, kh, kw] = spec.dims;
+        let mut out = vec![0f32; c_out * g.oh * g.ow];
+        for o in 0..c_out {
+            for y in 0..g.oh {
+                for x in 0..g.ow {
+                    let mut acc = spec.bias[o] as i64;
+                    for c in 0..c_in {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let (iy, ix) = ((y + ky) as i64 - g.pt as i64, (x + kx) as i64 - g.pl as i64);
+                                let v = if iy < 0 || ix < 0 || iy >= g.h as i64 || ix >= g.w as i64 {
+                                    0
+                                } else {
+                                    xq[(c * g.h + iy as usize) * g.w + ix as usize] as i64 - spec.x_zero as i64
+                                };
+                                acc += v * spec.weight[((o * c_in + c) * kh + ky) * kw + kx] as i64;
+                            }
+                        }
+                    }
+                    let m = spec.x_scale * spec.w_scale[o] / spec.y_scale;
+                    let q = ((acc as i32) as f32 * m).round_ties_even() + spec.y_zero as f32;
+                    out[(o * g.oh + y) * g.ow + x] = (q.clamp(0.0, 255.0) - spec.y_zero as f32) * spec.y_scale;
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// 8..40 input and 1..24 output channels, images up to 17 × 17 (1 × 1 kernels without padding included),
+        /// kernels 1..=5, every padding below the kernel size, zero points and scales anywhere, with and without a
+        /// requantization chain after it: the scalar and the VNNI kernel give exactly the ONNX definition (then
+        /// the chain), twice in a row (the kept scratch is checked too).
+        #[test]
+        fn int8_grid_convolution_is_the_onnx_definition(
+            (c_in, c_out) in (8usize..40, 1usize..24),
+            (h, w) in (1usize..18, 1usize..18),
+            (kh, kw) in (1usize..=5, 1usize..=5),
+            pads in (0usize..5, 0usize..5, 0usize..5, 0usize..5),
+            (x_zero, y_zero) in (any::<u8>(), any::<u8>()),
+            with_epilogue in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let (pt, pb, pl, pr) = (pads.0 % kh, pads.1 % kh, pads.2 % kw, pads.3 % kw);
+            prop_assume!(h + pt + pb >= kh && w + pl + pr >= kw);
+            let (oh, ow) = (h + pt + pb - kh + 1, w + pl + pr - kw + 1);
+            let mut rng = Rng::new(seed);
+            let terms = c_in * kh * kw;
+            let spec = Int8Conv {
+                x_scale: 0.01 + rng.sym(1.0).abs() * 0.05,
+                x_zero,
+                y_scale: 0.05 + rng.sym(1.0).abs(),
+                y_zero,
+                dims: [c_out, c_in, kh, kw],
+                group: 1,
+                weight: (0..c_out * terms).map(|_| (rng.sym(127.5).round() as i32).clamp(-127, 127) as i8).collect(),
+                w_scale: (0..c_out).map(|_| 0.001 + rng.sym(1.0).abs() * 0.01).collect(),
+                bias: (0..c_out).map(|_| rng.sym(5000.0) as i32).collect(),
+            };
+            let g = QGrid { c_in, h, w, pt, pl, ph: (pt + h).max(oh + kh - 1), pw: (pl + w).max(ow + kw - 1), oh, ow };
+            let conv = QGridConv::new(&spec, g).expect("valid geometry");
+            // A ReLU6-like clamp, then quantizing to another grid (what MobileNet's blocks leave after a conv).
+            let epilogue = if with_epilogue {
+                vec![Stage::Clamp { lo: 0.0, hi: 6.0 * spec.y_scale }, Stage::grid(1.0 / 0.07, 3, (0, 255), 0.07, 3)]
+            } else {
+                vec![]
+            };
+            let mut isas = vec![Isa::Scalar];
+            #[cfg(target_arch = "x86_64")]
+            if vnni_available() {
+                isas.push(Isa::Avx512Vnni);
+            }
+            for isa in isas {
+                for _ in 0..2 {
+                    let xq: Vec<u8> = (0..c_in * h * w).map(|_| (rng.sym(128.0) + 128.0).clamp(0.0, 255.0) as u8).collect();
+                    // The f32 values the graph carries: the dequantized input.
+                    let x: Vec<f32> = xq.iter().map(|&q| (q as i32 - x_zero as i32) as f32 * spec.x_scale).collect();
+                    let want: Vec<f32> = reference(&spec, &g, &xq)
+                        .into_iter()
+                        .map(|v| epilogue.iter().fold(v, |v, st| st.apply(v)))
+                        .collect();
+                    let mut out = vec![f32::NAN; c_out * oh * ow];
+                    let mut scratch = conv.take_scratch();
+                    conv.run(isa, &x, &mut out, &mut scratch, &epilogue);
+                    conv.keep_scratch(scratch);
+                    for (i, (got, want)) in out.iter().zip(&want).enumerate() {
+                        prop_assert!(got == want, "{} at {}: {} vs {}", isa, i, got, want);
+                    }
+                }
+            }
+        }
+    }
+}
