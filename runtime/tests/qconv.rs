@@ -290,13 +290,13 @@ fn requantization_chains_fuse_into_one_pass_with_the_same_logits() {
 
 /// The quantized CNN and MobileNet with their rewrite's int8 forms: with u8 activations every convolution over 8
 /// or more channels with group 1 (the CNN's 3×3 one, MobileNet's 1×1 ones) runs on pupil's int8 kernel where the
-/// CPU has AVX-512 VNNI (and none does elsewhere), the requantization chains after MobileNet's pointwise
+/// CPU has AVX-512 VNNI or NEON dotprod (and none does elsewhere), the requantization chains after MobileNet's pointwise
 /// convolutions run in their output loop (fewer `PupilRequant` passes), and the logits stay those of the int8
 /// graph run by tract within a few output quantization steps, the argmax unchanged. With i8 activations no int8
 /// form is kept (the kernel reads u8).
 #[test]
-fn int8_convolutions_run_on_the_vnni_kernel_where_the_cpu_has_it() {
-    let vnni = Isa::best() == Isa::Avx512Vnni;
+fn int8_convolutions_run_on_the_int8_kernel_where_the_cpu_has_one() {
+    let int8_kernel = matches!(Isa::best(), Isa::Avx512Vnni | Isa::NeonDotprod);
     for q in quantized_zoo() {
         let (name, shape, act) = (q.name, &q.shape, q.act);
         let original = decode(&q.int8);
@@ -318,9 +318,9 @@ fn int8_convolutions_run_on_the_vnni_kernel_where_the_cpu_has_it() {
         let (fast, replaced) = load(&rewrite.int8);
         let (f32_only, _) = load(&qconv::Int8Convs::new());
         let on_int8 = replaced.iter().filter(|r| r.op == "PupilQGridConv").count();
-        assert_eq!(on_int8, if vnni { eligible } else { 0 }, "{name}: convolutions on the int8 kernel");
+        assert_eq!(on_int8, if int8_kernel { eligible } else { 0 }, "{name}: convolutions on the int8 kernel");
         assert_eq!(count_ops(&fast, "PupilQGridConv"), on_int8, "{name}: the optimised plan keeps them");
-        if vnni && name == "mobilenet" {
+        if int8_kernel && name == "mobilenet" {
             let (with, without) = (count_ops(&fast, "PupilRequant"), count_ops(&f32_only, "PupilRequant"));
             assert!(with < without, "{name}: {with} requantization passes with the int8 kernel, {without} without");
         }

@@ -305,16 +305,17 @@ fn cnn_static_int8_agrees_and_runs_its_dense_layer_on_integer_kernels_and_its_co
     let (bytes, report) = quantize_checked(f32_bytes, &QuantizeOptions::default());
     // The dense layer on an i32 kernel; the 1-channel int8 convolution on pupil's f32 direct kernel with the int8
     // activation grid (`kernels::qconv`); the 16-channel one on pupil's int8 grid kernel where the CPU has AVX-512
-    // VNNI, else on its f32 grid kernel. No matrix product is left in f32.
+    // VNNI or NEON dotprod, else on its f32 grid kernel. No matrix product is left in f32.
     assert_kernels(&bytes, 1, 0);
-    let vnni = pupil_runtime::kernels::Isa::best() == pupil_runtime::kernels::Isa::Avx512Vnni;
+    use pupil_runtime::kernels::Isa;
+    let int8_kernel = matches!(Isa::best(), Isa::Avx512Vnni | Isa::NeonDotprod);
     let model = Model::from_bytes(&bytes, ModelOptions::default()).unwrap();
     let ops: Vec<&str> = pupil_runtime::kernels::pupil_nodes(model.typed_model()).iter().map(|r| r.op).collect();
-    let grid = if vnni { "PupilQGridConv" } else { "PupilGridConv" };
+    let grid = if int8_kernel { "PupilQGridConv" } else { "PupilGridConv" };
     assert!(ops.contains(&"PupilDirectConv") && ops.contains(&grid), "{ops:?}");
     let on_f32: Vec<&pupil_runtime::quantize::KernelReport> =
         report.kernels.iter().filter(|k| k.op == "QLinearConv" && !k.expected_integer).collect();
-    let want = if vnni { 1 } else { 2 };
+    let want = if int8_kernel { 1 } else { 2 };
     assert_eq!(on_f32.len(), want, "convolutions the report lists as run in f32 by design: {:?}", report.kernels);
     let on_int8 = report.kernels.iter().filter(|k| k.op == "QLinearConv" && k.integer && k.accumulator == "i32");
     assert_eq!(on_int8.count(), 2 - want, "convolutions on pupil's int8 kernel: {:?}", report.kernels);

@@ -338,8 +338,8 @@ mod arm {
             while kk < k {
                 let x = vdupq_n_f32(*a.add(kk));
                 let p = w.add(kk * PANEL);
-                for q in 0..4 {
-                    s[q] = vfmaq_f32(s[q], x, vld1q_f32(p.add(4 * q)));
+                for (q, s) in s.iter_mut().enumerate().take(4) {
+                    *s = vfmaq_f32(*s, x, vld1q_f32(p.add(4 * q)));
                 }
                 kk += 1;
             }

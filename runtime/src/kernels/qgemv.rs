@@ -427,10 +427,10 @@ mod arm {
                 for (chunk, acc) in acc.iter().enumerate() {
                     let mut lanes = [0i32; 4];
                     vst1q_s32(lanes.as_mut_ptr(), *acc);
-                    for c in 0..4 {
+                    for (c, lane) in lanes.iter().enumerate() {
                         let col = panel * PANEL + chunk * 4 + c;
                         let colsum = p.colsum.get(col).copied().unwrap_or(0);
-                        out[col] = lanes[c] + 128 * colsum;
+                        out[col] = lane + 128 * colsum;
                     }
                 }
             }

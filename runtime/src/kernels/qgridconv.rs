@@ -1,16 +1,18 @@
 //! `PupilQGridConv`: int8 convolutions with stride 1 and group 1 over at least [`MIN_INPUTS`] input channels (a
-//! CNN's 32→64 3×3 layer, a MobileNet's 1×1 expand and project layers) on AVX-512 VNNI, in the shifted-grid form
-//! of [`super::gridconv`] with u8 activations and i8 weights.
+//! CNN's 32→64 3×3 layer, a MobileNet's 1×1 expand and project layers) on AVX-512 VNNI and on aarch64 NEON
+//! dotprod, in the shifted-grid form of [`super::gridconv`] with u8 activations and i8 weights.
 //!
 //! The input is quantized once per run into padded planes of 4 interleaved channels (`[c_in / 4][PH · PW][4]`
 //! bytes, padding = the input zero point), so that 16 consecutive grid positions of one tap and 4 channels are
 //! 64 contiguous bytes: one `vpdpbusd` against the tap's 4 weights of one output channel (broadcast) adds 64
 //! products to 16 accumulators, one per output position. 4 output channels × 64 positions are computed at a
-//! time (16 accumulators). The exact `i32` sums are requantized like ONNX Runtime's `QLinearConv` (`(Σ + bias) ·
+//! time (16 accumulators). On aarch64, `sdot` (by element) multiplies 4 positions × 4 channels (16 bytes) by
+//! the 4 weights of one of 4 output channels held in one register; it is i8 × i8, so the planes hold `x − 128`
+//! and `128 · Σ w` is folded into the bias. The exact `i32` sums are requantized like ONNX Runtime's `QLinearConv` (`(Σ + bias) ·
 //! sx · sw / sy`, clamped, rounded half to even, plus the output zero point), and written dequantized (the f32
 //! graph around the operator carries the int8 model's activations as their f32 values, see [`super::qconv`]).
 //! A portable version of the same arithmetic ([`Isa::Scalar`]) gives bitwise the same outputs; it is the
-//! reference the tests hold the VNNI kernel to, not a fast path (other CPUs keep the f32 kernels).
+//! reference the tests hold the VNNI and dotprod kernels to, not a fast path (other CPUs keep the f32 kernels).
 
 use std::sync::{Arc, Mutex};
 
@@ -30,8 +32,6 @@ pub(crate) const MIN_INPUTS: usize = 8;
 const R: usize = 4;
 /// Grid positions per vector.
 const LANES: usize = 16;
-/// Vectors of positions per register tile.
-const NB: usize = 4;
 
 /// Where the image sits in the padded planes, and the grid the product runs over (see [`super::gridconv`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,12 +68,14 @@ pub(crate) struct QGridConv {
     cells: usize,
     /// `[c_out / R rounded up][quads][R]`: the 4 weights of one quad for one output channel, as one `i32`.
     w: Vec<i32>,
-    /// `bias − x_zero · Σ w` per output channel (padded like `w`).
+    /// `bias − x_zero · Σ w` per output channel (`+ 128 · Σ w` when the planes hold `x − 128`), padded like `w`.
     bias: Vec<i32>,
     /// `sx · sw / sy` per output channel (padded like `w`).
     mult: Vec<f32>,
     x_inv: f32,
     x_zero: u8,
+    /// XORed into every quantized activation: `0x80` for the i8 × i8 `sdot` kernel (the planes hold `x − 128`).
+    flip: u8,
     /// Requantized values are clamped to `[lo, hi]` (the u8 range less the output zero point).
     lo: f32,
     hi: f32,
@@ -90,8 +92,9 @@ pub(crate) struct Scratch {
 }
 
 impl QGridConv {
-    /// The packed form of `spec` (group 1) over `g`; `None` when the numbers disagree.
-    pub(crate) fn new(spec: &Int8Conv, g: QGrid) -> Option<QGridConv> {
+    /// The packed form of `spec` (group 1) over `g` for `isa`'s kernel; `None` when the numbers disagree.
+    pub(crate) fn new(spec: &Int8Conv, g: QGrid, isa: Isa) -> Option<QGridConv> {
+        let flip = if isa == Isa::NeonDotprod { 0x80 } else { 0 };
         let [c_out, c_in, kh, kw] = spec.dims;
         if spec.group != 1
             || c_in != g.c_in
@@ -140,7 +143,8 @@ impl QGridConv {
         let mut mult = vec![0f32; c_pad];
         for o in 0..c_out {
             let sum: i32 = spec.weight[o * c_in * kh * kw..(o + 1) * c_in * kh * kw].iter().map(|&v| v as i32).sum();
-            bias[o] = spec.bias[o].checked_sub(spec.x_zero as i32 * sum)?;
+            let shift = if flip == 0 { spec.x_zero as i32 } else { spec.x_zero as i32 - 128 };
+            bias[o] = spec.bias[o].checked_sub(shift * sum)?;
             // ONNX Runtime's order: (sx · sw) / sy, in f32.
             mult[o] = spec.x_scale * spec.w_scale[o] / spec.y_scale;
         }
@@ -160,6 +164,7 @@ impl QGridConv {
             mult,
             x_inv: 1.0 / spec.x_scale,
             x_zero: spec.x_zero,
+            flip,
             lo: -(spec.y_zero as f32),
             hi: 255.0 - spec.y_zero as f32,
             y_scale: spec.y_scale,
@@ -181,7 +186,7 @@ impl QGridConv {
     pub(crate) fn take_scratch(&self) -> Scratch {
         let kept = self.scratch.try_lock().ok().and_then(|mut kept| kept.take());
         kept.unwrap_or_else(|| Scratch {
-            x4: vec![self.x_zero; self.cells * 4],
+            x4: vec![self.x_zero ^ self.flip; self.cells * 4],
             staged: if self.direct() { vec![] } else { vec![0f32; self.c_out * self.blocks * LANES] },
         })
     }
@@ -206,6 +211,11 @@ impl QGridConv {
         let vnni = isa == Isa::Avx512Vnni && vnni_available();
         #[cfg(not(target_arch = "x86_64"))]
         let vnni = false;
+        #[cfg(target_arch = "aarch64")]
+        let dotprod =
+            isa == Isa::NeonDotprod && self.flip == 0x80 && std::arch::is_aarch64_feature_detected!("dotprod");
+        #[cfg(not(target_arch = "aarch64"))]
+        let dotprod = false;
         let simd = Simd::for_isa(isa);
         if vnni {
             // SAFETY: features checked; buffer sizes fixed by `new` and `take_scratch`.
@@ -224,6 +234,15 @@ impl QGridConv {
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
                     x86::product(self, &s.x4, dst, stride, ob, if direct { epilogue } else { &[] })
+                };
+                continue;
+            }
+            if dotprod {
+                // SAFETY: dotprod checked; buffer sizes fixed by `new` and `take_scratch`. The kernel runs the
+                // epilogue on its registers.
+                #[cfg(target_arch = "aarch64")]
+                unsafe {
+                    arm::product(self, &s.x4, dst, stride, ob, if direct { epilogue } else { &[] })
                 };
                 continue;
             }
@@ -255,7 +274,7 @@ impl QGridConv {
     }
 
     fn quantize_value(&self, v: f32) -> u8 {
-        ((v * self.x_inv).round_ties_even() + self.x_zero as f32).clamp(0.0, 255.0) as u8
+        (((v * self.x_inv).round_ties_even() + self.x_zero as f32).clamp(0.0, 255.0) as u8) ^ self.flip
     }
 
     /// The cell of channel quad `q`, image row `y`, column `x`.
@@ -292,7 +311,8 @@ impl QGridConv {
                     let wb = w[q * R + o % R].to_le_bytes();
                     let xb = &x4[(off + p) * 4..][..4];
                     for j in 0..4 {
-                        acc += xb[j] as i32 * wb[j] as i8 as i32;
+                        let x = if self.flip == 0 { xb[j] as i32 } else { xb[j] as i8 as i32 };
+                        acc += x * wb[j] as i8 as i32;
                     }
                 }
                 dst[o * stride + p] = self.requantize(acc, o);
@@ -310,8 +330,11 @@ fn vnni_available() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{LANES, NB, QGridConv, R, Stage};
+    use super::{LANES, QGridConv, R, Stage};
     use std::arch::x86_64::*;
+
+    /// Vectors of positions per register tile.
+    const NB: usize = 4;
 
     /// One requantization stage on 16 values (the vector form of [`Stage::apply`]).
     #[inline]
@@ -477,6 +500,123 @@ mod x86 {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use super::{QGridConv, R, Stage};
+    use std::arch::aarch64::*;
+
+    /// Grid positions per tile: 4 vectors of 4.
+    const TILE: usize = 16;
+
+    /// One requantization stage on 4 values (the vector form of [`Stage::apply`]).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    fn stage(st: &Stage, v: float32x4_t) -> float32x4_t {
+        match *st {
+            Stage::Grid { mul, add, lo, hi, scale } => {
+                let r = vaddq_f32(vrndnq_f32(vmulq_n_f32(v, mul)), vdupq_n_f32(add));
+                vmulq_n_f32(vminq_f32(vmaxq_f32(r, vdupq_n_f32(lo)), vdupq_n_f32(hi)), scale)
+            }
+            Stage::Clamp { lo, hi } => vminq_f32(vmaxq_f32(v, vdupq_n_f32(lo)), vdupq_n_f32(hi)),
+        }
+    }
+
+    /// `dst[o · stride + p]` for the output channels of block `ob` and grid positions `p < stride` (see
+    /// [`QGridConv::product_scalar`]), then `epilogue`.
+    #[target_feature(enable = "neon,dotprod")]
+    pub(super) unsafe fn product(
+        c: &QGridConv,
+        x4: &[u8],
+        dst: &mut [f32],
+        stride: usize,
+        ob: usize,
+        epilogue: &[Stage],
+    ) {
+        let quads = c.offsets.len();
+        let positions = stride.min(c.blocks * super::LANES);
+        let mut p = 0;
+        // SAFETY: a tile reads cells below `offsets[q] + blocks · 16 <= cells` (tiles start below `positions`,
+        // which is at most `blocks · 16`, and cover 16 positions) and writes `dst` below `c_out · stride`.
+        unsafe {
+            let w = c.w.as_ptr().add(ob * quads * R) as *const i8;
+            while p < positions {
+                tile(c, x4, w, ob, p, dst, (stride, positions), epilogue);
+                p += TILE;
+            }
+        }
+    }
+
+    /// 4 output channels × 16 positions from `p0`.
+    #[allow(clippy::too_many_arguments)] // the operands of one tile
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn tile(
+        c: &QGridConv,
+        x4: &[u8],
+        w: *const i8,
+        ob: usize,
+        p0: usize,
+        dst: &mut [f32],
+        (stride, positions): (usize, usize),
+        epilogue: &[Stage],
+    ) {
+        // SAFETY: see `product`.
+        unsafe {
+            let mut acc = [[vdupq_n_s32(0); 4]; R];
+            let x = x4.as_ptr() as *const i8;
+            for (q, &off) in c.offsets.iter().enumerate() {
+                let base = x.add((off + p0) * 4);
+                let xv: [int8x16_t; 4] = std::array::from_fn(|b| vld1q_s8(base.add(b * 16)));
+                let wv = vld1q_s8(w.add(q * R * 4));
+                for (b, xv) in xv.iter().enumerate() {
+                    std::arch::asm!(
+                        "sdot {a0:v}.4s, {x:v}.16b, {w:v}.4b[0]",
+                        "sdot {a1:v}.4s, {x:v}.16b, {w:v}.4b[1]",
+                        "sdot {a2:v}.4s, {x:v}.16b, {w:v}.4b[2]",
+                        "sdot {a3:v}.4s, {x:v}.16b, {w:v}.4b[3]",
+                        a0 = inout(vreg) acc[0][b],
+                        a1 = inout(vreg) acc[1][b],
+                        a2 = inout(vreg) acc[2][b],
+                        a3 = inout(vreg) acc[3][b],
+                        x = in(vreg) *xv,
+                        w = in(vreg) wv,
+                        options(pure, nomem, nostack)
+                    );
+                }
+            }
+            let (lo, hi) = (vdupq_n_f32(c.lo), vdupq_n_f32(c.hi));
+            for (r, acc) in acc.iter().enumerate() {
+                let o = ob * R + r;
+                if o >= c.c_out {
+                    break;
+                }
+                let bias = vdupq_n_s32(c.bias[o]);
+                for (b, acc) in acc.iter().enumerate() {
+                    let p = p0 + b * 4;
+                    if p >= positions {
+                        break;
+                    }
+                    let v = vmulq_n_f32(vcvtq_f32_s32(vaddq_s32(*acc, bias)), c.mult[o]);
+                    let mut v = vmulq_n_f32(vrndnq_f32(vminq_f32(vmaxq_f32(v, lo), hi)), c.y_scale);
+                    for st in epilogue {
+                        v = stage(st, v);
+                    }
+                    let out = dst.as_mut_ptr().add(o * stride + p);
+                    if p + 4 <= positions {
+                        vst1q_f32(out, v);
+                    } else {
+                        let mut lanes = [0f32; 4];
+                        vst1q_f32(lanes.as_mut_ptr(), v);
+                        for (i, l) in lanes.iter().enumerate().take(positions - p) {
+                            *out.add(i) = *l;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// An int8 convolution (stride 1, group 1, channels first) on the VNNI kernel; f32 in and out (see the module
 /// documentation).
 #[derive(Debug, Clone)]
@@ -599,7 +739,7 @@ impl TypedOp for PupilQGridConv {
 
 /// Builds the int8 operator for the f32 convolution [`super::qconv`] wrote for a `QLinearConv` (a `Conv` node,
 /// or the `EinSum` tract declutters a 1×1 one to, with its bias `Add`), and the last node it replaces; `None`
-/// unless `isa` is AVX-512 VNNI and the convolution has stride 1, group 1, channels first and at least
+/// unless `isa` is AVX-512 VNNI or NEON dotprod and the convolution has stride 1, group 1, channels first and at least
 /// [`MIN_INPUTS`] input channels.
 pub(crate) fn for_node(
     model: &TypedModel,
@@ -607,7 +747,7 @@ pub(crate) fn for_node(
     isa: Isa,
     int8: &Int8Convs,
 ) -> TractResult<Option<(PupilQGridConv, usize)>> {
-    if isa != Isa::Avx512Vnni || int8.is_empty() {
+    if !matches!(isa, Isa::Avx512Vnni | Isa::NeonDotprod) || int8.is_empty() {
         return Ok(None);
     }
     let key = node.name.strip_suffix(".einsum").unwrap_or(&node.name);
@@ -661,7 +801,7 @@ pub(crate) fn for_node(
     {
         return Ok(None);
     }
-    let Some(conv) = QGridConv::new(spec, grid) else { return Ok(None) };
+    let Some(conv) = QGridConv::new(spec, grid, isa) else { return Ok(None) };
     let out_shape = out_fact.shape.iter().cloned().collect();
     Ok(Some((PupilQGridConv { conv: Arc::new(conv), isa, out_shape, epilogue: vec![] }, last)))
 }
@@ -737,19 +877,18 @@ mod tests {
                 bias: (0..c_out).map(|_| rng.sym(5000.0) as i32).collect(),
             };
             let g = QGrid { c_in, h, w, pt, pl, ph: (pt + h).max(oh + kh - 1), pw: (pl + w).max(ow + kw - 1), oh, ow };
-            let conv = QGridConv::new(&spec, g).expect("valid geometry");
+
             // A ReLU6-like clamp, then quantizing to another grid (what MobileNet's blocks leave after a conv).
             let epilogue = if with_epilogue {
                 vec![Stage::Clamp { lo: 0.0, hi: 6.0 * spec.y_scale }, Stage::grid(1.0 / 0.07, 3, (0, 255), 0.07, 3)]
             } else {
                 vec![]
             };
-            let mut isas = vec![Isa::Scalar];
-            #[cfg(target_arch = "x86_64")]
-            if vnni_available() {
-                isas.push(Isa::Avx512Vnni);
-            }
-            for isa in isas {
+            // The scalar reference on both operand forms (u8 planes, and the i8 planes of `sdot`), then every
+            // kernel this CPU has.
+            let kernels = Isa::available().into_iter().filter(|i| matches!(i, Isa::Avx512Vnni | Isa::NeonDotprod));
+            for (isa, form) in [(Isa::Scalar, Isa::Scalar), (Isa::Scalar, Isa::NeonDotprod)].into_iter().chain(kernels.map(|i| (i, i))) {
+                let conv = QGridConv::new(&spec, g, form).expect("valid geometry");
                 for _ in 0..2 {
                     let xq: Vec<u8> = (0..c_in * h * w).map(|_| (rng.sym(128.0) + 128.0).clamp(0.0, 255.0) as u8).collect();
                     // The f32 values the graph carries: the dequantized input.
@@ -763,7 +902,7 @@ mod tests {
                     conv.run(isa, &x, &mut out, &mut scratch, &epilogue);
                     conv.keep_scratch(scratch);
                     for (i, (got, want)) in out.iter().zip(&want).enumerate() {
-                        prop_assert!(got == want, "{} at {}: {} vs {}", isa, i, got, want);
+                        prop_assert!(got == want, "{} ({} form) at {}: {} vs {}", isa, form, i, got, want);
                     }
                 }
             }
