@@ -60,6 +60,12 @@ fn mobilenet_runs_its_depthwise_convs_and_stem_on_pupils_kernels_with_tracts_out
     let bytes = zoo::mobilenet(4).to_bytes();
     let one_by_one = pointwise_convs(&bytes);
     assert!(one_by_one >= 8, "the MobileNet has {one_by_one} 1×1 convolutions");
+    let residuals = {
+        use prost::Message;
+        let graph = tract_onnx::pb::ModelProto::decode(&bytes[..]).unwrap().graph.unwrap();
+        graph.node.iter().filter(|n| n.op_type == "Add").count()
+    };
+    assert!(residuals >= 2, "the MobileNet has {residuals} residual connections");
     // Batch 1 (tract drops the batch axis: CHW), a fixed batch of 2 and a symbolic batch (NCHW).
     for (shape, batch) in [(Some(1), 1), (Some(2), 2), (None, 2)] {
         let dims = [shape, Some(3), Some(96), Some(96)];
@@ -86,8 +92,13 @@ fn mobilenet_runs_its_depthwise_convs_and_stem_on_pupils_kernels_with_tracts_out
             if shape.is_some() {
                 want.push("PupilMatMul");
             }
+            // The residual connections, summed on the calling thread.
+            want.extend(vec!["PupilAdd"; residuals]);
             want.sort();
-            assert_eq!(ops, want, "{isa}, batch {shape:?}: 8 depthwise convs, the 3-channel stem and 1×1 convolutions");
+            assert_eq!(
+                ops, want,
+                "{isa}, batch {shape:?}: 8 depthwise convs, the 3-channel stem, 1×1 convolutions, sums"
+            );
             let listed = pupil_nodes(&fast);
             assert_eq!(ops_of(&listed), want, "{isa}, batch {shape:?}: the optimised plan keeps them");
             let dw = listed.iter().find(|r| r.op == "PupilDepthwiseConv").unwrap();

@@ -5,13 +5,16 @@
 //! the model's threads when large enough to gain from it); f32 depthwise convolutions, convolutions over few input channels, 1×1
 //! convolutions, stride-1 convolutions over more input channels and max pools are replaced by
 //! [`PupilDepthwiseConv`], [`PupilDirectConv`], [`PupilPointwiseConv`], [`PupilGridConv`] and [`PupilMaxPool`]
-//! (AVX-512 / AVX2 + FMA / NEON / scalar).
-//! int8 convolutions (`QLinearConv`) are rewritten before tract reads the file ([`qconv`]) so that they run on
-//! those f32 kernels with the int8 model's activation grid; the `QuantizeLinear → DequantizeLinear` chains left
-//! between them (with their clamps) then run as one pass each ([`PupilRequant`], [`requant`]). Also tunes tract's aarch64 CPU detection on Android, where tract cannot see the core kind.
+//! (AVX-512 / AVX2 + FMA / NEON / scalar), and same-shape sums (residual connections) by [`PupilAdd`], on the
+//! calling thread. int8 convolutions (`QLinearConv`) are rewritten before tract reads the file ([`qconv`]) so
+//! that they run on those f32 kernels with the int8 model's activation grid, or, where the CPU has AVX-512 VNNI or
+//! NEON dotprod, on [`PupilQGridConv`] with the int8 model's own arithmetic; the `QuantizeLinear →
+//! DequantizeLinear` chains left between them (with their clamps) then run as one pass each ([`PupilRequant`],
+//! [`requant`]) or in the int8 convolution's output loop. Also tunes tract's aarch64 CPU detection on Android, where tract cannot see the core kind.
 
 mod channels_last;
 mod dwconv;
+mod eltwise;
 pub mod gemv;
 mod gridconv;
 mod matmul;
@@ -29,6 +32,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{DimLike, EvalContext, ensure};
 
 pub use dwconv::{MAX_DIRECT_INPUTS, PupilConv, PupilDepthwiseConv, PupilDirectConv};
+pub use eltwise::PupilAdd;
 pub use gemv::{PackedF32, WeightLayout};
 pub use gridconv::PupilGridConv;
 pub use matmul::PupilMatMul;
@@ -79,10 +83,10 @@ impl Acceleration {
 pub struct Replacement {
     pub node: String,
     /// The pupil operator: `PupilQMatMul`, `PupilMatMul`, `PupilDepthwiseConv`, `PupilDirectConv`,
-    /// `PupilPointwiseConv`, `PupilGridConv` or `PupilMaxPool`.
+    /// `PupilPointwiseConv`, `PupilGridConv`, `PupilQGridConv`, `PupilMaxPool` or `PupilAdd`.
     pub op: &'static str,
     /// Products summed per output value: K of a matrix product, `c_in / group · kh · kw` of a convolution,
-    /// `kh · kw` of a pool.
+    /// `kh · kw` of a pool, 2 for a sum.
     pub k: usize,
     /// Output columns of a matrix product, output channels of a convolution or pool.
     pub n: usize,
@@ -109,6 +113,8 @@ impl Replacement {
             ("PupilQGridConv", o.dims(), o.isa())
         } else if let Some(o) = any.downcast_ref::<PupilMaxPool>() {
             ("PupilMaxPool", o.dims(), o.isa())
+        } else if let Some(o) = any.downcast_ref::<PupilAdd>() {
+            ("PupilAdd", (2, 1), o.isa())
         } else {
             return None;
         };
@@ -162,8 +168,9 @@ pub fn optimize_int8(
 /// every f32 matrix product with constant weights over at most [`matmul::MAX_ROWS`] rows (known at load) by
 /// [`PupilMatMul`] (with the bias `Add` and ReLU after it), every f32 depthwise convolution by [`PupilDepthwiseConv`], every f32 convolution over at most
 /// [`MAX_DIRECT_INPUTS`] input channels by [`PupilDirectConv`], every f32 1×1 convolution (tract's `EinSum` form of
-/// it) by [`PupilPointwiseConv`], every other f32 stride-1 channels-first convolution by [`PupilGridConv`] and every f32 max pool by [`PupilMaxPool`] (each
-/// when its shape is one the kernels handle; tract keeps the others).
+/// it) by [`PupilPointwiseConv`], every other f32 stride-1 channels-first convolution by [`PupilGridConv`], every f32 max pool by [`PupilMaxPool`] and every
+/// f32 sum of two computed tensors of one shape by [`PupilAdd`] (each when its shape is one the kernels handle;
+/// tract keeps the others).
 pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Vec<Replacement>> {
     accelerate_int8(model, accel, &qconv::Int8Convs::new())
 }
@@ -196,14 +203,20 @@ pub fn accelerate_int8(
                 Some((Box::new(op), last))
             } else if let Some((op, last)) = gridconv::for_conv(model, node, isa)? {
                 Some((Box::new(op), last))
+            } else if let Some(op) = pool::for_maxpool(model, node, isa)? {
+                Some((Box::new(op), id))
             } else {
-                pool::for_maxpool(model, node, isa)?.map(|op| (Box::new(op) as Box<dyn TypedOp>, id))
+                eltwise::for_add(model, node, isa)?.map(|op| (Box::new(op) as Box<dyn TypedOp>, id))
             };
         if let Some((op, last)) = op {
             replaced.extend(Replacement::of(op.as_ref(), &node.name));
             let mut patch = TypedModelPatch::default();
-            let input = patch.tap_model(model, node.inputs[0])?;
-            let out = patch.wire_node(&node.name, op, &[input])?[0];
+            // The activations the operator reads: both operands of a sum, the first input of the others (their
+            // weights are packed inside them).
+            let reads = if op.as_op().is::<PupilAdd>() { 2 } else { 1 };
+            let inputs =
+                node.inputs[..reads].iter().map(|&i| patch.tap_model(model, i)).collect::<TractResult<TVec<_>>>()?;
+            let out = patch.wire_node(&node.name, op, &inputs)?[0];
             patch.shunt_outside(model, OutletId::new(last, 0), out)?;
             patch.obliterate(node.id)?;
             patch.apply(model)?;
