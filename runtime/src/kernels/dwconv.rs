@@ -15,6 +15,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::channels_last;
 use super::qgemv::Isa;
+use super::scratch::Kept;
 use super::taps::{self, Reduce, Simd, Tap, Window};
 
 /// How tract lays out the images a node reads: with or without the batch axis, channels first (NCHW / CHW) or
@@ -63,6 +64,9 @@ pub(crate) struct DirectConv {
     /// Channels-last images (depthwise with one output per channel only): the weights as `[kh · kw][c]`, used
     /// instead of `taps`.
     channels_last: Option<Vec<f32>>,
+    /// The phase-split input planes of one group and the flat output run, kept between runs (the padding stays
+    /// zero: only the interiors are written).
+    scratch: Kept<(Vec<f32>, Vec<f32>)>,
 }
 
 impl DirectConv {
@@ -96,6 +100,7 @@ impl DirectConv {
             lo: f32::NEG_INFINITY,
             hi: f32::INFINITY,
             channels_last: None,
+            scratch: Kept::new(),
         }
     }
 
@@ -123,6 +128,7 @@ impl DirectConv {
             lo: f32::NEG_INFINITY,
             hi: f32::INFINITY,
             channels_last: Some(w),
+            scratch: Kept::new(),
         }
     }
 
@@ -151,8 +157,8 @@ impl DirectConv {
         }
         let tpo = self.taps_per_output();
         // Zero padding: written once, the interiors are overwritten plane after plane.
-        let mut buf = vec![0f32; win.buffer_len(cig)];
-        let mut flat = vec![0f32; win.flat_len()];
+        let (mut buf, mut flat) =
+            self.scratch.take_or(|| (vec![0f32; win.buffer_len(cig)], vec![0f32; win.flat_len()]));
         for n in 0..batch {
             for g in 0..self.group {
                 for i in 0..cig {
@@ -166,6 +172,7 @@ impl DirectConv {
                 }
             }
         }
+        self.scratch.keep((buf, flat));
         Ok(())
     }
 }
@@ -605,7 +612,8 @@ mod tests {
             )
             .clamped(c.clamp.0, c.clamp.1);
             let (expected, mag) = reference(&c, &x, &wts, &bias);
-            for isa in Isa::available() {
+            // Twice per instruction set: the second run reuses the scratch the first one kept.
+            for isa in Isa::available().into_iter().flat_map(|isa| [isa, isa]) {
                 let simd = Simd::for_isa(isa);
                 let mut out = vec![f32::NAN; expected.len()];
                 conv.run(simd, &x, c.batch, &mut out).unwrap();

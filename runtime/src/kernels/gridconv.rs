@@ -16,6 +16,7 @@ use tract_onnx::tract_core::internal::*;
 use super::dwconv::{MAX_DIRECT_INPUTS, conv_parts, following_clamp};
 use super::pointwise::Pointwise;
 use super::qgemv::Isa;
+use super::scratch::Kept;
 use super::taps::Simd;
 
 /// Where the image goes in the padded planes, and the grid the product runs over.
@@ -50,7 +51,7 @@ pub(crate) struct GridConv {
     pk: Pointwise,
     /// The `padded` and `staged` buffers of the last run, kept for the next one (`run`'s padding stays zero, so
     /// they are reused as they are); a run that finds them taken by a concurrent one allocates its own.
-    scratch: std::sync::Mutex<Option<Scratch>>,
+    scratch: Kept<Scratch>,
 }
 
 /// The zero-padded input planes and the product's output over the whole grid, for one image.
@@ -79,7 +80,7 @@ impl GridConv {
         }
         let term = |o: usize, t: usize| weight(o, t / (kh * kw), t / kw % kh, t % kw);
         let pk = Pointwise::shifted(offsets, (c_out, grid.oh * grid.pw), term, bias, clamp);
-        GridConv { grid, c_out, terms: grid.c_in * kh * kw, pk, scratch: std::sync::Mutex::new(None) }
+        GridConv { grid, c_out, terms: grid.c_in * kh * kw, pk, scratch: Kept::new() }
     }
 
     /// One image `[c_in, h, w]` into `out` `[c_out, oh, ow]`, with `padded` and `staged` as scratch (their
@@ -102,8 +103,7 @@ impl GridConv {
 
     /// This convolution's scratch buffers: the kept ones when no other run holds them, else new zeroed ones.
     fn take_scratch(&self) -> Scratch {
-        let kept = self.scratch.try_lock().ok().and_then(|mut kept| kept.take());
-        kept.unwrap_or_else(|| Scratch {
+        self.scratch.take_or(|| Scratch {
             padded: vec![0f32; self.padded_len()],
             staged: vec![0f32; self.c_out * self.grid.oh * self.grid.pw],
         })
@@ -111,9 +111,7 @@ impl GridConv {
 
     /// Keeps `scratch` for the next run.
     fn keep_scratch(&self, scratch: Scratch) {
-        if let Ok(mut kept) = self.scratch.try_lock() {
-            *kept = Some(scratch);
-        }
+        self.scratch.keep(scratch)
     }
 
     fn padded_len(&self) -> usize {

@@ -25,6 +25,7 @@ pub mod qconv;
 pub mod qgemv;
 mod qgridconv;
 pub mod requant;
+mod scratch;
 mod taps;
 pub mod zoo;
 

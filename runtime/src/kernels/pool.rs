@@ -10,6 +10,7 @@ use tract_onnx::tract_core::ops::cnn::{MaxPool, PaddingSpec};
 use super::channels_last;
 use super::dwconv::{Layout, window_of};
 use super::qgemv::Isa;
+use super::scratch::Kept;
 use super::taps::{self, Reduce, Simd, Tap, Window};
 
 /// A 2-D max pool over every channel plane.
@@ -22,6 +23,8 @@ pub struct PupilMaxPool {
     simd: Simd,
     layout: Layout,
     out_shape: TVec<TDim>,
+    /// The phase-split plane (−∞ padding, written once) and the flat output run, kept between runs.
+    scratch: Arc<Kept<(Vec<f32>, Vec<f32>)>>,
 }
 
 impl PartialEq for PupilMaxPool {
@@ -47,6 +50,7 @@ impl PupilMaxPool {
             simd: Simd::for_isa(isa),
             layout,
             out_shape,
+            scratch: Arc::new(Kept::new()),
         }
     }
 
@@ -83,13 +87,14 @@ impl PupilMaxPool {
             return Ok(());
         }
         // −∞ padding: never the maximum of a window, which always holds at least one input value.
-        let mut buf = vec![f32::NEG_INFINITY; win.buffer_len(1)];
-        let mut flat = vec![0f32; win.flat_len()];
+        let (mut buf, mut flat) =
+            self.scratch.take_or(|| (vec![f32::NEG_INFINITY; win.buffer_len(1)], vec![0f32; win.flat_len()]));
         for (src, dst) in input.chunks_exact(plane).zip(out.chunks_exact_mut(oplane)) {
             win.scatter(self.simd, src, &mut buf[..win.plane_len()]);
             ensure!(taps::run(self.simd, Reduce::Max, &buf, &self.taps, &mut flat));
             win.gather(self.simd, &flat, dst);
         }
+        self.scratch.keep((buf, flat));
         Ok(())
     }
 }
@@ -246,7 +251,10 @@ mod tests {
         for isa in Isa::available() {
             let layout = Layout { has_n: false, channels_last: false };
             let pool = PupilMaxPool::new(win.clone(), planes, isa, layout, tvec![]);
+            // Twice: the second run reuses the scratch the first one kept (its −∞ padding must be intact).
             let mut out = vec![f32::NAN; expected.len()];
+            pool.run(x, planes, &mut out).unwrap();
+            out.fill(f32::NAN);
             pool.run(x, planes, &mut out).unwrap();
             prop_assert_eq!(
                 &out[..],

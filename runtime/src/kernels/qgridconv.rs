@@ -14,7 +14,7 @@
 //! A portable version of the same arithmetic ([`Isa::Scalar`]) gives bitwise the same outputs; it is the
 //! reference the tests hold the VNNI and dotprod kernels to, not a fast path (other CPUs keep the f32 kernels).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
@@ -24,6 +24,7 @@ use super::matmul::following_bias;
 use super::qconv::{Int8Conv, Int8Convs};
 use super::qgemv::Isa;
 use super::requant::{self, Stage};
+use super::scratch::Kept;
 use super::taps::Simd;
 
 /// Fewer input channels than this stay on the f32 direct kernel (a quad of 4 channels would be mostly padding).
@@ -80,7 +81,7 @@ pub(crate) struct QGridConv {
     lo: f32,
     hi: f32,
     y_scale: f32,
-    scratch: Mutex<Option<Scratch>>,
+    scratch: Kept<Scratch>,
 }
 
 /// The quantized planes and the output over the whole grid, kept between runs (the padding stays the zero
@@ -168,7 +169,7 @@ impl QGridConv {
             lo: -(spec.y_zero as f32),
             hi: 255.0 - spec.y_zero as f32,
             y_scale: spec.y_scale,
-            scratch: Mutex::new(None),
+            scratch: Kept::new(),
         })
     }
 
@@ -184,8 +185,7 @@ impl QGridConv {
 
     /// This convolution's scratch: the kept one when no other run holds it, else a new one.
     pub(crate) fn take_scratch(&self) -> Scratch {
-        let kept = self.scratch.try_lock().ok().and_then(|mut kept| kept.take());
-        kept.unwrap_or_else(|| Scratch {
+        self.scratch.take_or(|| Scratch {
             x4: vec![self.x_zero ^ self.flip; self.cells * 4],
             staged: if self.direct() { vec![] } else { vec![0f32; self.c_out * self.blocks * LANES] },
         })
@@ -193,9 +193,7 @@ impl QGridConv {
 
     /// Keeps `scratch` for the next run.
     pub(crate) fn keep_scratch(&self, scratch: Scratch) {
-        if let Ok(mut kept) = self.scratch.try_lock() {
-            *kept = Some(scratch);
-        }
+        self.scratch.keep(scratch)
     }
 
     /// One image `[c_in, h, w]` (f32 values on the input's int8 grid) into `out` `[c_out, oh, ow]` (the
