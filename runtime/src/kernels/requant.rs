@@ -16,6 +16,7 @@ use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::quant::{DequantizeLinearF32, QuantizeLinearI8, QuantizeLinearU8};
 
 use super::dwconv::following_clamp;
+use super::dwconv::{PupilDepthwiseConv, PupilDirectConv};
 use super::qgemv::Isa;
 use super::qgridconv::PupilQGridConv;
 use super::taps::Simd;
@@ -223,9 +224,10 @@ fn shared_dequantize(model: &TypedModel, q: &TypedNode) -> Option<(f32, i32, Vec
 
 /// Replaces, in a decluttered graph, every `QuantizeLinear → DequantizeLinear` pair reading f32, with the
 /// constant clamps right after it ([`super::dwconv::following_clamp`], the same chain of `Max` / `Min` the
-/// convolution kernels fold in) and the pairs those lead into, by one [`PupilRequant`] (or, for a chain reading
-/// an int8 convolution on [`PupilQGridConv`], by that convolution's output loop). Returns how many chains were
-/// fused.
+/// convolution kernels fold in) and the pairs those lead into, by one [`PupilRequant`] (or, for a chain that alone
+/// reads an int8 convolution on [`PupilQGridConv`], by that convolution's output loop; for one that alone reads a
+/// [`PupilDepthwiseConv`] or [`PupilDirectConv`], by a pass over that operator's output in place). Returns how
+/// many chains were fused.
 pub fn fuse(model: &mut TypedModel, isa: Isa) -> TractResult<usize> {
     let mut chains: Vec<Chain> = vec![];
     // Quantize nodes already inside a chain (so that none starts a second one).
@@ -260,13 +262,19 @@ pub fn fuse(model: &mut TypedModel, isa: Isa) -> TractResult<usize> {
     for chain in chains {
         let input = model.nodes()[chain.reader].inputs[0];
         let producer = &model.nodes()[input.node];
-        // A chain right after an int8 convolution runs in its output loop instead of as a pass of its own.
-        if let Some(conv) = producer.op_as::<PupilQGridConv>()
-            && producer.outputs.len() == 1
-            && producer.outputs[0].successors.len() == 1
-            && !outputs.contains(&input)
-        {
-            let op = conv.with_epilogue(&chain.stages);
+        // A chain right after a convolution runs in its output loop instead of as a pass of its own.
+        let sole_reader =
+            producer.outputs.len() == 1 && producer.outputs[0].successors.len() == 1 && !outputs.contains(&input);
+        let fused: Option<Box<dyn TypedOp>> = if !sole_reader {
+            None
+        } else if let Some(conv) = producer.op_as::<PupilQGridConv>() {
+            Some(Box::new(conv.with_epilogue(&chain.stages)))
+        } else if let Some(conv) = producer.op_as::<PupilDepthwiseConv>() {
+            Some(Box::new(conv.with_epilogue(&chain.stages)))
+        } else {
+            producer.op_as::<PupilDirectConv>().map(|conv| Box::new(conv.with_epilogue(&chain.stages)) as _)
+        };
+        if let Some(op) = fused {
             let mut patch = TypedModelPatch::default();
             let tapped = patch.tap_model(model, producer.inputs[0])?;
             let out = patch.wire_node(&*producer.name, op, &[tapped])?[0];
