@@ -229,6 +229,38 @@ pub fn accelerate_int8(
     Ok(replaced)
 }
 
+/// The output of an operator over channels-first images: `run(image, out)` for every `[c, h, w]` image of
+/// `input` (its leading axes are the batch) into a new f32 tensor of the declared `out_shape`, `out_len` values
+/// per image.
+pub(crate) fn map_images(
+    op: &str,
+    input: &TValue,
+    (c, h, w): (usize, usize, usize),
+    (out_shape, out_len): (&[TDim], usize),
+    ctx: &EvalContext,
+    mut run: impl FnMut(&[f32], &mut [f32]),
+) -> TractResult<Tensor> {
+    let shape = input.shape();
+    ensure!(
+        shape.len() >= 3 && shape[shape.len() - 3..] == [c, h, w],
+        "{op} expects images of {:?}, got {shape:?}",
+        [c, h, w]
+    );
+    let batch = input.len() / (c * h * w);
+    let out_shape = output_shape(op, out_shape, ctx, batch * out_len)?;
+    // SAFETY: f32 has no invalid bit patterns, and `run` writes every output value of each image.
+    let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
+    {
+        let src = input.try_as_plain_ram()?;
+        let mut dst = out.try_as_plain_ram_mut()?;
+        let images = src.as_slice::<f32>()?.chunks_exact(c * h * w);
+        for (x, o) in images.zip(dst.as_slice_mut::<f32>()?.chunks_exact_mut(out_len)) {
+            run(x, o);
+        }
+    }
+    Ok(out)
+}
+
 /// A pupil operator's declared output shape with the run's symbols (a symbolic batch) filled in, checked to hold
 /// `values` values.
 pub(crate) fn output_shape(op: &str, shape: &[TDim], ctx: &EvalContext, values: usize) -> TractResult<TVec<usize>> {

@@ -703,26 +703,17 @@ impl Op for PupilQGridConv {
 
 impl EvalOp for PupilQGridConv {
     fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let input = &inputs[0];
         let (c, g) = (&self.conv, &self.conv.g);
-        let shape = input.shape();
-        let image = g.c_in * g.h * g.w;
-        if shape.len() < 3 || shape[shape.len() - 3..] != [g.c_in, g.h, g.w] {
-            bail!("PupilQGridConv expects images of {:?}, got {shape:?}", [g.c_in, g.h, g.w]);
-        }
-        let batch = input.len() / image;
-        let out_len = c.c_out * g.oh * g.ow;
-        let out_shape = super::output_shape("PupilQGridConv", &self.out_shape, ctx, batch * out_len)?;
-        // SAFETY: f32 has no invalid bit patterns, and `run` writes every output value.
-        let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
-        let src = input.try_as_plain_ram()?;
-        let src = src.as_slice::<f32>()?;
-        let mut dst = out.try_as_plain_ram_mut()?;
-        let dst = dst.as_slice_mut::<f32>()?;
         let mut scratch = c.take_scratch();
-        for (x, o) in src.chunks_exact(image).zip(dst.chunks_exact_mut(out_len)) {
-            c.run(self.isa, x, o, &mut scratch, &self.epilogue);
-        }
+        let out_len = c.c_out * g.oh * g.ow;
+        let out = super::map_images(
+            "PupilQGridConv",
+            &inputs[0],
+            (g.c_in, g.h, g.w),
+            (&self.out_shape, out_len),
+            ctx,
+            |x, o| c.run(self.isa, x, o, &mut scratch, &self.epilogue),
+        )?;
         c.keep_scratch(scratch);
         Ok(tvec!(out.into_tvalue()))
     }

@@ -63,34 +63,24 @@ pub fn kernel_report(bytes: &[u8]) -> Result<(Vec<KernelReport>, Vec<String>)> {
             });
             continue;
         }
-        if let Some(op) = node.op_as::<crate::kernels::PupilQMatMul>() {
-            // pupil's own packed int8 GEMV (see `crate::kernels`), which replaces tract's quantized matmuls.
+        // pupil's own int8 kernels (see `crate::kernels`): the packed GEMV that replaces tract's quantized matmuls,
+        // and the convolution on the int8 form of a rewritten `QLinearConv`.
+        let pupil = if let Some(op) = node.op_as::<crate::kernels::PupilQMatMul>() {
+            Some(("pupil_qgemv", "m", op.dims(), op.isa()))
+        } else {
+            node.op_as::<crate::kernels::PupilQGridConv>()
+                .map(|op| ("pupil_qgridconv", "positions", op.dims(), op.isa()))
+        };
+        if let Some((kernel, rows, (k, n), isa)) = pupil {
             let (onnx, op_type) = owner(&node.name, &onnx_nodes);
-            let (k, n) = op.dims();
             kernels.push(KernelReport {
                 expected_integer: INTEGER_OPS.contains(&op_type.as_str()),
                 node: onnx,
                 op: op_type,
                 tract_node: node.name.clone(),
-                kernel: format!("pupil_qgemv_{}", op.isa()).to_lowercase(),
+                kernel: format!("{kernel}_{isa}").to_lowercase(),
                 accumulator: "i32".into(),
-                shape: format!("m×{k}×{n}"),
-                integer: true,
-            });
-            continue;
-        }
-        if let Some(op) = node.op_as::<crate::kernels::PupilQGridConv>() {
-            // pupil's int8 convolution (see `crate::kernels`), on the int8 form of a rewritten `QLinearConv`.
-            let (onnx, op_type) = owner(&node.name, &onnx_nodes);
-            let (k, n) = op.dims();
-            kernels.push(KernelReport {
-                expected_integer: INTEGER_OPS.contains(&op_type.as_str()),
-                node: onnx,
-                op: op_type,
-                tract_node: node.name.clone(),
-                kernel: format!("pupil_qgridconv_{}", op.isa()).to_lowercase(),
-                accumulator: "i32".into(),
-                shape: format!("positions×{k}×{n}"),
+                shape: format!("{rows}×{k}×{n}"),
                 integer: true,
             });
             continue;
