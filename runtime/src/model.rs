@@ -377,13 +377,11 @@ impl Model {
             crate::kernels::optimize_int8(model, crate::kernels::Acceleration::current(), &rewrite.int8)
                 .map_err(|e| invalid(format!("{e:#}")))?;
         // The int8 convolutions left on pupil's f32 kernels: the rewritten ones no integer kernel took.
-        let int8_convolutions_on_f32: Vec<String> = rewrite
-            .nodes
-            .into_iter()
-            .filter(|n| {
-                !replaced.iter().any(|r| r.op == "PupilQGridConv" && r.node.starts_with(&format!("{n}.conv_f32")))
-            })
-            .collect();
+        let on_int8 = |conv: &str| {
+            replaced.iter().any(|r| r.op == "PupilQGridConv" && (r.node == conv || r.node == format!("{conv}.einsum")))
+        };
+        let int8_convolutions_on_f32: Vec<String> =
+            rewrite.nodes.into_iter().zip(&rewrite.convs).filter(|(_, conv)| !on_int8(conv)).map(|(n, _)| n).collect();
         clock.stats.optimise_ms = clock.lap();
         let out_fact = typed.output_fact(0).map_err(|e| invalid(format!("{e:#}")))?;
         let classes = out_fact

@@ -324,6 +324,11 @@ fn int8_convolutions_run_on_the_int8_kernel_where_the_cpu_has_one() {
             continue;
         }
         assert_eq!(rewrite.int8.len(), rewrite.nodes.len(), "{name}: every rewritten convolution keeps its int8 form");
+        assert_eq!(rewrite.convs.len(), rewrite.nodes.len(), "{name}: one f32 convolution per rewritten node");
+        assert!(
+            rewrite.convs.iter().all(|c| rewrite.int8.contains_key(c)),
+            "{name}: int8 forms keyed by their f32 node"
+        );
         let eligible = rewrite.int8.values().filter(|c| c.group == 1 && c.dims[1] >= 8).count();
         assert!(eligible >= 1, "{name}: {eligible} convolutions for the int8 kernel");
         let load = |int8: &qconv::Int8Convs| {

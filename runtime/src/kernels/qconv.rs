@@ -73,6 +73,8 @@ pub type Int8Convs = HashMap<String, Arc<Int8Conv>>;
 pub struct Rewrite {
     /// The `QLinearConv` nodes rewritten.
     pub nodes: Vec<String>,
+    /// The f32 `Conv` node written for each of them (same order).
+    pub convs: Vec<String>,
     /// Their int8 form, where it is one pupil's integer kernels read.
     pub int8: Int8Convs,
 }
@@ -166,6 +168,7 @@ pub fn to_f32_convolutions(proto: &mut pb::ModelProto) -> Rewrite {
     let mut new_inits = vec![];
     let mut nodes = Vec::with_capacity(graph.node.len());
     let mut rewritten = vec![];
+    let mut convs = vec![];
     let mut int8 = Int8Convs::new();
     // The f32 image of an int8 tensor, shared by every convolution reading it.
     let mut dequantized_inputs: HashMap<String, String> = HashMap::new();
@@ -220,6 +223,7 @@ pub fn to_f32_convolutions(proto: &mut pb::ModelProto) -> Rewrite {
             new_inits.push(weight);
             new_inits.extend(bias);
             rewritten.push(node.name.clone());
+            convs.push(format!("{base}.conv_f32"));
         }
     }
     if rewritten.is_empty() {
@@ -235,5 +239,5 @@ pub fn to_f32_convolutions(proto: &mut pb::ModelProto) -> Rewrite {
         .chain(graph.input.iter().map(|i| i.name.as_str()))
         .collect();
     graph.initializer.retain(|t| read.contains(t.name.as_str()));
-    Rewrite { nodes: rewritten, int8 }
+    Rewrite { nodes: rewritten, convs, int8 }
 }
