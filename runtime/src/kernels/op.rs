@@ -8,6 +8,7 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 
 use super::gemv::WeightLayout;
 use super::qgemv::{Isa, PackedI8};
+use super::taps::Simd;
 
 /// A quantized `[.., M, K] × [K, N]` product with constant weights, requantized like tract's `EinSum`:
 /// `c = round((Σ(a - a0)(b - b0) · sa · sb + bias · sa · sb) / sc + c0)`, clamped to the output type.
@@ -17,24 +18,17 @@ pub struct PupilQMatMul {
     pub(crate) isa: Isa,
     /// The activations are i8: they are shifted to u8 (`a ^ 0x80`) and `a0` by +128.
     a_is_i8: bool,
-    /// Activation zero point, in the u8 domain.
-    a0: i32,
-    /// Weight zero point per column (or one for all), in the packed i8 domain.
-    b0: Vec<i32>,
-    /// `sa · sb` per column (or one for all).
-    scale: Vec<f32>,
     c_scale: f32,
     c0: f32,
-    /// Bias per column (or one for all), in accumulator units (multiplied by `sa · sb` like the sums).
-    bias: Vec<f32>,
     /// Output element type (i32 for `MatMulInteger`, u8 / i8 for `QLinearMatMul`).
     out_dt: DatumType,
     /// The output shape of the replaced node (rows × `n`, with tract's unit axes).
     out_shape: TVec<TDim>,
     /// How many trailing axes of the activations make up K (more than one when tract folded a Flatten in).
     k_dims: usize,
-    /// The requantization's per-column constants, computed on the first run.
-    columns: Arc<std::sync::OnceLock<Columns>>,
+    /// The requantization's per-column constants (from the activation zero point `a0`, in the u8 domain, and
+    /// the weights' zero points, `sa · sb` and biases).
+    columns: Arc<Columns>,
 }
 
 impl PartialEq for PupilQMatMul {
@@ -54,27 +48,6 @@ impl PupilQMatMul {
         (self.packed.k(), self.packed.n())
     }
 
-    fn per_col<T: Copy>(v: &[T], n: usize) -> T {
-        if v.len() == 1 { v[0] } else { v[n] }
-    }
-
-    /// The per-column constants of the requantization, one value per output column.
-    fn columns(&self) -> Columns {
-        let p = &*self.packed;
-        let (k, n) = (p.k() as i32, p.n());
-        let colsum = p.colsum();
-        let mut c = Columns { offset: Vec::with_capacity(n), b0: Vec::with_capacity(n), scale: vec![], bias: vec![] };
-        for (j, &sum) in colsum.iter().enumerate().take(n) {
-            let b0 = Self::per_col(&self.b0, j);
-            let s = Self::per_col(&self.scale, j);
-            c.offset.push((self.a0.wrapping_mul(sum)).wrapping_sub(k.wrapping_mul(self.a0).wrapping_mul(b0)));
-            c.b0.push(b0);
-            c.scale.push(s);
-            c.bias.push(Self::per_col(&self.bias, j) * s);
-        }
-        c
-    }
-
     /// Runs the product on a contiguous `[M, K]` buffer of raw activation bytes.
     fn compute(&self, a: &[u8], m: usize, out: &mut Tensor) -> TractResult<()> {
         let p = &*self.packed;
@@ -82,7 +55,7 @@ impl PupilQMatMul {
         let mut row = vec![0u8; p.k_padded()];
         let mut acc = vec![0i32; p.n_padded()];
         let mut values = vec![0f32; n];
-        let cols = self.columns.get_or_init(|| self.columns());
+        let (cols, simd) = (&*self.columns, Simd::for_isa(self.isa));
         let mut out_plain = out.try_as_plain_ram_mut()?;
         for mi in 0..m {
             let src = &a[mi * k..(mi + 1) * k];
@@ -95,7 +68,7 @@ impl PupilQMatMul {
             }
             let rowsum: i32 = row[..k].iter().map(|&v| v as i32).sum();
             p.gemv(self.isa, &row, &mut acc);
-            let q = Requant { cols, rowsum, c_scale: self.c_scale, c0: self.c0 };
+            let q = Requant { cols, rowsum, c_scale: self.c_scale, c0: self.c0, simd };
             match self.out_dt.unquantized() {
                 DatumType::U8 => {
                     let o = &mut out_plain.as_slice_mut::<u8>()?[mi * n..(mi + 1) * n];
@@ -128,30 +101,55 @@ struct Columns {
     bias: Vec<f32>,
 }
 
+impl Columns {
+    /// The constants of the packed weights `p` with the activation zero point `a0`, and the weight zero points,
+    /// scales and biases given once for all columns or per column.
+    fn new(p: &PackedI8, a0: i32, (b0, scale, bias): (&[i32], &[f32], &[f32])) -> Columns {
+        let (k, n) = (p.k() as i32, p.n());
+        let mut c = Columns { offset: Vec::with_capacity(n), b0: Vec::with_capacity(n), scale: vec![], bias: vec![] };
+        for (j, &sum) in p.colsum().iter().enumerate().take(n) {
+            let (b0, s) = (per_col(b0, j), per_col(scale, j));
+            c.offset.push((a0.wrapping_mul(sum)).wrapping_sub(k.wrapping_mul(a0).wrapping_mul(b0)));
+            c.b0.push(b0);
+            c.scale.push(s);
+            c.bias.push(per_col(bias, j) * s);
+        }
+        c
+    }
+}
+
+/// `v[n]`, or the single value of a parameter given once for all columns.
+fn per_col<T: Copy>(v: &[T], n: usize) -> T {
+    if v.len() == 1 { v[0] } else { v[n] }
+}
+
 /// One row's requantization.
 struct Requant<'a> {
     cols: &'a Columns,
     rowsum: i32,
     c_scale: f32,
     c0: f32,
+    /// The vector width the loops are compiled for (the operator's instruction set).
+    simd: Simd,
 }
 
 impl Requant<'_> {
     /// `store(value, out)` for every column's rounded value; the loops are compiled for AVX-512 and AVX2 too,
     /// where they vectorize (rounding half away from zero, like `f32::round`, exactly).
     fn run<T>(&self, acc: &[i32], values: &mut [f32], store: impl Fn(f32, &mut T) + Copy, out: &mut [T]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+        match self.simd {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 if std::arch::is_x86_feature_detected!("avx512f") => {
                 // SAFETY: AVX-512F detected.
-                return unsafe { self.run_avx512(acc, values, store, out) };
+                unsafe { self.run_avx512(acc, values, store, out) }
             }
-            if std::arch::is_x86_feature_detected!("avx2") {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx2Fma | Simd::Avx512 if std::arch::is_x86_feature_detected!("avx2") => {
                 // SAFETY: AVX2 detected.
-                return unsafe { self.run_avx2(acc, values, store, out) };
+                unsafe { self.run_avx2(acc, values, store, out) }
             }
+            _ => self.run_plain(acc, values, store, out),
         }
-        self.run_plain(acc, values, store, out)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -290,20 +288,17 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
     let b0: Vec<i32> = b0.iter().map(|v| v.round() as i32 - if b_is_u8 { 128 } else { 0 }).collect();
     let scale: Vec<f32> = b_scale.iter().map(|bs| a_scale[0] * bs).collect();
     let out_dt = out_fact.datum_type;
+    let columns = Columns::new(&packed, a0, (&b0, &scale, bias));
     Ok(Some(PupilQMatMul {
         packed: Arc::new(packed),
         isa,
         a_is_i8: a_dt == DatumType::I8,
-        a0,
-        b0,
-        scale,
         c_scale: c_scale[0],
         c0: c0[0],
-        bias: bias.clone(),
         out_dt,
         out_shape: out_fact.shape.iter().cloned().collect(),
         k_dims,
-        columns: Arc::new(std::sync::OnceLock::new()),
+        columns: Arc::new(columns),
     }))
 }
 
