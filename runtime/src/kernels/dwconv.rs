@@ -243,7 +243,7 @@ impl<const D: bool> PupilConv<D> {
         epilogue.extend_from_slice(stages);
         PupilConv { epilogue, ..self.clone() }
     }
-    /// The requantization chain run on each output plane.
+    /// The requantization chain run over the output.
     pub fn epilogue(&self) -> &[Stage] {
         &self.epilogue
     }

@@ -19,24 +19,39 @@ use super::qgemv::Isa;
 use super::scratch::Kept;
 use super::taps::Simd;
 
-/// Where the image goes in the padded planes, and the grid the product runs over.
+/// Where the image goes in the padded planes, and the grid the product runs over (also the geometry of the int8
+/// grid convolution, [`super::qgridconv`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Grid {
-    c_in: usize,
-    h: usize,
-    w: usize,
+pub(crate) struct Grid {
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
     /// Zero rows above and columns left of the image.
-    pt: usize,
-    pl: usize,
+    pub pt: usize,
+    pub pl: usize,
     /// Padded plane height and width.
-    ph: usize,
-    pw: usize,
-    oh: usize,
-    ow: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub oh: usize,
+    pub ow: usize,
 }
 
 impl Grid {
-    fn plane(&self) -> usize {
+    /// The grid of a stride-1 `kh × kw` convolution producing `oh × ow` from `c_in` planes of `h × w` with `pt`
+    /// rows and `pl` columns of padding before the image: planes large enough to hold the image and every window
+    /// the output reads.
+    pub(crate) fn padded(
+        c_in: usize,
+        (h, w): (usize, usize),
+        (pt, pl): (usize, usize),
+        (oh, ow): (usize, usize),
+        (kh, kw): (usize, usize),
+    ) -> Grid {
+        Grid { c_in, h, w, pt, pl, ph: (pt + h).max(oh + kh - 1), pw: (pl + w).max(ow + kw - 1), oh, ow }
+    }
+
+    /// Values (or cells) of one padded plane.
+    pub(crate) fn plane(&self) -> usize {
         self.ph * self.pw
     }
 }
@@ -203,17 +218,7 @@ pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractR
         return Ok(None);
     }
     // The padded planes hold the image at (pt, pl) and every window the output reads.
-    let grid = Grid {
-        c_in: parts.c_in,
-        h: w.h,
-        w: w.w,
-        pt: w.pt,
-        pl: w.pl,
-        ph: (w.pt + w.h).max(w.oh + w.kh - 1),
-        pw: (w.pl + w.w).max(w.ow + w.kw - 1),
-        oh: w.oh,
-        ow: w.ow,
-    };
+    let grid = Grid::padded(parts.c_in, (w.h, w.w), (w.pt, w.pl), (w.oh, w.ow), (w.kh, w.kw));
     let (lo, hi, last) = following_clamp(model, node)?;
     let conv =
         GridConv::new(grid, (parts.c_out, w.kh, w.kw), |o, c, y, x| parts.weight(o, c, y, x), &parts.bias, (lo, hi));
@@ -250,7 +255,7 @@ mod tests {
             let bias: Vec<f32> = (0..c_out).map(|_| rng.sym(1.0)).collect();
             let wt = |o: usize, c: usize, y: usize, x: usize| weights[((o * c_in + c) * kh + y) * kw + x];
             let (lo, hi) = if clamp { (0.0, 1.5) } else { (f32::NEG_INFINITY, f32::INFINITY) };
-            let grid = Grid { c_in, h, w, pt, pl, ph: (pt + h).max(oh + kh - 1), pw: (pl + w).max(ow + kw - 1), oh, ow };
+            let grid = Grid::padded(c_in, (h, w), (pt, pl), (oh, ow), (kh, kw));
             let conv = GridConv::new(grid, (c_out, kh, kw), wt, &bias, (lo, hi));
             for isa in Isa::available() {
                 // Two images per ISA, on the scratch the op keeps between runs (its padding must stay zero).

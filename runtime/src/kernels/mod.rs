@@ -178,7 +178,7 @@ pub fn accelerate(model: &mut TypedModel, accel: Acceleration) -> TractResult<Ve
 
 /// [`accelerate`], with the f32 convolutions written for `QLinearConv`s whose int8 form is in `int8` run by
 /// [`PupilQGridConv`] where it takes them.
-pub fn accelerate_int8(
+fn accelerate_int8(
     model: &mut TypedModel,
     accel: Acceleration,
     int8: &qconv::Int8Convs,

@@ -20,6 +20,7 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 
 use super::dwconv::conv_parts;
+use super::gridconv::Grid;
 use super::matmul::following_bias;
 use super::qconv::{Int8Conv, Int8Convs};
 use super::qgemv::Isa;
@@ -34,30 +35,10 @@ const R: usize = 4;
 /// Grid positions per vector.
 const LANES: usize = 16;
 
-/// Where the image sits in the padded planes, and the grid the product runs over (see [`super::gridconv`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct QGrid {
-    pub c_in: usize,
-    pub h: usize,
-    pub w: usize,
-    pub pt: usize,
-    pub pl: usize,
-    pub ph: usize,
-    pub pw: usize,
-    pub oh: usize,
-    pub ow: usize,
-}
-
-impl QGrid {
-    fn plane(&self) -> usize {
-        self.ph * self.pw
-    }
-}
-
 /// One int8 convolution packed for the kernel.
 #[derive(Debug)]
 pub(crate) struct QGridConv {
-    g: QGrid,
+    g: Grid,
     c_out: usize,
     kh: usize,
     kw: usize,
@@ -94,10 +75,13 @@ pub(crate) struct Scratch {
 
 impl QGridConv {
     /// The packed form of `spec` (group 1) over `g` for `isa`'s kernel; `None` when the numbers disagree.
-    pub(crate) fn new(spec: &Int8Conv, g: QGrid, isa: Isa) -> Option<QGridConv> {
+    pub(crate) fn new(spec: &Int8Conv, g: Grid, isa: Isa) -> Option<QGridConv> {
         let flip = if isa == Isa::NeonDotprod { 0x80 } else { 0 };
         let [c_out, c_in, kh, kw] = spec.dims;
-        if spec.group != 1
+        let positive = |s: f32| s.is_finite() && s > 0.0;
+        if !positive(spec.x_scale)
+            || !positive(spec.y_scale)
+            || spec.group != 1
             || c_in != g.c_in
             || c_out == 0
             || spec.weight.len() != c_out * c_in * kh * kw
@@ -149,9 +133,6 @@ impl QGridConv {
             // ONNX Runtime's order: (sx · sw) / sy, in f32.
             mult[o] = spec.x_scale * spec.w_scale[o] / spec.y_scale;
         }
-        if !(spec.x_scale.is_finite() && spec.x_scale > 0.0 && spec.y_scale.is_finite() && spec.y_scale > 0.0) {
-            return None;
-        }
         Some(QGridConv {
             g,
             c_out,
@@ -197,7 +178,8 @@ impl QGridConv {
     }
 
     /// One image `[c_in, h, w]` (f32 values on the input's int8 grid) into `out` `[c_out, oh, ow]` (the
-    /// dequantized int8 outputs). `isa` must be [`Isa::Avx512Vnni`] (checked by the builder) or [`Isa::Scalar`].
+    /// dequantized int8 outputs), on `isa`'s kernel: [`Isa::Avx512Vnni`] or [`Isa::NeonDotprod`] (what the builder
+    /// accepts), any other runs the portable reference.
     ///
     /// `epilogue` (a requantization chain, see [`super::requant`]) then runs over each block of output channels
     /// while it is still in cache.
@@ -329,30 +311,11 @@ fn vnni_available() -> bool {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{LANES, QGridConv, R, Stage};
+    use crate::kernels::requant::stage_avx512 as stage;
     use std::arch::x86_64::*;
 
     /// Vectors of positions per register tile.
     const NB: usize = 4;
-
-    /// One requantization stage on 16 values (the vector form of [`Stage::apply`]).
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn stage(st: &Stage, v: __m512) -> __m512 {
-        match *st {
-            Stage::Grid { mul, add, lo, hi, scale } => {
-                let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
-                    v,
-                    _mm512_set1_ps(mul),
-                ));
-                let r = _mm512_min_ps(
-                    _mm512_max_ps(_mm512_add_ps(r, _mm512_set1_ps(add)), _mm512_set1_ps(lo)),
-                    _mm512_set1_ps(hi),
-                );
-                _mm512_mul_ps(r, _mm512_set1_ps(scale))
-            }
-            Stage::Clamp { lo, hi } => _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(lo)), _mm512_set1_ps(hi)),
-        }
-    }
 
     /// The image's cells of the quantized planes (see [`QGridConv::quantize_scalar`]), 16 columns × 4 channels
     /// at a time, the last columns of a row with masked loads and a masked store (a plane 12 or 24 wide went
@@ -509,23 +472,11 @@ mod x86 {
 #[cfg(target_arch = "aarch64")]
 mod arm {
     use super::{QGridConv, R, Stage};
+    use crate::kernels::requant::stage_neon as stage;
     use std::arch::aarch64::*;
 
     /// Grid positions per tile: 4 vectors of 4.
     const TILE: usize = 16;
-
-    /// One requantization stage on 4 values (the vector form of [`Stage::apply`]).
-    #[inline]
-    #[target_feature(enable = "neon")]
-    fn stage(st: &Stage, v: float32x4_t) -> float32x4_t {
-        match *st {
-            Stage::Grid { mul, add, lo, hi, scale } => {
-                let r = vaddq_f32(vrndnq_f32(vmulq_n_f32(v, mul)), vdupq_n_f32(add));
-                vmulq_n_f32(vminq_f32(vmaxq_f32(r, vdupq_n_f32(lo)), vdupq_n_f32(hi)), scale)
-            }
-            Stage::Clamp { lo, hi } => vminq_f32(vmaxq_f32(v, vdupq_n_f32(lo)), vdupq_n_f32(hi)),
-        }
-    }
 
     /// `dst[o · stride + p]` for the output channels of block `ob` and grid positions `p < stride` (see
     /// [`QGridConv::product_scalar`]), then `epilogue`.
@@ -623,8 +574,8 @@ mod arm {
     }
 }
 
-/// An int8 convolution (stride 1, group 1, channels first) on the VNNI kernel; f32 in and out (see the module
-/// documentation).
+/// An int8 convolution (stride 1, group 1, channels first) on the VNNI or dotprod kernel; f32 in and out (see the
+/// module documentation).
 #[derive(Debug, Clone)]
 pub struct PupilQGridConv {
     conv: Arc<QGridConv>,
@@ -766,7 +717,7 @@ pub(crate) fn for_node(
             None if spec.bias.iter().all(|&b| b == 0) => node.id,
             None => return Ok(None),
         };
-        let grid = QGrid { c_in, h, w, pt: 0, pl: 0, ph: h, pw: w, oh: h, ow: w };
+        let grid = Grid::padded(c_in, (h, w), (0, 0), (h, w), (1, 1));
         (grid, last)
     } else {
         let Some(parts) = conv_parts(model, node)? else { return Ok(None) };
@@ -777,17 +728,7 @@ pub(crate) fn for_node(
         if (parts.c_in, parts.c_out, w.kh, w.kw) != (c_in, c_out, kh, kw) {
             return Ok(None);
         }
-        let grid = QGrid {
-            c_in,
-            h: w.h,
-            w: w.w,
-            pt: w.pt,
-            pl: w.pl,
-            ph: (w.pt + w.h).max(w.oh + w.kh - 1),
-            pw: (w.pl + w.w).max(w.ow + w.kw - 1),
-            oh: w.oh,
-            ow: w.ow,
-        };
+        let grid = Grid::padded(c_in, (w.h, w.w), (w.pt, w.pl), (w.oh, w.ow), (kh, kw));
         (grid, node.id)
     };
     let out_fact = model.outlet_fact(OutletId::new(last, 0))?;
@@ -811,7 +752,7 @@ mod tests {
 
     /// The ONNX definition of `QLinearConv` (stride 1, group 1), dequantized: `((Σ (x − zx) · w + b) · sx · sw /
     /// sy` rounded half to even, plus `zy`, saturated to u8, minus `zy`) · `sy`.
-    fn reference(spec: &Int8Conv, g: &QGrid, xq: &[u8]) -> Vec<f32> {
+    fn reference(spec: &Int8Conv, g: &Grid, xq: &[u8]) -> Vec<f32> {
         let [c_out, c_in, kh, kw] = spec.dims;
         let mut out = vec![0f32; c_out * g.oh * g.ow];
         for o in 0..c_out {
@@ -873,7 +814,7 @@ mod tests {
                 w_scale: (0..c_out).map(|_| 0.001 + rng.sym(1.0).abs() * 0.01).collect(),
                 bias: (0..c_out).map(|_| rng.sym(5000.0) as i32).collect(),
             };
-            let g = QGrid { c_in, h, w, pt, pl, ph: (pt + h).max(oh + kh - 1), pw: (pl + w).max(ow + kw - 1), oh, ow };
+            let g = Grid::padded(c_in, (h, w), (pt, pl), (oh, ow), (kh, kw));
 
             // A ReLU6-like clamp, then quantizing to another grid (what MobileNet's blocks leave after a conv).
             let epilogue = if with_epilogue {

@@ -45,6 +45,11 @@ impl Stage {
     }
 }
 
+#[cfg(target_arch = "aarch64")]
+pub(crate) use arm::stage_neon;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::stage_avx512;
+
 /// Values per block: each block goes through every stage while it sits in L1.
 const BLOCK: usize = 1024;
 
@@ -347,30 +352,29 @@ mod x86 {
         let p = o.as_mut_ptr();
         // SAFETY: every access is to o[i .. i + 16] with i + 16 <= n <= o.len().
         unsafe {
-            match *st {
-                Stage::Grid { mul, add, lo, hi, scale } => {
-                    let (m, a, l, h, s) = (
-                        _mm512_set1_ps(mul),
-                        _mm512_set1_ps(add),
-                        _mm512_set1_ps(lo),
-                        _mm512_set1_ps(hi),
-                        _mm512_set1_ps(scale),
-                    );
-                    for i in (0..n).step_by(16) {
-                        let r = _mm512_roundscale_ps::<ROUND>(_mm512_mul_ps(_mm512_loadu_ps(p.add(i)), m));
-                        let r = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, a), l), h);
-                        _mm512_storeu_ps(p.add(i), _mm512_mul_ps(r, s));
-                    }
-                }
-                Stage::Clamp { lo, hi } => {
-                    let (l, h) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-                    for i in (0..n).step_by(16) {
-                        _mm512_storeu_ps(p.add(i), _mm512_min_ps(_mm512_max_ps(_mm512_loadu_ps(p.add(i)), l), h));
-                    }
-                }
+            for i in (0..n).step_by(16) {
+                _mm512_storeu_ps(p.add(i), stage_avx512(st, _mm512_loadu_ps(p.add(i))));
             }
         }
         n
+    }
+
+    /// One stage on 16 values in a register (the vector form of [`Stage::apply`]); also the output loop of the
+    /// int8 convolution kernel ([`crate::kernels::qgridconv`]).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn stage_avx512(st: &Stage, v: __m512) -> __m512 {
+        match *st {
+            Stage::Grid { mul, add, lo, hi, scale } => {
+                let r = _mm512_roundscale_ps::<ROUND>(_mm512_mul_ps(v, _mm512_set1_ps(mul)));
+                let r = _mm512_min_ps(
+                    _mm512_max_ps(_mm512_add_ps(r, _mm512_set1_ps(add)), _mm512_set1_ps(lo)),
+                    _mm512_set1_ps(hi),
+                );
+                _mm512_mul_ps(r, _mm512_set1_ps(scale))
+            }
+            Stage::Clamp { lo, hi } => _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(lo)), _mm512_set1_ps(hi)),
+        }
     }
 }
 
@@ -386,25 +390,26 @@ mod arm {
         let p = o.as_mut_ptr();
         // SAFETY: every access is to o[i .. i + 4] with i + 4 <= n <= o.len().
         unsafe {
-            match *st {
-                Stage::Grid { mul, add, lo, hi, scale } => {
-                    let (m, a, l, h, s) =
-                        (vdupq_n_f32(mul), vdupq_n_f32(add), vdupq_n_f32(lo), vdupq_n_f32(hi), vdupq_n_f32(scale));
-                    for i in (0..n).step_by(4) {
-                        let r = vrndnq_f32(vmulq_f32(vld1q_f32(p.add(i)), m));
-                        let r = vminq_f32(vmaxq_f32(vaddq_f32(r, a), l), h);
-                        vst1q_f32(p.add(i), vmulq_f32(r, s));
-                    }
-                }
-                Stage::Clamp { lo, hi } => {
-                    let (l, h) = (vdupq_n_f32(lo), vdupq_n_f32(hi));
-                    for i in (0..n).step_by(4) {
-                        vst1q_f32(p.add(i), vminq_f32(vmaxq_f32(vld1q_f32(p.add(i)), l), h));
-                    }
-                }
+            for i in (0..n).step_by(4) {
+                vst1q_f32(p.add(i), stage_neon(st, vld1q_f32(p.add(i))));
             }
         }
         n
+    }
+
+    /// One stage on 4 values in a register (the vector form of [`Stage::apply`]); also the output loop of the
+    /// int8 convolution kernel ([`crate::kernels::qgridconv`]).
+    #[inline]
+    #[target_feature(enable = "neon")]
+    pub(crate) fn stage_neon(st: &Stage, v: float32x4_t) -> float32x4_t {
+        match *st {
+            Stage::Grid { mul, add, lo, hi, scale } => {
+                let r = vrndnq_f32(vmulq_f32(v, vdupq_n_f32(mul)));
+                let r = vminq_f32(vmaxq_f32(vaddq_f32(r, vdupq_n_f32(add)), vdupq_n_f32(lo)), vdupq_n_f32(hi));
+                vmulq_f32(r, vdupq_n_f32(scale))
+            }
+            Stage::Clamp { lo, hi } => vminq_f32(vmaxq_f32(v, vdupq_n_f32(lo)), vdupq_n_f32(hi)),
+        }
     }
 }
 
