@@ -16,8 +16,10 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 use super::channels_last;
 use super::qgemv::Isa;
 use super::requant::{self, Stage};
+use super::rowconv;
 use super::scratch::Kept;
 use super::taps::{self, Reduce, Simd, Tap, Window};
+use super::team;
 
 /// How tract lays out the images a node reads: with or without the batch axis, channels first (NCHW / CHW) or
 /// last (NHWC / HWC).
@@ -49,6 +51,9 @@ impl Layout {
 /// with more, tract's im2col + matrix product is the better algorithm.
 pub const MAX_DIRECT_INPUTS: usize = 4;
 
+/// Multiply-adds per run below which the output planes are not shared with the thread pool.
+const MIN_SPLIT_MACS: usize = 50_000;
+
 /// The shared part of both operators: geometry, taps (weights) and biases.
 #[derive(Debug)]
 pub(crate) struct DirectConv {
@@ -58,6 +63,8 @@ pub(crate) struct DirectConv {
     group: usize,
     /// `c_out × (c_in / group · kh · kw)` taps, bases relative to the buffer of one group's input planes.
     taps: Vec<Tap>,
+    /// The same weights as `taps`, `[c_out][c_in / group][kh][kw]`, for [`rowconv`].
+    weights: Vec<f32>,
     bias: Vec<f32>,
     /// Clamp applied to every output (a ReLU or ReLU6 that followed the convolution), ±∞ for none.
     lo: f32,
@@ -91,12 +98,14 @@ impl DirectConv {
                 }
             }
         }
+        let weights = taps.iter().map(|t| t.w).collect();
         DirectConv {
             win,
             c_in,
             c_out,
             group,
             taps,
+            weights,
             bias,
             lo: f32::NEG_INFINITY,
             hi: f32::INFINITY,
@@ -125,6 +134,7 @@ impl DirectConv {
             c_out: c,
             group: c,
             taps: vec![],
+            weights: vec![],
             bias,
             lo: f32::NEG_INFINITY,
             hi: f32::INFINITY,
@@ -170,6 +180,34 @@ impl DirectConv {
             return Ok(());
         }
         let tpo = self.taps_per_output();
+        if simd == Simd::Avx512 && rowconv::supports(win) {
+            // Output planes shared with the thread pool in chunks of whole planes (no scratch to share).
+            let planes = batch * self.c_out;
+            let executor = tract_linalg::multithread::current_tract_executor();
+            let macs = planes * oplane * tpo;
+            let chunks = if macs >= MIN_SPLIT_MACS { planes.min(4 * team::threads(&executor)) } else { 1 };
+            let dst = team::Out::new(out);
+            let refused = std::sync::atomic::AtomicBool::new(false);
+            let ok = team::share(&executor, chunks, &|c| {
+                for p in c * planes / chunks..(c + 1) * planes / chunks {
+                    let (n, oc) = (p / self.c_out, p % self.c_out);
+                    let x = &input[(n * self.c_in + oc / cog * cig) * plane..][..cig * plane];
+                    // SAFETY: plane `p` of `out` (checked above) is written by this chunk alone.
+                    let o = unsafe { dst.part(p * oplane, oplane) };
+                    let w = &self.weights[oc * tpo..][..tpo];
+                    if !rowconv::plane(win, x, w, self.bias[oc], (self.lo, self.hi), o) {
+                        refused.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
+                    if !epilogue.is_empty() {
+                        requant::run_in_place(simd, epilogue, o);
+                    }
+                }
+            });
+            ensure!(ok, "a chunk of a direct convolution panicked");
+            ensure!(!refused.into_inner(), "the row kernel refused a direct convolution's plane");
+            return Ok(());
+        }
         // Zero padding: written once, the interiors are overwritten plane after plane.
         let (mut buf, mut flat) =
             self.scratch.take_or(|| (vec![0f32; win.buffer_len(cig)], vec![0f32; win.flat_len()]));

@@ -7,9 +7,6 @@
 //! NEON ones), so each panel's weights are streamed exactly once and in order. `N` is padded to a multiple of
 //! [`PANEL`] with zero weights.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use tract_linalg::multithread::Executor;
 
 use super::qgemv::Isa;
@@ -23,49 +20,6 @@ use super::taps::Simd;
 /// f32 800-800 MLP at 2 threads in 43–53 µs against 73–76 µs unsplit (binaries alternated, same host, AVX-512
 /// machine). So products from 600 k multiply-adds up are split (784×800 is 627 k).
 pub const MIN_SPLIT_MACS: usize = 600_000;
-
-/// A product split into chunks that threads claim.
-struct Split {
-    next: AtomicUsize,
-    done: AtomicUsize,
-    chunks: usize,
-    per_row: usize,
-    per_chunk: usize,
-    packed: *const PackedF32,
-    simd: Simd,
-    a: *const f32,
-    out: *mut f32,
-    clamp: (f32, f32),
-}
-
-// SAFETY: the pointers are only followed for a claimed chunk (`next` below `chunks`), and `product` does not
-// return, so the weights, activations and output outlive every such use, until every claimed chunk is done.
-// Chunks write disjoint output columns.
-unsafe impl Send for Split {}
-unsafe impl Sync for Split {}
-
-impl Split {
-    fn work(&self) {
-        loop {
-            let c = self.next.fetch_add(1, Ordering::Relaxed);
-            if c >= self.chunks {
-                return;
-            }
-            // SAFETY: see `Split`: chunk `c` is claimed and not done, so `product` is still waiting on it.
-            unsafe {
-                let p = &*self.packed;
-                let (k, n) = (p.k, p.n);
-                let (row, part) = (c / self.per_row, c % self.per_row);
-                let first = part * self.per_chunk * PANEL;
-                let last = ((part + 1) * self.per_chunk * PANEL).min(n);
-                let a = std::slice::from_raw_parts(self.a.add(row * k), k);
-                let o = std::slice::from_raw_parts_mut(self.out.add(row * n + first), last - first);
-                p.gemv_cols(self.simd, a, first, self.clamp, o);
-            }
-            self.done.fetch_add(1, Ordering::Release);
-        }
-    }
-}
 
 /// Output columns per packed panel.
 pub const PANEL: usize = 16;
@@ -172,11 +126,7 @@ impl PackedF32 {
         let (k, n) = (self.k, self.n);
         assert!(a.len() == m * k && out.len() == m * n);
         let simd = Simd::for_isa(isa);
-        let threads = match executor {
-            #[allow(unreachable_patterns)]
-            Executor::MultiThread(pool) => pool.current_num_threads(),
-            _ => 1,
-        };
+        let threads = super::team::threads(executor);
         let shares = if m * k * n >= MIN_SPLIT_MACS { threads.min(self.panels()) } else { 1 };
         if shares <= 1 {
             for (a, o) in a.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
@@ -184,39 +134,20 @@ impl PackedF32 {
             }
             return;
         }
-        let Executor::MultiThread(pool) = executor else { unreachable!() };
-        // Chunks of a few panels of one row, claimed from a counter by this thread and by `shares - 1` pool jobs.
-        // This thread never waits for a helper to start (on a loaded machine a pool thread may wake late): it
-        // works through the chunks itself and waits only for chunks a helper has claimed and not finished.
+        // Chunks of a few panels of one row, claimed by this thread and the pool's (see `team::share`).
         let panels = self.panels();
         let per_chunk = panels.div_ceil(shares * 4).max(1);
         let per_row = panels.div_ceil(per_chunk);
-        let shared = Arc::new(Split {
-            next: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
-            chunks: m * per_row,
-            per_row,
-            per_chunk,
-            packed: self as *const PackedF32,
-            simd,
-            a: a.as_ptr(),
-            out: out.as_mut_ptr(),
-            clamp,
+        let dst = super::team::Out::new(out);
+        let ok = super::team::share(executor, m * per_row, &|c| {
+            let (row, part) = (c / per_row, c % per_row);
+            let first = part * per_chunk * PANEL;
+            let last = ((part + 1) * per_chunk * PANEL).min(n);
+            // SAFETY: chunk `c` alone writes columns `first..last` of row `row`, inside `out` (m × n).
+            let o = unsafe { dst.part(row * n + first, last - first) };
+            self.gemv_cols(simd, &a[row * k..][..k], first, clamp, o);
         });
-        for _ in 1..shares {
-            let shared = shared.clone();
-            pool.spawn(move || shared.work());
-        }
-        shared.work();
-        let mut spins = 0u32;
-        while shared.done.load(Ordering::Acquire) < shared.chunks {
-            spins += 1;
-            if spins < 1 << 12 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
+        assert!(ok, "a chunk of the f32 matrix-vector product panicked");
     }
 }
 

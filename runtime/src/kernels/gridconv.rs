@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use tract_linalg::multithread::Executor;
 use tract_onnx::tract_core::internal::*;
 
 use super::dwconv::{MAX_DIRECT_INPUTS, conv_parts, following_clamp};
@@ -100,7 +101,14 @@ impl GridConv {
 
     /// One image `[c_in, h, w]` into `out` `[c_out, oh, ow]`, with `padded` and `staged` as scratch (their
     /// padding stays zero between calls: only the image's own cells are written).
-    fn run(&self, simd: Simd, x: &[f32], out: &mut [f32], padded: &mut [f32], staged: &mut [f32]) {
+    fn run(
+        &self,
+        simd: Simd,
+        x: &[f32],
+        out: &mut [f32],
+        (padded, staged): (&mut [f32], &mut [f32]),
+        executor: &Executor,
+    ) {
         let g = &self.grid;
         for (c, plane) in x.chunks_exact(g.h * g.w).enumerate() {
             for (y, row) in plane.chunks_exact(g.w).enumerate() {
@@ -108,7 +116,7 @@ impl GridConv {
                 padded[at..at + g.w].copy_from_slice(row);
             }
         }
-        self.pk.run(simd, padded, staged);
+        self.pk.run(simd, padded, staged, executor);
         for (o_plane, s_plane) in out.chunks_exact_mut(g.oh * g.ow).zip(staged.chunks_exact(g.oh * g.pw)) {
             for (o_row, s_row) in o_plane.chunks_exact_mut(g.ow).zip(s_plane.chunks_exact(g.pw)) {
                 o_row.copy_from_slice(&s_row[..g.ow]);
@@ -179,6 +187,7 @@ impl EvalOp for PupilGridConv {
     fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (c, g) = (&self.conv, &self.conv.grid);
         let mut scratch = c.take_scratch();
+        let executor = tract_linalg::multithread::current_tract_executor();
         let out_len = c.c_out * g.oh * g.ow;
         let out = super::map_images(
             "PupilGridConv",
@@ -186,7 +195,7 @@ impl EvalOp for PupilGridConv {
             (g.c_in, g.h, g.w),
             (&self.out_shape, out_len),
             ctx,
-            |x, o| c.run(self.simd, x, o, &mut scratch.padded, &mut scratch.staged),
+            |x, o| c.run(self.simd, x, o, (&mut scratch.padded, &mut scratch.staged), &executor),
         )?;
         c.keep_scratch(scratch);
         Ok(tvec!(out.into_tvalue()))
@@ -263,7 +272,8 @@ mod tests {
                     let x: Vec<f32> = (0..c_in * h * w).map(|_| rng.sym(2.0)).collect();
                     let mut out = vec![f32::NAN; c_out * oh * ow];
                     let mut scratch = conv.take_scratch();
-                    conv.run(Simd::for_isa(isa), &x, &mut out, &mut scratch.padded, &mut scratch.staged);
+                    let scratches = (&mut scratch.padded[..], &mut scratch.staged[..]);
+                    conv.run(Simd::for_isa(isa), &x, &mut out, scratches, &Executor::SingleThread);
                     conv.keep_scratch(scratch);
                     for o in 0..c_out {
                         for y in 0..oh {

@@ -25,8 +25,10 @@ pub mod qconv;
 pub mod qgemv;
 mod qgridconv;
 pub mod requant;
+mod rowconv;
 mod scratch;
 mod taps;
+mod team;
 pub mod zoo;
 
 use tract_onnx::prelude::*;

@@ -4,6 +4,7 @@
 //! much as the product). The weights are packed once, at load, in blocks of 4 output channels, with the bias and
 //! a following ReLU / ReLU6 folded in; AVX2 + FMA, NEON, scalar.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
@@ -13,6 +14,11 @@ use super::dwconv::following_clamp;
 use super::matmul::following_bias;
 use super::qgemv::Isa;
 use super::taps::Simd;
+use super::team;
+use tract_linalg::multithread::Executor;
+
+/// Multiply-adds per image below which a product is not shared with the thread pool.
+pub(crate) const MIN_SPLIT_MACS: usize = 200_000;
 
 /// Output channels per block of packed weights (one accumulator row each): 6 rows × 2 AVX2 registers of pixels
 /// keep 12 independent FMA chains in 15 of the 16 registers (4 × 3 spilled one).
@@ -78,38 +84,64 @@ impl Pointwise {
         self.x_len
     }
 
-    /// One image: `out[o·hw + p] = clamp(bias[o] + Σ_t w[o][t] · x[offset[t] + p], lo, hi)`.
-    pub(crate) fn run(&self, simd: Simd, x: &[f32], out: &mut [f32]) {
+    /// One image: `out[o·hw + p] = clamp(bias[o] + Σ_t w[o][t] · x[offset[t] + p], lo, hi)`. With a
+    /// multithreaded `executor` and at least [`MIN_SPLIT_MACS`] multiply-adds, the blocks of output channels are
+    /// shared with its pool ([`team::share`]).
+    pub(crate) fn run(&self, simd: Simd, x: &[f32], out: &mut [f32], executor: &Executor) {
         assert!(x.len() >= self.x_len && out.len() == self.c_out * self.hw);
+        let blocks = self.c_out.div_ceil(ROWS);
+        let threads = team::threads(executor);
+        let chunks =
+            if threads > 1 && self.c_out * self.c_in * self.hw >= MIN_SPLIT_MACS { blocks.min(threads * 4) } else { 1 };
+        let dst = team::Out::new(out);
+        let ok = team::share(executor, chunks, &|c| {
+            let (from, to) = (c * blocks / chunks, (c + 1) * blocks / chunks);
+            // SAFETY: `x` and `out` are checked above; chunk `c` alone writes the output rows of blocks
+            // `from..to`.
+            unsafe { self.blocks(simd, x, &dst, from..to) }
+        });
+        assert!(ok, "a chunk of the f32 pointwise product panicked");
+    }
+
+    /// The output rows of the channel blocks `blocks` (of [`ROWS`] channels).
+    ///
+    /// # Safety
+    /// `x` holds at least `x_len` values and `out` was made from `c_out · hw` values; no other thread touches
+    /// the rows of these blocks meanwhile.
+    unsafe fn blocks(&self, simd: Simd, x: &[f32], out: &team::Out<f32>, blocks: Range<usize>) {
+        let channels = blocks.start * ROWS..(blocks.end * ROWS).min(self.c_out);
+        // SAFETY: the caller's contract: these rows are inside `out` and this call's alone.
+        let rows = unsafe { out.part(channels.start * self.hw, channels.len() * self.hw) };
         let done = match simd {
             #[cfg(target_arch = "x86_64")]
             Simd::Avx2Fma | Simd::Avx512
                 if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") =>
             {
-                // SAFETY: AVX2 and FMA detected; the lengths are checked above.
-                unsafe { x86::avx2(self, x, out) }
+                // SAFETY: AVX2 and FMA detected; `x` checked by the caller, `rows` holds the blocks' channels.
+                unsafe { x86::avx2(self, x, rows, blocks) }
             }
             #[cfg(target_arch = "aarch64")]
             Simd::Neon => {
-                // SAFETY: NEON is part of the aarch64 baseline; the lengths are checked above.
-                unsafe { arm::neon(self, x, out) }
+                // SAFETY: NEON is part of the aarch64 baseline; lengths as above.
+                unsafe { arm::neon(self, x, rows, blocks) }
             }
             _ => 0,
         };
-        self.scalar(done, x, out);
+        self.scalar(done, x, rows, channels);
     }
 
-    /// Pixels `from..hw`, one at a time (the reference, and the tail of the vector loops).
-    fn scalar(&self, from: usize, x: &[f32], out: &mut [f32]) {
+    /// Pixels `from..hw` of the output channels `channels`, whose rows `rows` holds, one at a time (the
+    /// reference, and the tail of the vector loops).
+    fn scalar(&self, from: usize, x: &[f32], rows: &mut [f32], channels: Range<usize>) {
         let hw = self.hw;
-        for o in 0..self.c_out {
+        for (o, row) in channels.zip(rows.chunks_exact_mut(hw)) {
             let (blk, r) = (o / ROWS, o % ROWS);
             for p in from..hw {
                 let mut acc = self.bias[o];
                 for (i, &off) in self.offsets.iter().enumerate() {
                     acc += self.w[(blk * self.c_in + i) * ROWS + r] * x[off + p];
                 }
-                out[o * hw + p] = acc.max(self.lo).min(self.hi);
+                row[p] = acc.max(self.lo).min(self.hi);
             }
         }
     }
@@ -119,32 +151,32 @@ impl Pointwise {
 mod x86 {
     use super::{Pointwise, ROWS};
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
     /// Pixels in blocks of 16, then 8 (6 output channels × 2 or 1 registers of accumulators), then the last
     /// 1–7 with masked loads and stores; returns how many pixels it computed (all of them).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2(pk: &Pointwise, x: &[f32], out: &mut [f32]) -> usize {
+    pub(super) unsafe fn avx2(pk: &Pointwise, x: &[f32], out: &mut [f32], blocks: Range<usize>) -> usize {
         let hw = pk.hw;
         let (n16, n8) = (hw / 16 * 16, hw / 8 * 8);
-        let blocks = pk.c_out.div_ceil(ROWS);
         // SAFETY: blocks read x[offset + p .. + 8·V] and write out[o·hw + p .. + 8·V] with p + 8·V <= hw and
         // offset + hw <= x_len <= x.len(); the masked block touches only the lanes below hw − n8.
         unsafe {
             for p in (0..n16).step_by(16) {
-                for blk in 0..blocks {
-                    block::<2>(pk, blk, p, x, out, None);
+                for blk in blocks.clone() {
+                    block::<2>(pk, blk, blocks.start, p, x, out, None);
                 }
             }
             for p in (n16..n8).step_by(8) {
-                for blk in 0..blocks {
-                    block::<1>(pk, blk, p, x, out, None);
+                for blk in blocks.clone() {
+                    block::<1>(pk, blk, blocks.start, p, x, out, None);
                 }
             }
             if n8 < hw {
                 let lanes: [i32; 8] = std::array::from_fn(|l| if l < hw - n8 { -1 } else { 0 });
                 let mask = _mm256_loadu_si256(lanes.as_ptr() as *const __m256i);
-                for blk in 0..blocks {
-                    block::<1>(pk, blk, n8, x, out, Some(mask));
+                for blk in blocks.clone() {
+                    block::<1>(pk, blk, blocks.start, n8, x, out, Some(mask));
                 }
             }
         }
@@ -156,6 +188,7 @@ mod x86 {
     unsafe fn block<const V: usize>(
         pk: &Pointwise,
         blk: usize,
+        first: usize,
         p: usize,
         x: &[f32],
         out: &mut [f32],
@@ -192,7 +225,7 @@ mod x86 {
                 if o >= pk.c_out {
                     break;
                 }
-                let dst = out.as_mut_ptr().add(o * hw + p);
+                let dst = out.as_mut_ptr().add((o - first * ROWS) * hw + p);
                 for (v, a) in row.iter().enumerate() {
                     let y = _mm256_min_ps(_mm256_max_ps(*a, lo), hi);
                     match mask {
@@ -209,24 +242,25 @@ mod x86 {
 mod arm {
     use super::{Pointwise, ROWS};
     use std::arch::aarch64::*;
+    use std::ops::Range;
 
     /// Pixels in blocks of 16 then 4 (6 output channels × 4 or 1 registers of accumulators); returns how many
     /// pixels it computed.
     #[target_feature(enable = "neon")]
-    pub(super) unsafe fn neon(pk: &Pointwise, x: &[f32], out: &mut [f32]) -> usize {
+    pub(super) unsafe fn neon(pk: &Pointwise, x: &[f32], out: &mut [f32], blocks: Range<usize>) -> usize {
         let hw = pk.hw;
         let (n16, n4) = (hw / 16 * 16, hw / 4 * 4);
         // SAFETY: blocks read x[offset + p .. + 4·V] and write out[o·hw + p .. + 4·V] with p + 4·V <= n4 <= hw
         // and offset + hw <= x_len <= x.len().
         unsafe {
             for p in (0..n16).step_by(16) {
-                for blk in 0..pk.c_out.div_ceil(ROWS) {
-                    block::<4>(pk, blk, p, x, out);
+                for blk in blocks.clone() {
+                    block::<4>(pk, blk, blocks.start, p, x, out);
                 }
             }
             for p in (n16..n4).step_by(4) {
-                for blk in 0..pk.c_out.div_ceil(ROWS) {
-                    block::<1>(pk, blk, p, x, out);
+                for blk in blocks.clone() {
+                    block::<1>(pk, blk, blocks.start, p, x, out);
                 }
             }
         }
@@ -235,7 +269,7 @@ mod arm {
 
     #[target_feature(enable = "neon")]
     #[inline]
-    unsafe fn block<const V: usize>(pk: &Pointwise, blk: usize, p: usize, x: &[f32], out: &mut [f32]) {
+    unsafe fn block<const V: usize>(pk: &Pointwise, blk: usize, first: usize, p: usize, x: &[f32], out: &mut [f32]) {
         let (hw, c_in) = (pk.hw, pk.c_in);
         // SAFETY: see `neon`; weights and biases hold whole blocks of ROWS.
         unsafe {
@@ -266,7 +300,7 @@ mod arm {
                 if o >= pk.c_out {
                     break;
                 }
-                let dst = out.as_mut_ptr().add(o * hw + p);
+                let dst = out.as_mut_ptr().add((o - first * ROWS) * hw + p);
                 for (v, a) in row.iter().enumerate() {
                     vst1q_f32(dst.add(4 * v), vminq_f32(vmaxq_f32(*a, lo), hi));
                 }
@@ -336,8 +370,9 @@ impl EvalOp for PupilPointwiseConv {
         let src = src.as_slice::<f32>()?;
         let mut dst = out.try_as_plain_ram_mut()?;
         let dst = dst.as_slice_mut::<f32>()?;
+        let executor = tract_linalg::multithread::current_tract_executor();
         for (x, o) in src.chunks_exact(image).zip(dst.chunks_exact_mut(p.c_out * p.hw)) {
-            p.run(self.simd, x, o);
+            p.run(self.simd, x, o, &executor);
         }
         Ok(tvec!(out.into_tvalue()))
     }
@@ -428,11 +463,12 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
-        /// 1..40 input and 1..40 output channels over 1..200 pixels, with and without a clamp: every instruction
-        /// set within `1e-5 · (1 + Σ|w·x|)` of the definition computed in f64.
+        /// 1..40 input and 1..60 output channels over 1..400 pixels, with and without a clamp: every instruction
+        /// set, on one thread and shared with a 2-thread pool (the larger products), within
+        /// `1e-5 · (1 + Σ|w·x|)` of the definition computed in f64.
         #[test]
         fn pointwise_matches_the_definition_on_every_isa(
-            c_in in 1usize..40, c_out in 1usize..40, hw in 1usize..200, clamp in any::<bool>(), seed in any::<u64>(),
+            c_in in 1usize..40, c_out in 1usize..60, hw in 1usize..400, clamp in any::<bool>(), seed in any::<u64>(),
         ) {
             let mut rng = Rng::new(seed);
             let x: Vec<f32> = (0..c_in * hw).map(|_| rng.sym(2.0)).collect();
@@ -440,9 +476,10 @@ mod tests {
             let bias: Vec<f32> = (0..c_out).map(|_| rng.sym(1.0)).collect();
             let (lo, hi) = if clamp { (0.0, 1.5) } else { (f32::NEG_INFINITY, f32::INFINITY) };
             let pk = Pointwise::new((c_in, c_out, hw), |o, i| w[o * c_in + i], &bias, (lo, hi));
-            for isa in Isa::available() {
+            static POOL: std::sync::LazyLock<Executor> = std::sync::LazyLock::new(|| Executor::multithread(2));
+            for (isa, executor) in Isa::available().into_iter().flat_map(|i| [(i, &Executor::SingleThread), (i, &*POOL)]) {
                 let mut out = vec![f32::NAN; c_out * hw];
-                pk.run(Simd::for_isa(isa), &x, &mut out);
+                pk.run(Simd::for_isa(isa), &x, &mut out, executor);
                 for o in 0..c_out {
                     for p in 0..hw {
                         let mut exact = bias[o] as f64;

@@ -26,6 +26,11 @@ use super::qconv::{Int8Conv, Int8Convs};
 use super::qgemv::Isa;
 use super::requant::{self, Stage};
 use super::scratch::Kept;
+use super::team;
+use tract_linalg::multithread::Executor;
+
+/// Multiply-adds per image below which the product is not shared with the thread pool (about 3 µs of VNNI work).
+const MIN_SPLIT_MACS: usize = 400_000;
 use super::taps::Simd;
 
 /// Fewer input channels than this stay on the f32 direct kernel (a quad of 4 channels would be mostly padding).
@@ -183,7 +188,15 @@ impl QGridConv {
     ///
     /// `epilogue` (a requantization chain, see [`super::requant`]) then runs over each block of output channels
     /// while it is still in cache.
-    pub(crate) fn run(&self, isa: Isa, x: &[f32], out: &mut [f32], s: &mut Scratch, epilogue: &[Stage]) {
+    pub(crate) fn run(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        out: &mut [f32],
+        s: &mut Scratch,
+        epilogue: &[Stage],
+        executor: &Executor,
+    ) {
         let g = &self.g;
         debug_assert_eq!(x.len(), g.c_in * g.h * g.w);
         debug_assert_eq!(out.len(), self.c_out * g.oh * g.ow);
@@ -207,31 +220,42 @@ impl QGridConv {
             self.quantize_scalar(x, &mut s.x4);
         }
         let (stride, direct) = if self.direct() { (g.oh * g.ow, true) } else { (self.blocks * LANES, false) };
-        for ob in 0..self.c_out.div_ceil(R) {
-            let dst: &mut [f32] = if direct { out } else { &mut s.staged };
-            if vnni {
-                // SAFETY: as above. The kernel runs the epilogue on its registers when it writes the output.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    x86::product(self, &s.x4, dst, stride, ob, if direct { epilogue } else { &[] })
-                };
-                continue;
-            }
-            if dotprod {
-                // SAFETY: dotprod checked; buffer sizes fixed by `new` and `take_scratch`. The kernel runs the
-                // epilogue on its registers.
-                #[cfg(target_arch = "aarch64")]
-                unsafe {
-                    arm::product(self, &s.x4, dst, stride, ob, if direct { epilogue } else { &[] })
-                };
-                continue;
-            }
-            self.product_scalar(&s.x4, dst, stride, ob);
-            if direct && !epilogue.is_empty() {
+        // Blocks of output channels, shared with the thread pool for the larger products.
+        let blocks = self.c_out.div_ceil(R);
+        let macs = self.c_out * self.offsets.len() * 4 * stride;
+        let chunks = if macs >= MIN_SPLIT_MACS { blocks.min(4 * team::threads(executor)) } else { 1 };
+        let x4 = &s.x4[..];
+        let dst = team::Out::new(if direct { &mut *out } else { &mut s.staged[..] });
+        let ok = team::share(executor, chunks, &|chunk| {
+            for ob in chunk * blocks / chunks..(chunk + 1) * blocks / chunks {
                 let rows = ob * R * stride..((ob + 1) * R).min(self.c_out) * stride;
-                requant::run_in_place(simd, epilogue, &mut out[rows]);
+                if vnni {
+                    // SAFETY: as above; the kernel writes only the rows of block `ob`, this chunk's. It runs the
+                    // epilogue on its registers when it writes the output.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        x86::product(self, x4, dst.ptr(), stride, ob, if direct { epilogue } else { &[] })
+                    };
+                    continue;
+                }
+                if dotprod {
+                    // SAFETY: dotprod checked; buffer sizes fixed by `new` and `take_scratch`; the kernel writes
+                    // only the rows of block `ob`, this chunk's, and runs the epilogue on its registers.
+                    #[cfg(target_arch = "aarch64")]
+                    unsafe {
+                        arm::product(self, x4, dst.ptr(), stride, ob, if direct { epilogue } else { &[] })
+                    };
+                    continue;
+                }
+                // SAFETY: block `ob`'s rows, inside the output (or staged grid), are this chunk's alone.
+                let part = unsafe { dst.part(rows.start, rows.len()) };
+                self.product_scalar(x4, part, stride, ob);
+                if direct && !epilogue.is_empty() {
+                    requant::run_in_place(simd, epilogue, part);
+                }
             }
-        }
+        });
+        assert!(ok, "a chunk of the int8 grid convolution panicked");
         if !direct {
             self.crop(out, &s.staged);
             if !epilogue.is_empty() {
@@ -280,8 +304,9 @@ impl QGridConv {
         v.round_ties_even() * self.y_scale
     }
 
-    /// `dst[o · stride + p]` for the output channels of block `ob` and the first `stride` grid positions.
-    fn product_scalar(&self, x4: &[u8], dst: &mut [f32], stride: usize, ob: usize) {
+    /// `rows[(o − ob·R) · stride + p]` for the output channels `o` of block `ob` (whose rows `rows` holds) and the
+    /// first `stride` grid positions.
+    fn product_scalar(&self, x4: &[u8], rows: &mut [f32], stride: usize, ob: usize) {
         let quads = self.offsets.len();
         for o in ob * R..((ob + 1) * R).min(self.c_out) {
             let w = &self.w[(o / R) * quads * R..][..quads * R];
@@ -295,7 +320,7 @@ impl QGridConv {
                         acc += x * wb[j] as i8 as i32;
                     }
                 }
-                dst[o * stride + p] = self.requantize(acc, o);
+                rows[(o - ob * R) * stride + p] = self.requantize(acc, o);
             }
         }
     }
@@ -388,7 +413,7 @@ mod x86 {
     pub(super) unsafe fn product(
         c: &QGridConv,
         x4: &[u8],
-        dst: &mut [f32],
+        dst: *mut f32,
         stride: usize,
         ob: usize,
         epilogue: &[Stage],
@@ -425,7 +450,7 @@ mod x86 {
         w: *const i32,
         ob: usize,
         p0: usize,
-        dst: &mut [f32],
+        dst: *mut f32,
         (stride, positions): (usize, usize),
         epilogue: &[Stage],
     ) {
@@ -462,7 +487,7 @@ mod x86 {
                     }
                     let n = (positions - p).min(LANES);
                     let mask: __mmask16 = if n == LANES { 0xffff } else { (1u16 << n) - 1 };
-                    _mm512_mask_storeu_ps(dst.as_mut_ptr().add(o * stride + p), mask, v);
+                    _mm512_mask_storeu_ps(dst.add(o * stride + p), mask, v);
                 }
             }
         }
@@ -484,7 +509,7 @@ mod arm {
     pub(super) unsafe fn product(
         c: &QGridConv,
         x4: &[u8],
-        dst: &mut [f32],
+        dst: *mut f32,
         stride: usize,
         ob: usize,
         epilogue: &[Stage],
@@ -513,7 +538,7 @@ mod arm {
         w: *const i8,
         ob: usize,
         p0: usize,
-        dst: &mut [f32],
+        dst: *mut f32,
         (stride, positions): (usize, usize),
         epilogue: &[Stage],
     ) {
@@ -558,7 +583,7 @@ mod arm {
                     for st in epilogue {
                         v = stage(st, v);
                     }
-                    let out = dst.as_mut_ptr().add(o * stride + p);
+                    let out = dst.add(o * stride + p);
                     if p + 4 <= positions {
                         vst1q_f32(out, v);
                     } else {
@@ -656,6 +681,7 @@ impl EvalOp for PupilQGridConv {
     fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (c, g) = (&self.conv, &self.conv.g);
         let mut scratch = c.take_scratch();
+        let executor = tract_linalg::multithread::current_tract_executor();
         let out_len = c.c_out * g.oh * g.ow;
         let out = super::map_images(
             "PupilQGridConv",
@@ -663,7 +689,7 @@ impl EvalOp for PupilQGridConv {
             (g.c_in, g.h, g.w),
             (&self.out_shape, out_len),
             ctx,
-            |x, o| c.run(self.isa, x, o, &mut scratch, &self.epilogue),
+            |x, o| c.run(self.isa, x, o, &mut scratch, &self.epilogue, &executor),
         )?;
         c.keep_scratch(scratch);
         Ok(tvec!(out.into_tvalue()))
@@ -787,7 +813,8 @@ mod tests {
         /// 8..40 input and 1..24 output channels, images up to 17 × 17 (1 × 1 kernels without padding included),
         /// kernels 1..=5, every padding below the kernel size, zero points and scales anywhere, with and without a
         /// requantization chain after it: the scalar and the VNNI kernel give exactly the ONNX definition (then
-        /// the chain), twice in a row (the kept scratch is checked too).
+        /// the chain), twice in a row (the kept scratch is checked too): on one thread, then with the larger
+        /// products shared with a 2-thread pool.
         #[test]
         fn int8_grid_convolution_is_the_onnx_definition(
             (c_in, c_out) in (8usize..40, 1usize..24),
@@ -827,7 +854,8 @@ mod tests {
             let kernels = Isa::available().into_iter().filter(|i| matches!(i, Isa::Avx512Vnni | Isa::NeonDotprod));
             for (isa, form) in [(Isa::Scalar, Isa::Scalar), (Isa::Scalar, Isa::NeonDotprod)].into_iter().chain(kernels.map(|i| (i, i))) {
                 let conv = QGridConv::new(&spec, g, form).expect("valid geometry");
-                for _ in 0..2 {
+                static POOL: std::sync::LazyLock<Executor> = std::sync::LazyLock::new(|| Executor::multithread(2));
+                for executor in [&Executor::SingleThread, &*POOL] {
                     let xq: Vec<u8> = (0..c_in * h * w).map(|_| (rng.sym(128.0) + 128.0).clamp(0.0, 255.0) as u8).collect();
                     // The f32 values the graph carries: the dequantized input.
                     let x: Vec<f32> = xq.iter().map(|&q| (q as i32 - x_zero as i32) as f32 * spec.x_scale).collect();
@@ -837,7 +865,7 @@ mod tests {
                         .collect();
                     let mut out = vec![f32::NAN; c_out * oh * ow];
                     let mut scratch = conv.take_scratch();
-                    conv.run(isa, &x, &mut out, &mut scratch, &epilogue);
+                    conv.run(isa, &x, &mut out, &mut scratch, &epilogue, executor);
                     conv.keep_scratch(scratch);
                     for (i, (got, want)) in out.iter().zip(&want).enumerate() {
                         prop_assert!(got == want, "{} ({} form) at {}: {} vs {}", isa, form, i, got, want);

@@ -1,0 +1,172 @@
+//! Direct f32 convolutions read straight from the unpadded input planes on AVX-512, row by row: masked loads
+//! stand in for the zero padding, so there is no phase-split copy of the input and no flat output run to copy
+//! out (the two passes [`super::taps`] pays per plane). Square 3×3 and 5×5 kernels, stride 1 or 2 (even columns
+//! picked by one permute), any padding a [`Window`] allows; other windows and instruction sets keep
+//! [`super::taps`].
+
+use super::taps::Window;
+
+/// Input planes summed into one output plane at most (a depthwise convolution reads one; a dense one, such as
+/// an image stem, up to [`super::MAX_DIRECT_INPUTS`]).
+pub(crate) const MAX_PLANES: usize = super::MAX_DIRECT_INPUTS;
+
+/// Whether [`plane`] computes this window (given AVX-512F: the caller checks the CPU).
+pub(crate) fn supports(win: &Window) -> bool {
+    win.kh == win.kw && matches!(win.kh, 3 | 5) && win.sh == win.sw && matches!(win.sh, 1 | 2)
+}
+
+/// One output plane of a direct convolution:
+/// `out[oy · ow + ox] = clamp(bias + Σ_i Σ_{ky,kx} w[(i · k + ky) · k + kx] · x_i[oy·s + ky − pt][ox·s + kx − pl])`
+/// over the `x.len() / (h · w)` input planes laid one after another in `x`, reading 0 outside each plane;
+/// `clamp` is `(lo, hi)`. Returns `false`, computing nothing, when the window is not [`supports`]ed, the CPU
+/// lacks AVX-512F or the buffers are mis-sized.
+pub(crate) fn plane(win: &Window, x: &[f32], w: &[f32], bias: f32, clamp: (f32, f32), out: &mut [f32]) -> bool {
+    let (plane, k) = (win.h * win.w, win.kh);
+    let planes = x.len() / plane.max(1);
+    if !supports(win) || !(1..=MAX_PLANES).contains(&planes) || x.len() != planes * plane || w.len() != planes * k * k {
+        return false;
+    }
+    if out.len() != win.oh * win.ow {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F detected; the lengths are checked above, and every load is masked to the lanes
+        // inside its input row, every store to the lanes inside its output row.
+        unsafe {
+            macro_rules! planes {
+                ($k:literal, $s:literal) => {
+                    match planes {
+                        1 => x86::plane::<$k, $s, 1>(win, x, w, bias, clamp, out),
+                        2 => x86::plane::<$k, $s, 2>(win, x, w, bias, clamp, out),
+                        3 => x86::plane::<$k, $s, 3>(win, x, w, bias, clamp, out),
+                        _ => x86::plane::<$k, $s, 4>(win, x, w, bias, clamp, out),
+                    }
+                };
+            }
+            match (k, win.sh) {
+                (3, 1) => planes!(3, 1),
+                (3, _) => planes!(3, 2),
+                (5, 1) => planes!(5, 1),
+                _ => planes!(5, 2),
+            }
+        }
+        return true;
+    }
+    let _ = (bias, clamp);
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::Window;
+
+    /// The lanes `j` of a 16-value load starting at column `s` of a row `w` values long with `0 ≤ s + j < w`.
+    #[inline(always)]
+    fn inside(s: isize, w: isize) -> __mmask16 {
+        let from = if s >= 0 {
+            0xffff
+        } else if s <= -16 {
+            0
+        } else {
+            0xffffu16 << -s
+        };
+        let n = (w - s).clamp(0, 16);
+        let to = if n == 16 { 0xffff } else { ((1u32 << n) - 1) as u16 };
+        from & to
+    }
+
+    /// The `K` vectors `x[s + kx + S·j]` (`kx < K`, lanes `j < 16`) of one row, 0 outside it: `K` masked loads
+    /// for stride 1; for stride 2 a pair of loads per two taps, split into even and odd values by permutes.
+    #[inline(always)]
+    unsafe fn row_taps<const K: usize, const S: usize>(row: *const f32, s: isize, w: isize) -> [__m512; K] {
+        // SAFETY: the caller runs with AVX-512F; masked-off lanes are not read, so the (wrapping) pointers may
+        // point outside the row.
+        unsafe {
+            let load = |at: isize| _mm512_maskz_loadu_ps(inside(at, w), row.wrapping_offset(at));
+            if S == 1 {
+                std::array::from_fn(|kx| load(s + kx as isize))
+            } else {
+                let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+                let mut v = [_mm512_setzero_ps(); K];
+                let mut kx = 0;
+                while kx < K {
+                    let at = s + kx as isize;
+                    let (a, b) = (load(at), load(at + 16));
+                    v[kx] = _mm512_permutex2var_ps(a, even, b);
+                    if kx + 1 < K {
+                        v[kx + 1] = _mm512_permutex2var_ps(a, odd, b);
+                    }
+                    kx += 2;
+                }
+                v
+            }
+        }
+    }
+
+    /// Output rows computed together: each input row loaded once serves every one of them its window covers,
+    /// and their accumulators are independent chains.
+    const ROWS: usize = 4;
+
+    /// [`super::plane`] for a `K × K` kernel at stride `S` over `P` input planes:
+    /// [`ROWS`] output rows by 16 columns at a time, each block summing every plane's taps in registers before
+    /// one clamped store.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn plane<const K: usize, const S: usize, const P: usize>(
+        win: &Window,
+        x: &[f32],
+        w: &[f32],
+        bias: f32,
+        (lo, hi): (f32, f32),
+        out: &mut [f32],
+    ) {
+        let (h, wd) = (win.h as isize, win.w as isize);
+        let (pt, pl) = (win.pt as isize, win.pl as isize);
+        let (oh, ow, plane) = (win.oh, win.ow, win.h * win.w);
+        let (vbias, vlo, vhi) = (_mm512_set1_ps(bias), _mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        let wv: [[[__m512; K]; K]; P] = std::array::from_fn(|i| {
+            std::array::from_fn(|ky| std::array::from_fn(|kx| _mm512_set1_ps(w[(i * K + ky) * K + kx])))
+        });
+        let o = out.as_mut_ptr();
+        // SAFETY (loop body): `x` holds `planes` planes of `h × w` and `out` one of `oh × ow` (checked by the
+        // caller); input rows are read only for `0 ≤ y < h`, and loads / stores are masked to their rows (and to
+        // nothing for the rows of a last block past `oh`).
+        unsafe {
+            for oy0 in (0..oh).step_by(ROWS) {
+                let y0 = (oy0 * S) as isize - pt;
+                let mut ox0 = 0;
+                while ox0 < ow {
+                    let n = (ow - ox0).min(16);
+                    let cols: __mmask16 = if n == 16 { 0xffff } else { ((1u32 << n) - 1) as u16 };
+                    let s0 = (ox0 * S) as isize - pl;
+                    let mut acc = [vbias; ROWS];
+                    for (i, wv) in wv.iter().enumerate() {
+                        let xp = x.as_ptr().add(i * plane);
+                        // Input row `y0 + t` feeds output row `oy0 + r` through kernel row `t − r·S`.
+                        for t in 0..(ROWS - 1) * S + K {
+                            let y = y0 + t as isize;
+                            if y < 0 || y >= h {
+                                continue;
+                            }
+                            let v = row_taps::<K, S>(xp.offset(y * wd), s0, wd);
+                            for (r, acc) in acc.iter_mut().enumerate() {
+                                let Some(ky) = t.checked_sub(r * S).filter(|ky| *ky < K) else { continue };
+                                for kx in 0..K {
+                                    *acc = _mm512_fmadd_ps(v[kx], wv[ky][kx], *acc);
+                                }
+                            }
+                        }
+                    }
+                    for (r, a) in acc.into_iter().enumerate().take(oh - oy0) {
+                        let a = _mm512_min_ps(_mm512_max_ps(a, vlo), vhi);
+                        _mm512_mask_storeu_ps(o.add((oy0 + r) * ow + ox0), cols, a);
+                    }
+                    ox0 += 16;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Work shared between the calling thread and tract's thread pool without ever waiting for a pool thread to
+//! wake: chunks are claimed from a counter by the caller and by pool jobs alike, and the caller waits only for
+//! chunks a pool thread has claimed and not finished (on a loaded machine a pool thread may start late, and then
+//! finds nothing left to do).
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tract_linalg::multithread::Executor;
+
+/// The threads of an executor (1 when it is single-threaded).
+pub(crate) fn threads(executor: &Executor) -> usize {
+    match executor {
+        #[allow(unreachable_patterns)]
+        Executor::MultiThread(pool) => pool.current_num_threads(),
+        _ => 1,
+    }
+}
+
+/// An output pointer the chunks of one [`share`] call write through, each to its own part.
+#[derive(Clone, Copy)]
+pub(crate) struct Out<T>(*mut T);
+
+impl<T> Out<T> {
+    pub(crate) fn new(slice: &mut [T]) -> Out<T> {
+        Out(slice.as_mut_ptr())
+    }
+    /// The start of the slice given to [`Out::new`], for kernels that write their own part through it.
+    pub(crate) fn ptr(&self) -> *mut T {
+        self.0
+    }
+    /// The part `start .. start + len` of the slice given to [`Out::new`].
+    ///
+    /// # Safety
+    /// The part lies inside that slice, the slice is still borrowed by the caller of [`share`], and no other
+    /// chunk touches the part while this one uses it.
+    pub(crate) unsafe fn part<'a>(&self, start: usize, len: usize) -> &'a mut [T] {
+        // SAFETY: the caller's contract above.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+// SAFETY: the chunks of one `share` call write disjoint parts (its caller's contract), and the pointee outlives
+// the call.
+unsafe impl<T> Send for Out<T> {}
+unsafe impl<T> Sync for Out<T> {}
+
+/// The chunk counter and the work, shared with the pool jobs.
+struct Shared {
+    next: AtomicUsize,
+    done: AtomicUsize,
+    chunks: usize,
+    panicked: AtomicBool,
+    /// The caller's closure, its lifetime erased: see the SAFETY note on the `Send` / `Sync` impls.
+    work: *const (dyn Fn(usize) + Sync + 'static),
+}
+
+// SAFETY: `work` is only called for a claimed chunk (`next` below `chunks`), and `share` does not return until
+// every claimed chunk is done, so the closure (and whatever it borrows) outlives every call. A pool job that
+// starts after the last chunk was claimed returns without touching it.
+unsafe impl Send for Shared {}
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn claim(&self) {
+        loop {
+            let c = self.next.fetch_add(1, Ordering::Relaxed);
+            if c >= self.chunks {
+                return;
+            }
+            // SAFETY: chunk `c` is claimed and not done, so `share` is still waiting and `work` is alive.
+            let work = unsafe { &*self.work };
+            if catch_unwind(AssertUnwindSafe(|| work(c))).is_err() {
+                self.panicked.store(true, Ordering::Relaxed);
+            }
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+}
+
+/// Runs `work(c)` once for every chunk `c < chunks`, on this thread and on up to `threads − 1` jobs of the
+/// executor's thread pool (only this thread when `chunks < 2` or the executor is single-threaded). Chunks may run
+/// in any order and at the same time: `work` must make them independent (disjoint outputs). Returns `false` when
+/// a chunk panicked (the panic is caught on whichever thread ran it; the other chunks still run).
+pub(crate) fn share(executor: &Executor, chunks: usize, work: &(dyn Fn(usize) + Sync)) -> bool {
+    let helpers = match executor {
+        #[allow(unreachable_patterns)]
+        Executor::MultiThread(pool) if chunks > 1 => Some((pool.clone(), pool.current_num_threads().min(chunks) - 1)),
+        _ => None,
+    };
+    let Some((pool, helpers)) = helpers.filter(|(_, n)| *n > 0) else {
+        // Every chunk runs even after one panicked (as on the pool), so no `all`.
+        let failed = (0..chunks).filter(|&c| catch_unwind(AssertUnwindSafe(|| work(c))).is_err()).count();
+        return failed == 0;
+    };
+    let work: *const (dyn Fn(usize) + Sync + '_) = work;
+    // SAFETY: only the lifetime changes; `Shared` documents why the closure outlives its uses.
+    let work: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(work) };
+    let shared =
+        Arc::new(Shared { next: AtomicUsize::new(0), done: AtomicUsize::new(0), chunks, panicked: false.into(), work });
+    for _ in 0..helpers {
+        let shared = shared.clone();
+        pool.spawn(move || shared.claim());
+    }
+    shared.claim();
+    let mut spins = 0u32;
+    while shared.done.load(Ordering::Acquire) < chunks {
+        spins += 1;
+        if spins < 1 << 12 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    !shared.panicked.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn every_chunk_runs_once_on_a_pool_or_without_one() {
+        for threads in [1, 2, 3] {
+            let run = || {
+                let seen = Mutex::new(vec![0u32; 37]);
+                let executor = tract_linalg::multithread::current_tract_executor();
+                assert!(share(&executor, 37, &|c| seen.lock().unwrap()[c] += 1));
+                seen.into_inner().unwrap()
+            };
+            let seen = if threads == 1 {
+                run()
+            } else {
+                tract_linalg::multithread::multithread_tract_scope(Executor::multithread(threads), run)
+            };
+            assert_eq!(seen, vec![1; 37], "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn a_panicking_chunk_is_reported_not_propagated() {
+        let done = AtomicUsize::new(0);
+        let ok = share(&Executor::SingleThread, 8, &|c| {
+            if c == 3 {
+                panic!("chunk 3 fails");
+            }
+            done.fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(!ok);
+        assert_eq!(done.load(Ordering::Relaxed), 7);
+    }
+}
