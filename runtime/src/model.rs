@@ -493,7 +493,11 @@ impl Model {
                 shape: std::iter::once(examples).chain(self.example_shape.iter().copied()).collect(),
             });
         }
-        if let Some(index) = input.iter().position(|v| !v.is_finite()) {
+        // Checked 64 values at a time without branching (the compiler vectorizes this; an early-exit scan of
+        // MobileNet's 27 648 inputs cost ~9 µs a run), the offending value found only when there is one.
+        let bad_chunk = input.chunks(64).position(|c| c.iter().fold(false, |bad, v| bad | !v.is_finite()));
+        if let Some(chunk) = bad_chunk {
+            let index = input.iter().skip(chunk * 64).position(|v| !v.is_finite()).map_or(0, |i| i + chunk * 64);
             return Err(Error::NonFiniteInput { input: self.inputs[0].name.clone(), index, value: input[index] });
         }
         Ok(())

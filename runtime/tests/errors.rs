@@ -109,6 +109,12 @@ fn nan_input_is_refused_with_its_index() {
     x[700] = f32::INFINITY;
     let err = model.predict(&x).unwrap_err();
     assert!(err.to_string().contains("index 700"), "{err}");
+    // In the last, partial block of 64 values, and one in the first block and one later: the first is named.
+    x[700] = 0.0;
+    x[783] = f32::NEG_INFINITY;
+    assert!(matches!(model.predict(&x).unwrap_err(), Error::NonFiniteInput { index: 783, .. }));
+    x[3] = f32::NAN;
+    assert!(matches!(model.predict(&x).unwrap_err(), Error::NonFiniteInput { index: 3, .. }));
 }
 
 #[test]

@@ -390,7 +390,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             bar.set_message(format!("{} {} ×{t}", e.name, e.precision));
             match bench_one(e, t, &args, use_ort, 7) {
                 Ok(r) => rows.push(r),
-                Err(err) => bar.println(format!("{} ({}, {}): {err:#}", e.name, e.precision, e.source)),
+                Err(err) => {
+                    // Not lost when stderr is no terminal (the bar, and so its `println`, is hidden then).
+                    let line = format!("{} ({}, {}): {err:#}", e.name, e.precision, e.source);
+                    if bar.is_hidden() { eprintln!("{line}") } else { bar.println(line) }
+                }
             }
             bar.inc(1);
         }
