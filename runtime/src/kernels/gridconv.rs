@@ -15,6 +15,7 @@ use tract_linalg::multithread::Executor;
 use tract_onnx::tract_core::internal::*;
 
 use super::dwconv::{MAX_DIRECT_INPUTS, conv_parts, following_clamp};
+use super::lanes::Lanes;
 use super::pointwise::Pointwise;
 use super::qgemv::Isa;
 use super::scratch::Kept;
@@ -65,6 +66,9 @@ pub(crate) struct GridConv {
     /// `c_in · kh · kw`: multiply-adds per output value.
     terms: usize,
     pk: Pointwise,
+    /// The same product with the output channels in the lanes, over the output columns only (AVX-512; see
+    /// [`super::lanes`]), when the operator runs on AVX-512.
+    lanes: Option<Lanes>,
     /// The `padded` and `staged` buffers of the last run, kept for the next one (`run`'s padding stays zero, so
     /// they are reused as they are); a run that finds them taken by a concurrent one allocates its own.
     scratch: Kept<Scratch>,
@@ -78,13 +82,14 @@ struct Scratch {
 }
 
 impl GridConv {
-    /// `weight(o, c, ky, kx)` of a `kh × kw` convolution, stride 1, over `grid`.
+    /// `weight(o, c, ky, kx)` of a `kh × kw` convolution, stride 1, over `grid`, to run on `simd`.
     fn new(
         grid: Grid,
         (c_out, kh, kw): (usize, usize, usize),
         weight: impl Fn(usize, usize, usize, usize) -> f32,
         bias: &[f32],
         clamp: (f32, f32),
+        simd: Simd,
     ) -> GridConv {
         let mut offsets = Vec::with_capacity(grid.c_in * kh * kw);
         for c in 0..grid.c_in {
@@ -95,8 +100,12 @@ impl GridConv {
             }
         }
         let term = |o: usize, t: usize| weight(o, t / (kh * kw), t / kw % kh, t % kw);
+        let lanes = (simd == Simd::Avx512 && Lanes::available()).then(|| {
+            let positions: Vec<usize> = (0..grid.oh).flat_map(|y| (0..grid.ow).map(move |x| y * grid.pw + x)).collect();
+            Lanes::new(offsets.clone(), &positions, c_out, term, bias, clamp)
+        });
         let pk = Pointwise::shifted(offsets, (c_out, grid.oh * grid.pw), term, bias, clamp);
-        GridConv { grid, c_out, terms: grid.c_in * kh * kw, pk, scratch: Kept::new() }
+        GridConv { grid, c_out, terms: grid.c_in * kh * kw, pk, lanes, scratch: Kept::new() }
     }
 
     /// One image `[c_in, h, w]` into `out` `[c_out, oh, ow]`, with `padded` and `staged` as scratch (their
@@ -115,6 +124,9 @@ impl GridConv {
                 let at = c * g.plane() + (y + g.pt) * g.pw + g.pl;
                 padded[at..at + g.w].copy_from_slice(row);
             }
+        }
+        if simd == Simd::Avx512 && self.lanes.as_ref().is_some_and(|l| l.run(padded, out, executor)) {
+            return;
         }
         self.pk.run(simd, padded, staged, executor);
         for (o_plane, s_plane) in out.chunks_exact_mut(g.oh * g.ow).zip(staged.chunks_exact(g.oh * g.pw)) {
@@ -229,10 +241,11 @@ pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractR
     // The padded planes hold the image at (pt, pl) and every window the output reads.
     let grid = Grid::padded(parts.c_in, (w.h, w.w), (w.pt, w.pl), (w.oh, w.ow), (w.kh, w.kw));
     let (lo, hi, last) = following_clamp(model, node)?;
-    let conv =
-        GridConv::new(grid, (parts.c_out, w.kh, w.kw), |o, c, y, x| parts.weight(o, c, y, x), &parts.bias, (lo, hi));
+    let simd = Simd::for_isa(isa);
+    let weight = |o, c, y, x| parts.weight(o, c, y, x);
+    let conv = GridConv::new(grid, (parts.c_out, w.kh, w.kw), weight, &parts.bias, (lo, hi), simd);
     let out_shape = model.outlet_fact(OutletId::new(last, 0))?.shape.iter().cloned().collect();
-    Ok(Some((PupilGridConv { conv: Arc::new(conv), isa, simd: Simd::for_isa(isa), out_shape }, last)))
+    Ok(Some((PupilGridConv { conv: Arc::new(conv), isa, simd, out_shape }, last)))
 }
 
 #[cfg(test)]
@@ -265,15 +278,17 @@ mod tests {
             let wt = |o: usize, c: usize, y: usize, x: usize| weights[((o * c_in + c) * kh + y) * kw + x];
             let (lo, hi) = if clamp { (0.0, 1.5) } else { (f32::NEG_INFINITY, f32::INFINITY) };
             let grid = Grid::padded(c_in, (h, w), (pt, pl), (oh, ow), (kh, kw));
-            let conv = GridConv::new(grid, (c_out, kh, kw), wt, &bias, (lo, hi));
+            static POOL: std::sync::LazyLock<Executor> = std::sync::LazyLock::new(|| Executor::multithread(2));
             for isa in Isa::available() {
-                // Two images per ISA, on the scratch the op keeps between runs (its padding must stay zero).
-                for _ in 0..2 {
+                let conv = GridConv::new(grid, (c_out, kh, kw), wt, &bias, (lo, hi), Simd::for_isa(isa));
+                // Two images per ISA, on the scratch the op keeps between runs (its padding must stay zero): on one
+                // thread, then shared with a 2-thread pool.
+                for executor in [&Executor::SingleThread, &*POOL] {
                     let x: Vec<f32> = (0..c_in * h * w).map(|_| rng.sym(2.0)).collect();
                     let mut out = vec![f32::NAN; c_out * oh * ow];
                     let mut scratch = conv.take_scratch();
                     let scratches = (&mut scratch.padded[..], &mut scratch.staged[..]);
-                    conv.run(Simd::for_isa(isa), &x, &mut out, scratches, &Executor::SingleThread);
+                    conv.run(Simd::for_isa(isa), &x, &mut out, scratches, executor);
                     conv.keep_scratch(scratch);
                     for o in 0..c_out {
                         for y in 0..oh {

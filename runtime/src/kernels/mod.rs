@@ -17,6 +17,7 @@ mod dwconv;
 mod eltwise;
 pub mod gemv;
 mod gridconv;
+mod lanes;
 mod matmul;
 mod op;
 mod pointwise;

@@ -1,0 +1,225 @@
+//! f32 shifted products with the output channels in the vector lanes (AVX-512): `out[o][i] = clamp(bias[o] +
+//! Σ_t w[o][t] · x[offset[t] + position[i]])`. Each step multiplies 4 registers of 16 channels' weights by 6
+//! broadcast inputs (24 accumulators, 10 loads per 24 multiply-adds), and only the listed positions are
+//! computed: a grid convolution's output columns, not the padded grid's (see [`super::gridconv`], whose
+//! positions-in-the-lanes product wastes the `KW − 1` columns past each output row). The 6 × 64 results of a
+//! step are written to the channels-first output through a small tile.
+
+use super::team;
+
+/// Output channels per block: 4 AVX-512 registers.
+const BLOCK: usize = 64;
+/// Positions per step (broadcast inputs).
+const PX: usize = 6;
+
+/// The weights packed by blocks of [`BLOCK`] output channels, and the positions to compute.
+#[derive(Debug)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // built only where AVX-512 can run it
+pub(crate) struct Lanes {
+    c_out: usize,
+    offsets: Vec<usize>,
+    /// Input position of each output, padded to a multiple of [`PX`] by repeating the last one.
+    positions: Vec<usize>,
+    /// Outputs per channel (the positions before padding).
+    outputs: usize,
+    /// Per block `b` (`min(64, c_out − 64b)` channels, rounded up to 16): `[terms][width]`, zero-padded.
+    w: Vec<f32>,
+    /// Zero-padded to whole blocks.
+    bias: Vec<f32>,
+    lo: f32,
+    hi: f32,
+    /// Input values a run reads: `max(offsets) + max(positions) + 1`.
+    x_len: usize,
+}
+
+impl Lanes {
+    /// Output `i` of channel `o` reads term `t` at `x[offsets[t] + positions[i]]`, weighted `weight(o, t)`.
+    pub(crate) fn new(
+        offsets: Vec<usize>,
+        positions: &[usize],
+        c_out: usize,
+        weight: impl Fn(usize, usize) -> f32,
+        bias: &[f32],
+        (lo, hi): (f32, f32),
+    ) -> Lanes {
+        let terms = offsets.len();
+        let mut w = Vec::with_capacity(c_out.div_ceil(16) * 16 * terms);
+        for b in 0..c_out.div_ceil(BLOCK) {
+            let width = block_width(c_out, b);
+            for t in 0..terms {
+                w.extend((0..width).map(|l| if b * BLOCK + l < c_out { weight(b * BLOCK + l, t) } else { 0.0 }));
+            }
+        }
+        let mut padded_bias = bias.to_vec();
+        padded_bias.resize(c_out.div_ceil(BLOCK) * BLOCK, 0.0);
+        let mut pos = positions.to_vec();
+        if let Some(&last) = positions.last() {
+            pos.resize(positions.len().div_ceil(PX) * PX, last);
+        }
+        let x_len = offsets.iter().max().copied().unwrap_or(0) + positions.iter().max().copied().unwrap_or(0) + 1;
+        Lanes { c_out, offsets, positions: pos, outputs: positions.len(), w, bias: padded_bias, lo, hi, x_len }
+    }
+
+    /// Whether this CPU runs the product (AVX-512F).
+    pub(crate) fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// `out` (`c_out × outputs`, channels first) for one input `x`; the steps of positions are shared with the
+    /// executor's pool when it has more than one thread. `false`, computing nothing, without AVX-512F or with
+    /// mis-sized buffers.
+    pub(crate) fn run(&self, x: &[f32], out: &mut [f32], executor: &tract_linalg::multithread::Executor) -> bool {
+        if !Self::available() || x.len() < self.x_len || out.len() != self.c_out * self.outputs {
+            return false;
+        }
+        let steps = self.positions.len() / PX;
+        let blocks = self.c_out.div_ceil(BLOCK);
+        let threads = team::threads(executor);
+        let chunks = if threads > 1 { (steps * blocks).min(4 * threads) } else { 1 };
+        let dst = team::Out::new(out);
+        team::share(executor, chunks, &|c| {
+            for job in c * steps * blocks / chunks..(c + 1) * steps * blocks / chunks {
+                let (b, s) = (job / steps, job % steps);
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: AVX-512F checked above; `x` holds `x_len` values; the step writes only its outputs of
+                // block `b`'s channels, which no other job writes.
+                unsafe {
+                    x86::step(self, b, s * PX, x, dst.ptr())
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = (b, s, &dst);
+            }
+        })
+    }
+}
+
+/// Lanes of block `b`: its channels rounded up to whole registers.
+fn block_width(c_out: usize, b: usize) -> usize {
+    (c_out - b * BLOCK).min(BLOCK).div_ceil(16) * 16
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, Lanes, PX, block_width};
+
+    /// The outputs `first .. first + PX` (of the padded position list) of block `b`.
+    ///
+    /// # Safety
+    /// AVX-512F; `x` holds `x_len` values; `out` points to `c_out × outputs` values of which this call writes
+    /// only its outputs of block `b`'s channels.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn step(l: &Lanes, b: usize, first: usize, x: &[f32], out: *mut f32) {
+        // SAFETY: the contract above.
+        unsafe {
+            match block_width(l.c_out, b) / 16 {
+                4 => step_n::<4>(l, b, first, x, out),
+                3 => step_n::<3>(l, b, first, x, out),
+                2 => step_n::<2>(l, b, first, x, out),
+                _ => step_n::<1>(l, b, first, x, out),
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn step_n<const NV: usize>(l: &Lanes, b: usize, first: usize, x: &[f32], out: *mut f32) {
+        let terms = l.offsets.len();
+        let width = NV * 16;
+        // Blocks before `b` are all BLOCK wide.
+        // SAFETY (whole body): weights hold `terms × width` values for block `b`; every read is
+        // `x[offset + position] < x_len`; stores are to outputs `< outputs` of channels `< c_out`.
+        unsafe {
+            let w = l.w.as_ptr().add(b * BLOCK * terms);
+            let xs: [*const f32; PX] = std::array::from_fn(|j| x.as_ptr().add(l.positions[first + j]));
+            let bias: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(l.bias.as_ptr().add(b * BLOCK + 16 * v)));
+            let mut acc = [bias; PX];
+            for (t, &off) in l.offsets.iter().enumerate() {
+                let wv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(w.add(t * width + 16 * v)));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    let xb = _mm512_set1_ps(*xs[j].add(off));
+                    for (a, wv) in acc.iter_mut().zip(&wv) {
+                        *a = _mm512_fmadd_ps(xb, *wv, *a);
+                    }
+                }
+            }
+            let (lo, hi) = (_mm512_set1_ps(l.lo), _mm512_set1_ps(l.hi));
+            let mut tile = [[0f32; BLOCK]; PX];
+            for (row, acc) in tile.iter_mut().zip(&acc) {
+                for (v, a) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(row.as_mut_ptr().add(16 * v), _mm512_min_ps(_mm512_max_ps(*a, lo), hi));
+                }
+            }
+            let channels = (l.c_out - b * BLOCK).min(BLOCK);
+            let n = (l.outputs - first).min(PX);
+            for (ch, o) in (b * BLOCK..b * BLOCK + channels).enumerate() {
+                let dst = out.add(o * l.outputs + first);
+                for (j, row) in tile.iter().enumerate().take(n) {
+                    *dst.add(j) = row[ch];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::zoo::Rng;
+    use proptest::prelude::*;
+    use tract_linalg::multithread::Executor;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// 1..150 output channels (every block width, tails), 1..300 terms at scattered offsets, 1..50 positions
+        /// in any order, with and without a clamp, on one thread and on a 2-thread pool: within
+        /// `1e-5 · (1 + Σ|w·x|)` of the definition computed in f64.
+        #[test]
+        fn lanes_product_matches_the_definition(
+            c_out in 1usize..150, terms in 1usize..300, outputs in 1usize..50, clamp in any::<bool>(), seed in any::<u64>(),
+        ) {
+            prop_assume!(Lanes::available());
+            let mut rng = Rng::new(seed);
+            let x: Vec<f32> = (0..2000).map(|_| rng.sym(2.0)).collect();
+            let offsets: Vec<usize> = (0..terms).map(|_| (rng.unit() * 1000.0) as usize).collect();
+            let positions: Vec<usize> = (0..outputs).map(|_| (rng.unit() * 999.0) as usize).collect();
+            let w: Vec<f32> = (0..c_out * terms).map(|_| rng.sym(1.0)).collect();
+            let bias: Vec<f32> = (0..c_out).map(|_| rng.sym(1.0)).collect();
+            let (lo, hi) = if clamp { (0.0, 1.5) } else { (f32::NEG_INFINITY, f32::INFINITY) };
+            let l = Lanes::new(offsets.clone(), &positions, c_out, |o, t| w[o * terms + t], &bias, (lo, hi));
+            static POOL: std::sync::LazyLock<Executor> = std::sync::LazyLock::new(|| Executor::multithread(2));
+            for executor in [&Executor::SingleThread, &*POOL] {
+                let mut out = vec![f32::NAN; c_out * outputs];
+                prop_assert!(l.run(&x, &mut out, executor));
+                for o in 0..c_out {
+                    for (i, &p) in positions.iter().enumerate() {
+                        let (mut exact, mut mag) = (bias[o] as f64, bias[o].abs() as f64);
+                        for (t, &off) in offsets.iter().enumerate() {
+                            exact += w[o * terms + t] as f64 * x[off + p] as f64;
+                            mag += (w[o * terms + t] * x[off + p]).abs() as f64;
+                        }
+                        let exact = exact.max(lo as f64).min(hi as f64);
+                        let got = out[o * outputs + i] as f64;
+                        prop_assert!((got - exact).abs() <= 1e-5 * (1.0 + mag), "o {} i {}: {} vs {}", o, i, got, exact);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mis_sized_buffers_are_refused() {
+        let l = Lanes::new(vec![0, 5], &[0, 1, 2], 3, |_, _| 1.0, &[0.0; 3], (f32::NEG_INFINITY, f32::INFINITY));
+        let mut out = vec![0f32; 9];
+        assert!(!l.run(&[1.0; 7], &mut out, &Executor::SingleThread), "x too short: reads x[5 + 2]");
+        assert!(!l.run(&[1.0; 8], &mut out[..8], &Executor::SingleThread), "out too short");
+        if Lanes::available() {
+            assert!(l.run(&[1.0; 8], &mut out, &Executor::SingleThread));
+            assert_eq!(out, vec![2.0; 9]);
+        }
+    }
+}
