@@ -687,16 +687,28 @@ mod tests {
             )
             .clamped(c.clamp.0, c.clamp.1);
             let (expected, mag) = reference(&c, &x, &wts, &bias);
-            // Twice per instruction set: the second run reuses the scratch the first one kept.
-            for isa in Isa::available().into_iter().flat_map(|isa| [isa, isa]) {
-                let simd = Simd::for_isa(isa);
-                let mut out = vec![f32::NAN; expected.len()];
-                conv.run(simd, &x, c.batch, &mut out, &[]).unwrap();
-                for (j, ((got, want), m)) in out.iter().zip(&expected).zip(&mag).enumerate() {
-                    prop_assert!(
-                        (*got as f64 - want).abs() <= 1e-5 * (1.0 + m),
-                        "{:?} ({:?}) output {}: {} vs {}", simd, c, j, got, want
-                    );
+            // A requantization chain after it (an int8 graph's), on odd seeds: a ReLU6-like clamp, then a grid.
+            let epilogue =
+                if c.seed % 2 == 1 { vec![Stage::Clamp { lo: 0.0, hi: 0.6 }, Stage::grid(1.0 / 0.07, 3, (0, 255), 0.07, 3)] } else { vec![] };
+            let step = if epilogue.is_empty() { 0.0 } else { 0.07 };
+            static POOL: std::sync::LazyLock<tract_linalg::multithread::Executor> =
+                std::sync::LazyLock::new(|| tract_linalg::multithread::Executor::multithread(2));
+            // Twice per instruction set: the second run reuses the scratch the first one kept, and runs with the
+            // larger convolutions shared with a 2-thread pool.
+            for isa in Isa::available() {
+                for pooled in [false, true] {
+                    let simd = Simd::for_isa(isa);
+                    let mut out = vec![f32::NAN; expected.len()];
+                    let mut run = || conv.run(simd, &x, c.batch, &mut out, &epilogue);
+                    if pooled { tract_linalg::multithread::multithread_tract_scope(POOL.clone(), run) } else { run() }.unwrap();
+                    for (j, ((got, want), m)) in out.iter().zip(&expected).zip(&mag).enumerate() {
+                        // The chain on the exact value; one grid step of slack where f32 rounding crossed a tie.
+                        let want = epilogue.iter().fold(*want as f32, |v, st| st.apply(v)) as f64;
+                        prop_assert!(
+                            (*got as f64 - want).abs() <= 1e-5 * (1.0 + m) + step * 1.001,
+                            "{:?} pooled {} ({:?}) output {}: {} vs {}", simd, pooled, c, j, got, want
+                        );
+                    }
                 }
             }
         }
