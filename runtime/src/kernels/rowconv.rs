@@ -170,3 +170,78 @@ mod x86 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::zoo::Rng;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Every window the row kernels take (3×3 / 5×5, stride 1 / 2, every padding below the kernel size) over
+        /// 1..=4 planes of 1..40 × 1..40, with a clamp: within
+        /// `1e-5 · (1 + Σ|w·x|)` of the definition computed in f64.
+        #[test]
+        fn row_kernels_match_the_definition(
+            k in prop_oneof![Just(3usize), Just(5)], s in 1usize..=2, planes in 1usize..=4,
+            (h, w) in (1usize..40, 1usize..40), pads in (0usize..5, 0usize..5, 0usize..5, 0usize..5),
+            clamp in prop_oneof![Just((f32::NEG_INFINITY, f32::INFINITY)), Just((0.0f32, 0.5f32))], seed in any::<u64>(),
+        ) {
+            let (pt, pb, pl, pr) = (pads.0 % k, pads.1 % k, pads.2 % k, pads.3 % k);
+            prop_assume!(h + pt + pb >= k && w + pl + pr >= k);
+            let (oh, ow) = ((h + pt + pb - k) / s + 1, (w + pl + pr - k) / s + 1);
+            let win = Window::new((h, w), (k, k), (s, s), (pt, pl), (oh, ow)).expect("a window");
+            let mut rng = Rng::new(seed);
+            let x: Vec<f32> = (0..planes * h * w).map(|_| rng.sym(1.0)).collect();
+            let wts: Vec<f32> = (0..planes * k * k).map(|_| rng.sym(1.0)).collect();
+            let bias = rng.sym(1.0);
+            let mut out = vec![f32::NAN; oh * ow];
+            let ran = plane(&win, &x, &wts, bias, clamp, &mut out);
+            prop_assert_eq!(ran, avx512());
+            if !ran {
+                return Ok(());
+            }
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (mut exact, mut mag) = (bias as f64, bias.abs() as f64);
+                    for i in 0..planes {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (y, xx) = ((oy * s + ky) as isize - pt as isize, (ox * s + kx) as isize - pl as isize);
+                                if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
+                                    continue;
+                                }
+                                let v = x[(i * h + y as usize) * w + xx as usize] as f64 * wts[(i * k + ky) * k + kx] as f64;
+                                exact += v;
+                                mag += v.abs();
+                            }
+                        }
+                    }
+                    let exact = exact.max(clamp.0 as f64).min(clamp.1 as f64);
+                    let got = out[oy * ow + ox] as f64;
+                    prop_assert!((got - exact).abs() <= 1e-5 * (1.0 + mag), "({}, {}): {} vs {}", oy, ox, got, exact);
+                }
+            }
+        }
+    }
+
+    fn avx512() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return std::arch::is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    #[test]
+    fn unsupported_windows_and_mis_sized_buffers_are_refused() {
+        let win3 = Window::new((4, 4), (3, 3), (3, 3), (0, 0), (1, 1)).unwrap();
+        assert!(!plane(&win3, &[0.0; 16], &[0.0; 9], 0.0, (0.0, 1.0), &mut [0.0; 1]), "stride 3");
+        let win = Window::new((4, 4), (3, 3), (1, 1), (1, 1), (4, 4)).unwrap();
+        assert!(!plane(&win, &[0.0; 15], &[0.0; 9], 0.0, (0.0, 1.0), &mut [0.0; 16]), "short input");
+        assert!(!plane(&win, &[0.0; 16], &[0.0; 8], 0.0, (0.0, 1.0), &mut [0.0; 16]), "short weights");
+        assert!(!plane(&win, &[0.0; 16], &[0.0; 9], 0.0, (0.0, 1.0), &mut [0.0; 15]), "short output");
+        assert!(!plane(&win, &[0.0; 80], &[0.0; 45], 0.0, (0.0, 1.0), &mut [0.0; 16]), "5 planes");
+    }
+}
