@@ -145,8 +145,17 @@ impl PackedI8 {
                     }
                     WeightLayout::NByK => {
                         for (c, src) in w[c0 * k..(c0 + width) * k].chunks_exact(k).enumerate() {
-                            for (q, quad) in src.chunks(4).enumerate() {
-                                panel[q * PANEL * 4 + c * 4..][..quad.len()].copy_from_slice(quad);
+                            // Whole quads as 4-byte moves (a `copy_from_slice` of a run-time length was a `memcpy`
+                            // call per quad: most of the int8 student's load time), then the last partial one.
+                            let quads = src.chunks_exact(4);
+                            let tail = quads.remainder();
+                            for (q, quad) in quads.enumerate() {
+                                let at = q * PANEL * 4 + c * 4;
+                                panel[at..at + 4].copy_from_slice(&quad[..4]);
+                            }
+                            if !tail.is_empty() {
+                                let at = k / 4 * PANEL * 4 + c * 4;
+                                panel[at..at + tail.len()].copy_from_slice(tail);
                             }
                             colsum[c0 + c] = src.iter().map(|&v| v as i32).sum();
                         }
