@@ -14,6 +14,7 @@ use tract_onnx::tract_core::ops::math::{Max, Min};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::channels_last;
+use super::lanes::Lanes;
 use super::qgemv::Isa;
 use super::requant::{self, Stage};
 use super::rowconv;
@@ -51,6 +52,10 @@ impl Layout {
 /// with more, tract's im2col + matrix product is the better algorithm.
 pub const MAX_DIRECT_INPUTS: usize = 4;
 
+/// Taps per output from which a dense direct convolution runs on the channels-in-the-lanes product (see
+/// [`DirectConv::with_lanes`]).
+const LANES_MIN_TAPS: usize = 18;
+
 /// Multiply-adds per run below which the output planes are not shared with the thread pool.
 const MIN_SPLIT_MACS: usize = 50_000;
 
@@ -75,6 +80,20 @@ pub(crate) struct DirectConv {
     /// The phase-split input planes of one group and the flat output run, kept between runs (the padding stays
     /// zero: only the interiors are written).
     scratch: Kept<(Vec<f32>, Vec<f32>)>,
+    /// A dense convolution of many taps per output (an image stem: 3 channels × 3 × 3) as a channels-in-the-lanes
+    /// product over the zero-padded input, on AVX-512 (see [`DirectConv::lanes_for`]).
+    lanes: Option<Padded>,
+}
+
+/// The zero-padded input planes of a dense convolution and its [`Lanes`] product over them.
+#[derive(Debug)]
+struct Padded {
+    lanes: Lanes,
+    /// Rows and columns of a padded plane.
+    ph: usize,
+    pw: usize,
+    /// The padded planes, kept between runs (the padding stays zero: only the image is written).
+    planes: Kept<Vec<f32>>,
 }
 
 impl DirectConv {
@@ -111,7 +130,39 @@ impl DirectConv {
             hi: f32::INFINITY,
             channels_last: None,
             scratch: Kept::new(),
+            lanes: None,
         }
+        .with_lanes()
+    }
+
+    /// With the [`Lanes`] product of a dense convolution of at least [`LANES_MIN_TAPS`] taps per output whose
+    /// output channels fill whole AVX-512 registers, on a CPU that has AVX-512 (the row kernels recompute each
+    /// input row's taps for every output channel; here each input value is loaded once per 16–64 channels:
+    /// MobileNet with its 3 → 16 stride-2 stem on it, f32 633 → 619 µs, int8 579 → 561–572 µs, min of 500 runs,
+    /// alternated).
+    fn with_lanes(mut self) -> DirectConv {
+        let win = &self.win;
+        let terms = self.taps_per_output();
+        if self.group != 1 || terms < LANES_MIN_TAPS || !self.c_out.is_multiple_of(16) || !Lanes::available() {
+            return self;
+        }
+        let (ph, pw) = ((win.oh - 1) * win.sh + win.kh, (win.ow - 1) * win.sw + win.kw);
+        let (ph, pw) = (ph.max(win.pt + win.h), pw.max(win.pl + win.w));
+        let mut offsets = Vec::with_capacity(terms);
+        for c in 0..self.c_in {
+            for ky in 0..win.kh {
+                for kx in 0..win.kw {
+                    offsets.push((c * ph + ky) * pw + kx);
+                }
+            }
+        }
+        let positions: Vec<usize> =
+            (0..win.oh).flat_map(|y| (0..win.ow).map(move |x| y * win.sh * pw + x * win.sw)).collect();
+        let w = &self.weights;
+        let lanes =
+            Lanes::new(offsets, &positions, self.c_out, |o, t| w[o * terms + t], &self.bias, (self.lo, self.hi));
+        self.lanes = Some(Padded { lanes, ph, pw, planes: Kept::new() });
+        self
     }
 
     /// A depthwise convolution (one output per channel) over channels-last images, weights given as
@@ -140,12 +191,13 @@ impl DirectConv {
             hi: f32::INFINITY,
             channels_last: Some(w),
             scratch: Kept::new(),
+            lanes: None,
         }
     }
 
     /// The same convolution with its outputs clamped to `[lo, hi]` (`lo <= hi`).
     pub(crate) fn clamped(self, lo: f32, hi: f32) -> DirectConv {
-        DirectConv { lo, hi, ..self }
+        DirectConv { lo, hi, lanes: None, ..self }.with_lanes()
     }
 
     fn taps_per_output(&self) -> usize {
@@ -180,6 +232,26 @@ impl DirectConv {
             return Ok(());
         }
         let tpo = self.taps_per_output();
+        if let (Simd::Avx512, Some(p)) = (simd, &self.lanes) {
+            let executor = tract_linalg::multithread::current_tract_executor();
+            let mut planes = p.planes.take_or(|| vec![0f32; self.c_in * p.ph * p.pw]);
+            let mut ran = true;
+            for (x, o) in input.chunks_exact(self.c_in * plane).zip(out.chunks_exact_mut(self.c_out * oplane)) {
+                for (c, src) in x.chunks_exact(plane).enumerate() {
+                    for (y, row) in src.chunks_exact(win.w).enumerate() {
+                        let at = (c * p.ph + y + win.pt) * p.pw + win.pl;
+                        planes[at..at + win.w].copy_from_slice(row);
+                    }
+                }
+                ran &= p.lanes.run(&planes, o, &executor);
+                if !epilogue.is_empty() {
+                    requant::run_in_place(simd, epilogue, o);
+                }
+            }
+            p.planes.keep(planes);
+            ensure!(ran, "the lanes product refused a direct convolution");
+            return Ok(());
+        }
         if simd == Simd::Avx512 && rowconv::supports(win) {
             // Output planes shared with the thread pool in chunks of whole planes (no scratch to share).
             let planes = batch * self.c_out;
@@ -666,11 +738,44 @@ mod tests {
         (out, mag)
     }
 
+    /// Dense convolutions the channels-in-the-lanes product takes on AVX-512: 2..=4 input channels, 16, 32 or 48
+    /// output channels, 3×3 or 5×5 (not always square), strides 1..3, every padding below the kernel size.
+    fn lanes_case() -> impl Strategy<Value = Case> {
+        (case(), 2usize..=4, 1usize..=3, prop_oneof![Just(3usize), Just(5)], prop_oneof![Just(3usize), Just(5)])
+            .prop_map(|(c, c_in, blocks, kh, kw)| {
+                let (pt, pb, pl, pr) = c.pads;
+                Case {
+                    c_in,
+                    c_out: 16 * blocks,
+                    group: 1,
+                    k: (kh, kw),
+                    pads: (pt % kh, pb % kh, pl % kw, pr % kw),
+                    ..c
+                }
+            })
+            .prop_filter("the padded image holds a window", |c| {
+                c.h + c.pads.0 + c.pads.1 >= c.k.0 && c.w + c.pads.2 + c.pads.3 >= c.k.1
+            })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
         #[test]
         fn direct_conv_matches_the_definition_on_every_isa(c in case()) {
+            check(c)?;
+        }
+
+        #[test]
+        fn dense_convs_of_many_taps_match_the_definition_on_every_isa(c in lanes_case()) {
+            check(c)?;
+        }
+    }
+
+    /// [`DirectConv::run`] on every instruction set, on one thread and on a 2-thread pool, with a requantization
+    /// chain after it on odd seeds: within `1e-5 · (1 + Σ|w·x|)` of the definition (one grid step with a chain).
+    fn check(c: Case) -> Result<(), TestCaseError> {
+        {
             let mut rng = Rng::new(c.seed);
             let x: Vec<f32> = (0..c.batch * c.c_in * c.h * c.w).map(|_| rng.sym(1.0)).collect();
             let (cig, (kh, kw)) = (c.c_in / c.group, c.k);
@@ -688,8 +793,11 @@ mod tests {
             .clamped(c.clamp.0, c.clamp.1);
             let (expected, mag) = reference(&c, &x, &wts, &bias);
             // A requantization chain after it (an int8 graph's), on odd seeds: a ReLU6-like clamp, then a grid.
-            let epilogue =
-                if c.seed % 2 == 1 { vec![Stage::Clamp { lo: 0.0, hi: 0.6 }, Stage::grid(1.0 / 0.07, 3, (0, 255), 0.07, 3)] } else { vec![] };
+            let epilogue = if c.seed % 2 == 1 {
+                vec![Stage::Clamp { lo: 0.0, hi: 0.6 }, Stage::grid(1.0 / 0.07, 3, (0, 255), 0.07, 3)]
+            } else {
+                vec![]
+            };
             let step = if epilogue.is_empty() { 0.0 } else { 0.07 };
             static POOL: std::sync::LazyLock<tract_linalg::multithread::Executor> =
                 std::sync::LazyLock::new(|| tract_linalg::multithread::Executor::multithread(2));
@@ -700,18 +808,26 @@ mod tests {
                     let simd = Simd::for_isa(isa);
                     let mut out = vec![f32::NAN; expected.len()];
                     let mut run = || conv.run(simd, &x, c.batch, &mut out, &epilogue);
-                    if pooled { tract_linalg::multithread::multithread_tract_scope(POOL.clone(), run) } else { run() }.unwrap();
+                    if pooled { tract_linalg::multithread::multithread_tract_scope(POOL.clone(), run) } else { run() }
+                        .unwrap();
                     for (j, ((got, want), m)) in out.iter().zip(&expected).zip(&mag).enumerate() {
                         // The chain on the exact value; one grid step of slack where f32 rounding crossed a tie.
                         let want = epilogue.iter().fold(*want as f32, |v, st| st.apply(v)) as f64;
                         prop_assert!(
                             (*got as f64 - want).abs() <= 1e-5 * (1.0 + m) + step * 1.001,
-                            "{:?} pooled {} ({:?}) output {}: {} vs {}", simd, pooled, c, j, got, want
+                            "{:?} pooled {} ({:?}) output {}: {} vs {}",
+                            simd,
+                            pooled,
+                            c,
+                            j,
+                            got,
+                            want
                         );
                     }
                 }
             }
         }
+        Ok(())
     }
 
     #[test]
