@@ -52,7 +52,7 @@ proptest! {
         for isa in Isa::available() {
             for (t, executor) in executors.iter().enumerate() {
                 let mut out = vec![f32::NAN; m * n];
-                p.product(isa, &a, m, (f32::NEG_INFINITY, f32::INFINITY), &mut out, executor);
+                p.product(isa, &a, m, (f32::NEG_INFINITY, f32::INFINITY), &mut out, executor).unwrap();
                 for (i, row) in a.chunks(k).enumerate() {
                     let want = gemv::reference(row, &w, n, bias.as_deref());
                     let scale = magnitudes(row, &w, n, bias.as_deref());
@@ -90,10 +90,10 @@ fn a_product_split_across_threads_equals_the_single_threaded_one() {
     let p = PackedF32::from_row_major(k, n, &w, Some(&bias));
     for isa in Isa::available() {
         let mut one = vec![f32::NAN; 2 * n];
-        p.product(isa, &a, 2, (0.0, f32::INFINITY), &mut one, &Executor::SingleThread);
+        p.product(isa, &a, 2, (0.0, f32::INFINITY), &mut one, &Executor::SingleThread).unwrap();
         for threads in [2, 3] {
             let mut many = vec![f32::NAN; 2 * n];
-            p.product(isa, &a, 2, (0.0, f32::INFINITY), &mut many, &Executor::multithread(threads));
+            p.product(isa, &a, 2, (0.0, f32::INFINITY), &mut many, &Executor::multithread(threads)).unwrap();
             assert_eq!(one, many, "{isa}, {threads} threads: same panels, same sums");
         }
         for (i, row) in a.chunks(k).enumerate() {
@@ -222,4 +222,16 @@ fn the_model_api_runs_a_folded_flatten_on_pupils_matmul_with_its_threads() {
         );
         assert_near(&fast.run(&input).unwrap(), &expected, &format!("{threads} threads"));
     }
+}
+
+#[test]
+fn a_product_with_mis_sized_buffers_is_an_error_not_a_panic() {
+    let p = PackedF32::pack(3, 2, &[1.0; 6], WeightLayout::KByN, None);
+    let mut out = vec![0f32; 2];
+    let err =
+        p.product(Isa::Scalar, &[1.0; 2], 1, (f32::NEG_INFINITY, f32::INFINITY), &mut out, &Executor::SingleThread);
+    assert!(err.unwrap_err().to_string().contains("expected 3 inputs"));
+    p.product(Isa::Scalar, &[1.0; 3], 1, (f32::NEG_INFINITY, f32::INFINITY), &mut out, &Executor::SingleThread)
+        .unwrap();
+    assert_eq!(out, vec![3.0, 3.0]);
 }

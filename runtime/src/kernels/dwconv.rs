@@ -1,8 +1,9 @@
 //! `PupilDepthwiseConv` and `PupilDirectConv`: the tract operators that run f32 convolutions with few input
 //! channels per group (depthwise convolutions, and regular convolutions over at most [`MAX_DIRECT_INPUTS`]
-//! input channels such as an image stem) directly on pupil's sliding-window kernels ([`super::taps`] for
-//! channels-first images, [`super::channels_last`] for channels-last depthwise ones), with the weights laid
-//! out once, at load.
+//! input channels such as an image stem) directly, with the weights laid out once, at load: on AVX-512 from the
+//! unpadded planes with masked loads ([`super::rowconv`]; a dense stem of many taps as a channels-in-the-lanes
+//! product, [`super::lanes`]), elsewhere on the sliding-window kernels ([`super::taps`] for channels-first
+//! images, [`super::channels_last`] for channels-last depthwise ones).
 
 use std::sync::Arc;
 
@@ -68,7 +69,7 @@ pub(crate) struct DirectConv {
     group: usize,
     /// `c_out × (c_in / group · kh · kw)` taps, bases relative to the buffer of one group's input planes.
     taps: Vec<Tap>,
-    /// The same weights as `taps`, `[c_out][c_in / group][kh][kw]`, for [`rowconv`].
+    /// The same weights as `taps`, `[c_out][c_in / group][kh][kw]`, for [`rowconv`] and [`Lanes`].
     weights: Vec<f32>,
     bias: Vec<f32>,
     /// Clamp applied to every output (a ReLU or ReLU6 that followed the convolution), ±∞ for none.
@@ -81,7 +82,7 @@ pub(crate) struct DirectConv {
     /// zero: only the interiors are written).
     scratch: Kept<(Vec<f32>, Vec<f32>)>,
     /// A dense convolution of many taps per output (an image stem: 3 channels × 3 × 3) as a channels-in-the-lanes
-    /// product over the zero-padded input, on AVX-512 (see [`DirectConv::lanes_for`]).
+    /// product over the zero-padded input, on AVX-512 (see [`DirectConv::with_lanes`]).
     lanes: Option<Padded>,
 }
 
@@ -413,8 +414,9 @@ impl<const D: bool> EvalOp for PupilConv<D> {
             )
         };
         let out_shape = self.layout.shape(batch, c.c_out, c.win.oh, c.win.ow);
-        // SAFETY: f32 has no invalid bit patterns, and `run` writes every output value (each plane's
-        // `oh × ow` values are copied out of its flat run) or fails, dropping the tensor unread.
+        // SAFETY: f32 has no invalid bit patterns, and `run` writes every output value (the row kernels and the
+        // lanes product store each one; the sliding-window path copies each plane's `oh × ow` values out of its
+        // flat run) or fails, dropping the tensor unread.
         let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
         let src = input.try_as_plain_ram()?;
         let dst = &mut out.try_as_plain_ram_mut()?;
@@ -775,55 +777,53 @@ mod tests {
     /// [`DirectConv::run`] on every instruction set, on one thread and on a 2-thread pool, with a requantization
     /// chain after it on odd seeds: within `1e-5 · (1 + Σ|w·x|)` of the definition (one grid step with a chain).
     fn check(c: Case) -> Result<(), TestCaseError> {
-        {
-            let mut rng = Rng::new(c.seed);
-            let x: Vec<f32> = (0..c.batch * c.c_in * c.h * c.w).map(|_| rng.sym(1.0)).collect();
-            let (cig, (kh, kw)) = (c.c_in / c.group, c.k);
-            let wts: Vec<f32> = (0..c.c_out * cig * kh * kw).map(|_| rng.sym(1.0)).collect();
-            let bias: Vec<f32> = (0..c.c_out).map(|_| rng.sym(1.0)).collect();
-            let (oh, ow) = c.out_hw();
-            let win = Window::new((c.h, c.w), c.k, c.s, (c.pads.0, c.pads.2), (oh, ow));
-            prop_assert!(win.is_some(), "padding below the kernel size always makes a window");
-            let conv = DirectConv::new(
-                win.unwrap(),
-                (c.c_in, c.c_out, c.group),
-                |o, i, y, xx| wts[((o * cig + i) * kh + y) * kw + xx],
-                bias.clone(),
-            )
-            .clamped(c.clamp.0, c.clamp.1);
-            let (expected, mag) = reference(&c, &x, &wts, &bias);
-            // A requantization chain after it (an int8 graph's), on odd seeds: a ReLU6-like clamp, then a grid.
-            let epilogue = if c.seed % 2 == 1 {
-                vec![Stage::Clamp { lo: 0.0, hi: 0.6 }, Stage::grid(1.0 / 0.07, 3, (0, 255), 0.07, 3)]
-            } else {
-                vec![]
-            };
-            let step = if epilogue.is_empty() { 0.0 } else { 0.07 };
-            static POOL: std::sync::LazyLock<tract_linalg::multithread::Executor> =
-                std::sync::LazyLock::new(|| tract_linalg::multithread::Executor::multithread(2));
-            // Twice per instruction set: the second run reuses the scratch the first one kept, and runs with the
-            // larger convolutions shared with a 2-thread pool.
-            for isa in Isa::available() {
-                for pooled in [false, true] {
-                    let simd = Simd::for_isa(isa);
-                    let mut out = vec![f32::NAN; expected.len()];
-                    let mut run = || conv.run(simd, &x, c.batch, &mut out, &epilogue);
-                    if pooled { tract_linalg::multithread::multithread_tract_scope(POOL.clone(), run) } else { run() }
-                        .unwrap();
-                    for (j, ((got, want), m)) in out.iter().zip(&expected).zip(&mag).enumerate() {
-                        // The chain on the exact value; one grid step of slack where f32 rounding crossed a tie.
-                        let want = epilogue.iter().fold(*want as f32, |v, st| st.apply(v)) as f64;
-                        prop_assert!(
-                            (*got as f64 - want).abs() <= 1e-5 * (1.0 + m) + step * 1.001,
-                            "{:?} pooled {} ({:?}) output {}: {} vs {}",
-                            simd,
-                            pooled,
-                            c,
-                            j,
-                            got,
-                            want
-                        );
-                    }
+        let mut rng = Rng::new(c.seed);
+        let x: Vec<f32> = (0..c.batch * c.c_in * c.h * c.w).map(|_| rng.sym(1.0)).collect();
+        let (cig, (kh, kw)) = (c.c_in / c.group, c.k);
+        let wts: Vec<f32> = (0..c.c_out * cig * kh * kw).map(|_| rng.sym(1.0)).collect();
+        let bias: Vec<f32> = (0..c.c_out).map(|_| rng.sym(1.0)).collect();
+        let (oh, ow) = c.out_hw();
+        let win = Window::new((c.h, c.w), c.k, c.s, (c.pads.0, c.pads.2), (oh, ow));
+        prop_assert!(win.is_some(), "padding below the kernel size always makes a window");
+        let conv = DirectConv::new(
+            win.unwrap(),
+            (c.c_in, c.c_out, c.group),
+            |o, i, y, xx| wts[((o * cig + i) * kh + y) * kw + xx],
+            bias.clone(),
+        )
+        .clamped(c.clamp.0, c.clamp.1);
+        let (expected, mag) = reference(&c, &x, &wts, &bias);
+        // A requantization chain after it (an int8 graph's), on odd seeds: a ReLU6-like clamp, then a grid.
+        let epilogue = if c.seed % 2 == 1 {
+            vec![Stage::Clamp { lo: 0.0, hi: 0.6 }, Stage::grid(1.0 / 0.07, 3, (0, 255), 0.07, 3)]
+        } else {
+            vec![]
+        };
+        let step = if epilogue.is_empty() { 0.0 } else { 0.07 };
+        static POOL: std::sync::LazyLock<tract_linalg::multithread::Executor> =
+            std::sync::LazyLock::new(|| tract_linalg::multithread::Executor::multithread(2));
+        // Twice per instruction set: the second run reuses the scratch the first one kept, and runs with the
+        // larger convolutions shared with a 2-thread pool.
+        for isa in Isa::available() {
+            for pooled in [false, true] {
+                let simd = Simd::for_isa(isa);
+                let mut out = vec![f32::NAN; expected.len()];
+                let mut run = || conv.run(simd, &x, c.batch, &mut out, &epilogue);
+                if pooled { tract_linalg::multithread::multithread_tract_scope(POOL.clone(), run) } else { run() }
+                    .unwrap();
+                for (j, ((got, want), m)) in out.iter().zip(&expected).zip(&mag).enumerate() {
+                    // The chain on the exact value; one grid step of slack where f32 rounding crossed a tie.
+                    let want = epilogue.iter().fold(*want as f32, |v, st| st.apply(v)) as f64;
+                    prop_assert!(
+                        (*got as f64 - want).abs() <= 1e-5 * (1.0 + m) + step * 1.001,
+                        "{:?} pooled {} ({:?}) output {}: {} vs {}",
+                        simd,
+                        pooled,
+                        c,
+                        j,
+                        got,
+                        want
+                    );
                 }
             }
         }

@@ -8,6 +8,7 @@
 //! [`PANEL`] with zero weights.
 
 use tract_linalg::multithread::Executor;
+use tract_onnx::tract_core::internal::{TractResult, ensure};
 
 use super::qgemv::Isa;
 use super::taps::Simd;
@@ -124,9 +125,24 @@ impl PackedF32 {
     /// `m` rows: `out[i·n + j] = clamp(Σ_k a[i·k + k'] · w[k'][j] + bias[j], lo, hi)`, with the kernels of
     /// `isa`. With a multithreaded `executor` and at least [`MIN_SPLIT_MACS`] multiply-accumulates, the rows are
     /// cut into chunks of whole panels that this thread and `threads - 1` pool jobs claim as they go.
-    pub fn product(&self, isa: Isa, a: &[f32], m: usize, clamp: (f32, f32), out: &mut [f32], executor: &Executor) {
+    pub fn product(
+        &self,
+        isa: Isa,
+        a: &[f32],
+        m: usize,
+        clamp: (f32, f32),
+        out: &mut [f32],
+        executor: &Executor,
+    ) -> TractResult<()> {
         let (k, n) = (self.k, self.n);
-        assert!(a.len() == m * k && out.len() == m * n);
+        ensure!(
+            a.len() == m * k && out.len() == m * n,
+            "f32 product of {m} rows of K = {k}: expected {} inputs and {} outputs, got {} and {}",
+            m * k,
+            m * n,
+            a.len(),
+            out.len()
+        );
         let simd = Simd::for_isa(isa);
         let threads = super::team::threads(executor);
         let shares = if m * k * n >= MIN_SPLIT_MACS { threads.min(self.panels()) } else { 1 };
@@ -134,7 +150,7 @@ impl PackedF32 {
             for (a, o) in a.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
                 self.gemv_cols(simd, a, 0, clamp, o);
             }
-            return;
+            return Ok(());
         }
         // Chunks of a few panels of one row, claimed by this thread and the pool's (see `team::share`).
         let panels = self.panels();
@@ -149,7 +165,8 @@ impl PackedF32 {
             let o = unsafe { dst.part(row * n + first, last - first) };
             self.gemv_cols(simd, &a[row * k..][..k], first, clamp, o);
         });
-        assert!(ok, "a chunk of the f32 matrix-vector product panicked");
+        ensure!(ok, "a chunk of the f32 matrix-vector product panicked");
+        Ok(())
     }
 }
 

@@ -117,7 +117,7 @@ impl GridConv {
         out: &mut [f32],
         (padded, staged): (&mut [f32], &mut [f32]),
         executor: &Executor,
-    ) {
+    ) -> TractResult<()> {
         let g = &self.grid;
         for (c, plane) in x.chunks_exact(g.h * g.w).enumerate() {
             for (y, row) in plane.chunks_exact(g.w).enumerate() {
@@ -126,14 +126,15 @@ impl GridConv {
             }
         }
         if simd == Simd::Avx512 && self.lanes.as_ref().is_some_and(|l| l.run(padded, out, executor)) {
-            return;
+            return Ok(());
         }
-        self.pk.run(simd, padded, staged, executor);
+        self.pk.run(simd, padded, staged, executor)?;
         for (o_plane, s_plane) in out.chunks_exact_mut(g.oh * g.ow).zip(staged.chunks_exact(g.oh * g.pw)) {
             for (o_row, s_row) in o_plane.chunks_exact_mut(g.ow).zip(s_plane.chunks_exact(g.pw)) {
                 o_row.copy_from_slice(&s_row[..g.ow]);
             }
         }
+        Ok(())
     }
 
     /// This convolution's scratch buffers: the kept ones when no other run holds them, else new zeroed ones.
@@ -288,7 +289,7 @@ mod tests {
                     let mut out = vec![f32::NAN; c_out * oh * ow];
                     let mut scratch = conv.take_scratch();
                     let scratches = (&mut scratch.padded[..], &mut scratch.staged[..]);
-                    conv.run(Simd::for_isa(isa), &x, &mut out, scratches, executor);
+                    conv.run(Simd::for_isa(isa), &x, &mut out, scratches, executor).unwrap();
                     conv.keep_scratch(scratch);
                     for o in 0..c_out {
                         for y in 0..oh {

@@ -91,7 +91,7 @@ impl EvalOp for PupilMatMul {
         {
             let mut out_plain = out.try_as_plain_ram_mut()?;
             let o = out_plain.as_slice_mut::<f32>()?;
-            self.packed.product(self.isa, view.as_slice::<f32>()?, m, self.clamp, o, &executor);
+            self.packed.product(self.isa, view.as_slice::<f32>()?, m, self.clamp, o, &executor)?;
         }
         Ok(tvec!(out.into_tvalue()))
     }

@@ -241,7 +241,7 @@ pub(crate) fn map_images(
     (c, h, w): (usize, usize, usize),
     (out_shape, out_len): (&[TDim], usize),
     ctx: &EvalContext,
-    mut run: impl FnMut(&[f32], &mut [f32]),
+    mut run: impl FnMut(&[f32], &mut [f32]) -> TractResult<()>,
 ) -> TractResult<Tensor> {
     let shape = input.shape();
     ensure!(
@@ -258,7 +258,7 @@ pub(crate) fn map_images(
         let mut dst = out.try_as_plain_ram_mut()?;
         let images = src.as_slice::<f32>()?.chunks_exact(c * h * w);
         for (x, o) in images.zip(dst.as_slice_mut::<f32>()?.chunks_exact_mut(out_len)) {
-            run(x, o);
+            run(x, o)?;
         }
     }
     Ok(out)

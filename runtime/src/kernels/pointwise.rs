@@ -87,8 +87,15 @@ impl Pointwise {
     /// One image: `out[o·hw + p] = clamp(bias[o] + Σ_t w[o][t] · x[offset[t] + p], lo, hi)`. With a
     /// multithreaded `executor` and at least [`MIN_SPLIT_MACS`] multiply-adds, the blocks of output channels are
     /// shared with its pool ([`team::share`]).
-    pub(crate) fn run(&self, simd: Simd, x: &[f32], out: &mut [f32], executor: &Executor) {
-        assert!(x.len() >= self.x_len && out.len() == self.c_out * self.hw);
+    pub(crate) fn run(&self, simd: Simd, x: &[f32], out: &mut [f32], executor: &Executor) -> TractResult<()> {
+        ensure!(
+            x.len() >= self.x_len && out.len() == self.c_out * self.hw,
+            "pointwise product: expected {} inputs and {} outputs, got {} and {}",
+            self.x_len,
+            self.c_out * self.hw,
+            x.len(),
+            out.len()
+        );
         let blocks = self.c_out.div_ceil(ROWS);
         let threads = team::threads(executor);
         let chunks =
@@ -100,7 +107,8 @@ impl Pointwise {
             // `from..to`.
             unsafe { self.blocks(simd, x, &dst, from..to) }
         });
-        assert!(ok, "a chunk of the f32 pointwise product panicked");
+        ensure!(ok, "a chunk of the f32 pointwise product panicked");
+        Ok(())
     }
 
     /// The output rows of the channel blocks `blocks` (of [`ROWS`] channels).
@@ -372,7 +380,7 @@ impl EvalOp for PupilPointwiseConv {
         let dst = dst.as_slice_mut::<f32>()?;
         let executor = tract_linalg::multithread::current_tract_executor();
         for (x, o) in src.chunks_exact(image).zip(dst.chunks_exact_mut(p.c_out * p.hw)) {
-            p.run(self.simd, x, o, &executor);
+            p.run(self.simd, x, o, &executor)?;
         }
         Ok(tvec!(out.into_tvalue()))
     }
@@ -479,7 +487,7 @@ mod tests {
             static POOL: std::sync::LazyLock<Executor> = std::sync::LazyLock::new(|| Executor::multithread(2));
             for (isa, executor) in Isa::available().into_iter().flat_map(|i| [(i, &Executor::SingleThread), (i, &*POOL)]) {
                 let mut out = vec![f32::NAN; c_out * hw];
-                pk.run(Simd::for_isa(isa), &x, &mut out, executor);
+                pk.run(Simd::for_isa(isa), &x, &mut out, executor).unwrap();
                 for o in 0..c_out {
                     for p in 0..hw {
                         let mut exact = bias[o] as f64;

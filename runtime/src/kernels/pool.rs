@@ -1,6 +1,7 @@
 //! `PupilMaxPool`: the tract operator that runs an f32 NCHW max pool (any kernel, stride and padding that keep
 //! every window on the image; no indices output, no ceil mode) on pupil's sliding-window kernels
-//! ([`super::taps`]).
+//! ([`super::taps`]); the common 2×2 stride-2 pool straight from its rows (AVX-512, or loops the compiler
+//! vectorizes).
 
 use std::sync::Arc;
 

@@ -26,12 +26,12 @@ use super::qconv::{Int8Conv, Int8Convs};
 use super::qgemv::Isa;
 use super::requant::{self, Stage};
 use super::scratch::Kept;
+use super::taps::Simd;
 use super::team;
 use tract_linalg::multithread::Executor;
 
 /// Multiply-adds per image below which the product is not shared with the thread pool (about 3 µs of VNNI work).
 const MIN_SPLIT_MACS: usize = 400_000;
-use super::taps::Simd;
 
 /// Fewer input channels than this stay on the f32 direct kernel (a quad of 4 channels would be mostly padding).
 pub(crate) const MIN_INPUTS: usize = 8;
@@ -196,7 +196,7 @@ impl QGridConv {
         s: &mut Scratch,
         epilogue: &[Stage],
         executor: &Executor,
-    ) {
+    ) -> TractResult<()> {
         let g = &self.g;
         debug_assert_eq!(x.len(), g.c_in * g.h * g.w);
         debug_assert_eq!(out.len(), self.c_out * g.oh * g.ow);
@@ -255,13 +255,14 @@ impl QGridConv {
                 }
             }
         });
-        assert!(ok, "a chunk of the int8 grid convolution panicked");
+        ensure!(ok, "a chunk of the int8 grid convolution panicked");
         if !direct {
             self.crop(out, &s.staged);
             if !epilogue.is_empty() {
                 requant::run_in_place(simd, epilogue, out);
             }
         }
+        Ok(())
     }
 
     /// Copies the output's columns out of the staged grid (nothing to do when the product wrote `out` itself).
@@ -865,7 +866,7 @@ mod tests {
                         .collect();
                     let mut out = vec![f32::NAN; c_out * oh * ow];
                     let mut scratch = conv.take_scratch();
-                    conv.run(isa, &x, &mut out, &mut scratch, &epilogue, executor);
+                    conv.run(isa, &x, &mut out, &mut scratch, &epilogue, executor).unwrap();
                     conv.keep_scratch(scratch);
                     for (i, (got, want)) in out.iter().zip(&want).enumerate() {
                         prop_assert!(got == want, "{} ({} form) at {}: {} vs {}", isa, form, i, got, want);
