@@ -36,7 +36,7 @@ pub enum WeightLayout {
     NByK,
 }
 
-/// An f32 weight matrix `[K, N]` packed for [`PackedF32::gemv`], with its bias.
+/// An f32 weight matrix `[K, N]` packed for [`PackedF32::product`], with its bias.
 #[derive(Clone, PartialEq)]
 pub struct PackedF32 {
     k: usize,

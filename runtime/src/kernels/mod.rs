@@ -169,7 +169,7 @@ pub fn optimize_int8(
 }
 
 /// Replaces, in a decluttered graph, every quantized matrix product with constant weights by [`PupilQMatMul`],
-/// every f32 matrix product with constant weights over at most [`matmul::MAX_ROWS`] rows (known at load) by
+/// every f32 matrix product with constant weights over at most `matmul::MAX_ROWS` rows (known at load) by
 /// [`PupilMatMul`] (with the bias `Add` and ReLU after it), every f32 depthwise convolution by [`PupilDepthwiseConv`], every f32 convolution over at most
 /// [`MAX_DIRECT_INPUTS`] input channels by [`PupilDirectConv`], every f32 1×1 convolution (tract's `EinSum` form of
 /// it) by [`PupilPointwiseConv`], every other f32 stride-1 channels-first convolution by [`PupilGridConv`], every f32 max pool by [`PupilMaxPool`] and every

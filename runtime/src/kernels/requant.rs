@@ -228,7 +228,7 @@ fn shared_dequantize(model: &TypedModel, q: &TypedNode) -> Option<(f32, i32, Vec
 }
 
 /// Replaces, in a decluttered graph, every `QuantizeLinear → DequantizeLinear` pair reading f32, with the
-/// constant clamps right after it ([`super::dwconv::following_clamp`], the same chain of `Max` / `Min` the
+/// constant clamps right after it (`dwconv::following_clamp`, the same chain of `Max` / `Min` the
 /// convolution kernels fold in) and the pairs those lead into, by one [`PupilRequant`] (or, for a chain that alone
 /// reads an int8 convolution on [`PupilQGridConv`], by that convolution's output loop; for one that alone reads a
 /// [`PupilDepthwiseConv`] or [`PupilDirectConv`], by a pass over that operator's output in place). Returns how
