@@ -98,13 +98,15 @@ struct Padded {
 }
 
 impl DirectConv {
-    /// Lays out OIHW weights `[c_out, c_in / group, kh, kw]` as taps. The caller checks that `group` divides
-    /// both channel counts and that `weights` and `bias` have the right lengths.
+    /// Lays out OIHW weights `[c_out, c_in / group, kh, kw]` as taps, every output clamped to `[lo, hi]` (a
+    /// ReLU / ReLU6 folded in; ±∞ for none). The caller checks that `group` divides both channel counts and that
+    /// `weights` and `bias` have the right lengths.
     pub(crate) fn new(
         win: Window,
         (c_in, c_out, group): (usize, usize, usize),
         weights: impl Fn(usize, usize, usize, usize) -> f32,
         bias: Vec<f32>,
+        (lo, hi): (f32, f32),
     ) -> DirectConv {
         let cig = c_in / group;
         let plane_len = win.plane_len();
@@ -127,8 +129,8 @@ impl DirectConv {
             taps,
             weights,
             bias,
-            lo: f32::NEG_INFINITY,
-            hi: f32::INFINITY,
+            lo,
+            hi,
             channels_last: None,
             scratch: Kept::new(),
             lanes: None,
@@ -167,12 +169,13 @@ impl DirectConv {
     }
 
     /// A depthwise convolution (one output per channel) over channels-last images, weights given as
-    /// `weights(channel, ky, kx)`.
+    /// `weights(channel, ky, kx)`, clamped like [`DirectConv::new`].
     pub(crate) fn channels_last(
         win: Window,
         c: usize,
         weights: impl Fn(usize, usize, usize) -> f32,
         bias: Vec<f32>,
+        (lo, hi): (f32, f32),
     ) -> DirectConv {
         let mut w = Vec::with_capacity(win.kh * win.kw * c);
         for y in 0..win.kh {
@@ -188,17 +191,12 @@ impl DirectConv {
             taps: vec![],
             weights: vec![],
             bias,
-            lo: f32::NEG_INFINITY,
-            hi: f32::INFINITY,
+            lo,
+            hi,
             channels_last: Some(w),
             scratch: Kept::new(),
             lanes: None,
         }
-    }
-
-    /// The same convolution with its outputs clamped to `[lo, hi]` (`lo <= hi`).
-    pub(crate) fn clamped(self, lo: f32, hi: f32) -> DirectConv {
-        DirectConv { lo, hi, lanes: None, ..self }.with_lanes()
     }
 
     fn taps_per_output(&self) -> usize {
@@ -629,11 +627,12 @@ pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractR
     }
     let (lo, hi, last) = following_clamp(model, node)?;
     let conv = if layout.channels_last {
-        DirectConv::channels_last(win, c_in, |c, y, x| parts.weight(c, 0, y, x), parts.bias.clone())
+        DirectConv::channels_last(win, c_in, |c, y, x| parts.weight(c, 0, y, x), parts.bias.clone(), (lo, hi))
     } else {
-        DirectConv::new(win, (c_in, c_out, group), |o, i, y, x| parts.weight(o, i, y, x), parts.bias.clone())
+        let weight = |o, i, y, x| parts.weight(o, i, y, x);
+        DirectConv::new(win, (c_in, c_out, group), weight, parts.bias.clone(), (lo, hi))
     };
-    let conv = Arc::new(conv.clamped(lo, hi));
+    let conv = Arc::new(conv);
     let out_shape = parts.out_shape;
     let simd = Simd::for_isa(isa);
     let op = if depthwise {
@@ -790,8 +789,8 @@ mod tests {
             (c.c_in, c.c_out, c.group),
             |o, i, y, xx| wts[((o * cig + i) * kh + y) * kw + xx],
             bias.clone(),
-        )
-        .clamped(c.clamp.0, c.clamp.1);
+            c.clamp,
+        );
         let (expected, mag) = reference(&c, &x, &wts, &bias);
         // A requantization chain after it (an int8 graph's), on odd seeds: a ReLU6-like clamp, then a grid.
         let epilogue = if c.seed % 2 == 1 {
@@ -841,7 +840,7 @@ mod tests {
     #[test]
     fn a_mis_sized_buffer_is_an_error_not_a_panic() {
         let win = Window::new((5, 5), (3, 3), (1, 1), (1, 1), (5, 5)).unwrap();
-        let conv = DirectConv::new(win, (2, 2, 2), |_, _, _, _| 1.0, vec![0.0; 2]);
+        let conv = DirectConv::new(win, (2, 2, 2), |_, _, _, _| 1.0, vec![0.0; 2], (f32::NEG_INFINITY, f32::INFINITY));
         let mut out = vec![0f32; 50];
         assert!(conv.run(Simd::Scalar, &[0f32; 49], 1, &mut out, &[]).is_err());
         assert!(conv.run(Simd::Scalar, &[1f32; 50], 1, &mut out, &[]).is_ok());
