@@ -7,7 +7,9 @@
 //! fixed offset `c·PH·PW + ky·PW + kx` from the position, so the whole convolution is the pointwise kernel's
 //! product (6 output channels × 16 positions per block, [`super::pointwise`]) with `C·KH·KW` terms. The `KW − 1`
 //! positions of each grid row past the output width are computed and dropped; bias and a following ReLU / ReLU6
-//! are folded in. Per run: one copy of the input into the padded planes and one crop of the grid.
+//! are folded in. Per run: one copy of the input into the padded planes and one crop of the grid. On AVX-512 the
+//! same terms run as a product with the output channels in the lanes over the output columns only
+//! ([`super::lanes`]), written straight into the output (no crop).
 
 use std::sync::Arc;
 
@@ -65,16 +67,24 @@ pub(crate) struct GridConv {
     c_out: usize,
     /// `c_in · kh · kw`: multiply-adds per output value.
     terms: usize,
-    pk: Pointwise,
-    /// The same product with the output channels in the lanes, over the output columns only (AVX-512; see
-    /// [`super::lanes`]), when the operator runs on AVX-512.
-    lanes: Option<Lanes>,
+    product: Product,
     /// The `padded` and `staged` buffers of the last run, kept for the next one (`run`'s padding stays zero, so
     /// they are reused as they are); a run that finds them taken by a concurrent one allocates its own.
     scratch: Kept<Scratch>,
 }
 
-/// The zero-padded input planes and the product's output over the whole grid, for one image.
+/// The product a grid convolution runs on.
+#[derive(Debug)]
+enum Product {
+    /// The pointwise kernel over the whole grid (positions in the lanes), cropped into the output.
+    Grid(Pointwise),
+    /// The output channels in the lanes, over the output columns only, straight into the output (AVX-512; see
+    /// [`super::lanes`]).
+    Lanes(Lanes),
+}
+
+/// The zero-padded input planes and the product's output over the whole grid (empty for [`Product::Lanes`]),
+/// for one image.
 #[derive(Debug)]
 struct Scratch {
     padded: Vec<f32>,
@@ -100,12 +110,13 @@ impl GridConv {
             }
         }
         let term = |o: usize, t: usize| weight(o, t / (kh * kw), t / kw % kh, t % kw);
-        let lanes = (simd == Simd::Avx512 && Lanes::available()).then(|| {
+        let product = if simd == Simd::Avx512 && Lanes::available() {
             let positions: Vec<usize> = (0..grid.oh).flat_map(|y| (0..grid.ow).map(move |x| y * grid.pw + x)).collect();
-            Lanes::new(offsets.clone(), &positions, c_out, term, bias, clamp)
-        });
-        let pk = Pointwise::shifted(offsets, (c_out, grid.oh * grid.pw), term, bias, clamp);
-        GridConv { grid, c_out, terms: grid.c_in * kh * kw, pk, lanes, scratch: Kept::new() }
+            Product::Lanes(Lanes::new(offsets, &positions, c_out, term, bias, clamp))
+        } else {
+            Product::Grid(Pointwise::shifted(offsets, (c_out, grid.oh * grid.pw), term, bias, clamp))
+        };
+        GridConv { grid, c_out, terms: grid.c_in * kh * kw, product, scratch: Kept::new() }
     }
 
     /// One image `[c_in, h, w]` into `out` `[c_out, oh, ow]`, with `padded` and `staged` as scratch (their
@@ -125,10 +136,14 @@ impl GridConv {
                 padded[at..at + g.w].copy_from_slice(row);
             }
         }
-        if simd == Simd::Avx512 && self.lanes.as_ref().is_some_and(|l| l.run(padded, out, executor)) {
-            return Ok(());
-        }
-        self.pk.run(simd, padded, staged, executor)?;
+        let pk = match &self.product {
+            Product::Lanes(l) => {
+                ensure!(l.run(padded, out, executor), "PupilGridConv: the lanes product refused its buffers");
+                return Ok(());
+            }
+            Product::Grid(pk) => pk,
+        };
+        pk.run(simd, padded, staged, executor)?;
         for (o_plane, s_plane) in out.chunks_exact_mut(g.oh * g.ow).zip(staged.chunks_exact(g.oh * g.pw)) {
             for (o_row, s_row) in o_plane.chunks_exact_mut(g.ow).zip(s_plane.chunks_exact(g.pw)) {
                 o_row.copy_from_slice(&s_row[..g.ow]);
@@ -141,7 +156,10 @@ impl GridConv {
     fn take_scratch(&self) -> Scratch {
         self.scratch.take_or(|| Scratch {
             padded: vec![0f32; self.padded_len()],
-            staged: vec![0f32; self.c_out * self.grid.oh * self.grid.pw],
+            staged: match self.product {
+                Product::Grid(_) => vec![0f32; self.c_out * self.grid.oh * self.grid.pw],
+                Product::Lanes(_) => vec![],
+            },
         })
     }
 
@@ -151,7 +169,11 @@ impl GridConv {
     }
 
     fn padded_len(&self) -> usize {
-        self.pk.x_len().max(self.grid.c_in * self.grid.plane())
+        let reads = match &self.product {
+            Product::Grid(pk) => pk.x_len(),
+            Product::Lanes(l) => l.x_len(),
+        };
+        reads.max(self.grid.c_in * self.grid.plane())
     }
 }
 

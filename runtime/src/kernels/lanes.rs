@@ -60,6 +60,11 @@ impl Lanes {
         Lanes { c_out, offsets, positions: pos, outputs: positions.len(), w, bias: padded_bias, lo, hi, x_len }
     }
 
+    /// Input values one run reads.
+    pub(crate) fn x_len(&self) -> usize {
+        self.x_len
+    }
+
     /// Whether this CPU runs the product (AVX-512F).
     pub(crate) fn available() -> bool {
         #[cfg(target_arch = "x86_64")]
