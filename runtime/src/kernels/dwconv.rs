@@ -256,7 +256,7 @@ impl DirectConv {
             let planes = batch * self.c_out;
             let executor = tract_linalg::multithread::current_tract_executor();
             let macs = planes * oplane * tpo;
-            let chunks = if macs >= MIN_SPLIT_MACS { planes.min(4 * team::threads(&executor)) } else { 1 };
+            let chunks = team::chunks(&executor, planes, macs >= MIN_SPLIT_MACS);
             let dst = team::Out::new(out);
             let refused = std::sync::atomic::AtomicBool::new(false);
             let ok = team::share(&executor, chunks, &|c| {

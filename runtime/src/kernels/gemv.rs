@@ -154,7 +154,7 @@ impl PackedF32 {
         }
         // Chunks of a few panels of one row, claimed by this thread and the pool's (see `team::share`).
         let panels = self.panels();
-        let per_chunk = panels.div_ceil(shares * 4).max(1);
+        let per_chunk = panels.div_ceil(shares * super::team::CHUNKS_PER_THREAD).max(1);
         let per_row = panels.div_ceil(per_chunk);
         let dst = super::team::Out::new(out);
         let ok = super::team::share(executor, m * per_row, &|c| {

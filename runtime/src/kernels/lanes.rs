@@ -82,8 +82,7 @@ impl Lanes {
         }
         let steps = self.positions.len() / PX;
         let blocks = self.c_out.div_ceil(BLOCK);
-        let threads = team::threads(executor);
-        let chunks = if threads > 1 { (steps * blocks).min(4 * threads) } else { 1 };
+        let chunks = team::chunks(executor, steps * blocks, true);
         let dst = team::Out::new(out);
         team::share(executor, chunks, &|c| {
             for job in c * steps * blocks / chunks..(c + 1) * steps * blocks / chunks {

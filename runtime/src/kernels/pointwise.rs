@@ -97,9 +97,7 @@ impl Pointwise {
             out.len()
         );
         let blocks = self.c_out.div_ceil(ROWS);
-        let threads = team::threads(executor);
-        let chunks =
-            if threads > 1 && self.c_out * self.c_in * self.hw >= MIN_SPLIT_MACS { blocks.min(threads * 4) } else { 1 };
+        let chunks = team::chunks(executor, blocks, self.c_out * self.c_in * self.hw >= MIN_SPLIT_MACS);
         let dst = team::Out::new(out);
         let ok = team::share(executor, chunks, &|c| {
             let (from, to) = (c * blocks / chunks, (c + 1) * blocks / chunks);

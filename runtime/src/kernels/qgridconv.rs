@@ -223,7 +223,7 @@ impl QGridConv {
         // Blocks of output channels, shared with the thread pool for the larger products.
         let blocks = self.c_out.div_ceil(R);
         let macs = self.c_out * self.offsets.len() * 4 * stride;
-        let chunks = if macs >= MIN_SPLIT_MACS { blocks.min(4 * team::threads(executor)) } else { 1 };
+        let chunks = team::chunks(executor, blocks, macs >= MIN_SPLIT_MACS);
         let x4 = &s.x4[..];
         let dst = team::Out::new(if direct { &mut *out } else { &mut s.staged[..] });
         let ok = team::share(executor, chunks, &|chunk| {

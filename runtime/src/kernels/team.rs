@@ -18,6 +18,17 @@ pub(crate) fn threads(executor: &Executor) -> usize {
     }
 }
 
+/// How many chunks to cut `units` independent pieces of work into: up to [`CHUNKS_PER_THREAD`] per thread of the
+/// executor when `worth_it` (the work is large enough to pay for waking the pool), else 1 (all on this thread).
+pub(crate) fn chunks(executor: &Executor, units: usize, worth_it: bool) -> usize {
+    let threads = threads(executor);
+    if threads > 1 && worth_it { units.min(CHUNKS_PER_THREAD * threads).max(1) } else { 1 }
+}
+
+/// Chunks per thread: enough that a thread the pool wakes late still finds work, few enough that claiming costs
+/// nothing (8 per thread measured the same as 4 on MobileNet).
+pub(crate) const CHUNKS_PER_THREAD: usize = 4;
+
 /// An output pointer the chunks of one [`share`] call write through, each to its own part.
 #[derive(Clone, Copy)]
 pub(crate) struct Out<T>(*mut T);
@@ -137,6 +148,16 @@ mod tests {
             };
             assert_eq!(seen, vec![1; 37], "{threads} threads");
         }
+    }
+
+    #[test]
+    fn work_is_cut_into_chunks_only_for_a_pool_and_when_worth_it() {
+        let pool = Executor::multithread(2);
+        assert_eq!(chunks(&Executor::SingleThread, 100, true), 1);
+        assert_eq!(chunks(&pool, 100, false), 1);
+        assert_eq!(chunks(&pool, 100, true), 2 * CHUNKS_PER_THREAD);
+        assert_eq!(chunks(&pool, 3, true), 3, "never more chunks than units");
+        assert_eq!(chunks(&pool, 0, true), 1);
     }
 
     #[test]
