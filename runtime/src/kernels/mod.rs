@@ -232,6 +232,14 @@ fn accelerate_int8(
     Ok(replaced)
 }
 
+/// The mask of the first `n` of 16 lanes (all of them from `n ≥ 16`), for AVX-512 masked loads and stores of
+/// row tails.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn first_lanes(n: usize) -> u16 {
+    if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as u16 }
+}
+
 /// The output of an operator over channels-first images: `run(image, out)` for every `[c, h, w]` image of
 /// `input` (its leading axes are the batch) into a new f32 tensor of the declared `out_shape`, `out_len` values
 /// per image.

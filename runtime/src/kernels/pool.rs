@@ -124,13 +124,14 @@ fn max_pool_2x2(src: &[f32], w: usize, ow: usize, dst: &mut [f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use crate::kernels::first_lanes;
+
     /// [`super::max_pool_2x2`] 16 outputs at a time: the larger of two rows' 32 values, then of each even / odd
     /// pair (two permutes); the row tail with masked loads and stores.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn max_pool_2x2(src: &[f32], w: usize, ow: usize, dst: &mut [f32]) {
         let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        let lanes = |n: usize| -> __mmask16 { if n >= 16 { 0xffff } else { ((1u32 << n) - 1) as u16 } };
         for (y, out) in dst.chunks_exact_mut(ow).enumerate() {
             let (r0, r1) = (&src[2 * y * w..][..2 * ow], &src[(2 * y + 1) * w..][..2 * ow]);
             let mut x = 0;
@@ -139,7 +140,7 @@ mod x86 {
                 // SAFETY: the loads read `r0` / `r1` below `2·ow` (masked to the `2·n` values left), the store
                 // writes `out` below `ow`.
                 unsafe {
-                    let (m0, m1) = (lanes(2 * n), lanes((2 * n).saturating_sub(16)));
+                    let (m0, m1) = (first_lanes(2 * n), first_lanes((2 * n).saturating_sub(16)));
                     let (a0, a1) = (r0.as_ptr().add(2 * x), r1.as_ptr().add(2 * x));
                     let lo = _mm512_max_ps(_mm512_maskz_loadu_ps(m0, a0), _mm512_maskz_loadu_ps(m0, a1));
                     let hi = _mm512_max_ps(
@@ -147,7 +148,7 @@ mod x86 {
                         _mm512_maskz_loadu_ps(m1, a1.wrapping_add(16)),
                     );
                     let v = _mm512_max_ps(_mm512_permutex2var_ps(lo, even, hi), _mm512_permutex2var_ps(lo, odd, hi));
-                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(x), lanes(n), v);
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(x), first_lanes(n), v);
                 }
                 x += 16;
             }

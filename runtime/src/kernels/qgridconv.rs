@@ -487,7 +487,7 @@ mod x86 {
                         v = stage(st, v);
                     }
                     let n = (positions - p).min(LANES);
-                    let mask: __mmask16 = if n == LANES { 0xffff } else { (1u16 << n) - 1 };
+                    let mask = crate::kernels::first_lanes(n);
                     _mm512_mask_storeu_ps(dst.add(o * stride + p), mask, v);
                 }
             }

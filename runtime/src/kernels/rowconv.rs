@@ -74,7 +74,7 @@ mod x86 {
             0xffffu16 << -s
         };
         let n = (w - s).clamp(0, 16);
-        let to = if n == 16 { 0xffff } else { ((1u32 << n) - 1) as u16 };
+        let to = crate::kernels::first_lanes(n as usize);
         from & to
     }
 
@@ -140,7 +140,7 @@ mod x86 {
                 let mut ox0 = 0;
                 while ox0 < ow {
                     let n = (ow - ox0).min(16);
-                    let cols: __mmask16 = if n == 16 { 0xffff } else { ((1u32 << n) - 1) as u16 };
+                    let cols = crate::kernels::first_lanes(n);
                     let s0 = (ox0 * S) as isize - pl;
                     let mut acc = [vbias; ROWS];
                     for (i, wv) in wv.iter().enumerate() {
