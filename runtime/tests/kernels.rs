@@ -175,6 +175,89 @@ fn matmul_integer_is_exact_for_every_signedness_and_zero_point() {
     }
 }
 
+/// `f32 → QuantizeLinear → Reshape [M, K, H, W] → QLinearConv 1×1 → DequantizeLinear`, the form pupil's
+/// quantizer gives a fully connected layer when `h = w = 1`: per-channel weight scales, a bias, zero points.
+#[allow(clippy::too_many_arguments)] // one argument per dimension / signedness / zero point of the case
+fn qlinear_conv_1x1_model(
+    m: usize,
+    k: usize,
+    n: usize,
+    hw: usize,
+    signed: (bool, bool),
+    xz: i32,
+    wz: i32,
+    seed: u64,
+) -> Vec<u8> {
+    let mut rng = zoo::Rng::new(seed);
+    let mut b = GraphBuilder::new("qconv1x1");
+    let x = b.input("input", &[Dim::Fixed(m), Dim::Fixed(k * hw * hw)]);
+    let (xdt, wdt) = (if signed.0 { dtype::I8 } else { dtype::U8 }, if signed.1 { dtype::I8 } else { dtype::U8 });
+    let sx = b.init_f32("sx", &[], &[1.0 / 32.0]);
+    let zx = b.init_raw("zx", &[], xdt, vec![xz as u8]);
+    let xq = b.op("QuantizeLinear", &[&x, &sx, &zx], &[]);
+    let to_image = b.init_i64("to_image", &[4], &[m as i64, k as i64, hw as i64, hw as i64]);
+    let xq = b.op("Reshape", &[&xq, &to_image], &[]);
+    let w: Vec<u8> = (0..n * k).map(|_| rng.next_u64() as u8).collect();
+    let w = b.init_raw("w", &[n, k, 1, 1], wdt, w);
+    let sw: Vec<f32> = (0..n).map(|_| 0.002 + rng.unit() * 0.01).collect();
+    let sw = b.init_f32("sw", &[n], &sw);
+    let zw = b.init_raw("zw", &[], wdt, vec![wz as u8]);
+    let sy = b.init_f32("sy", &[], &[0.25]);
+    let zy = b.init_raw("zy", &[], xdt, vec![(xz / 2) as u8]);
+    let bias: Vec<u8> = (0..n).flat_map(|_| ((rng.next_u64() % 20001) as i32 - 10000).to_le_bytes()).collect();
+    let bias = b.init_raw("bias", &[n], dtype::I32, bias);
+    let y = b.op("QLinearConv", &[&xq, &sx, &zx, &w, &sw, &zw, &sy, &zy, &bias], &[]);
+    let to_rows = b.init_i64("to_rows", &[2], &[m as i64, (n * hw * hw) as i64]);
+    let y = b.op("Reshape", &[&y, &to_rows], &[]);
+    b.node("DequantizeLinear", &[&y, &sy, &zy], &["out"], &[]);
+    b.output("out", &[Dim::Fixed(m), Dim::Fixed(n * hw * hw)]);
+    b.to_bytes()
+}
+
+#[test]
+fn a_pointwise_qlinear_conv_over_1x1_inputs_runs_on_pupils_product_like_tract() {
+    // (m, k, n, (x signed, w signed), x zero point, w zero point)
+    let cases = [
+        (1, 784, 40, (false, true), 0, 0),
+        (3, 37, 19, (false, false), 128, 3),
+        (2, 101, 45, (true, true), -5, -128),
+        (1, 8, 3, (true, false), 127, 255),
+    ];
+    for (i, &(m, k, n, signed, xz, wz)) in cases.iter().enumerate() {
+        let bytes = qlinear_conv_1x1_model(m, k, n, 1, signed, xz, wz, i as u64);
+        let (plain, none) = optimized(&bytes, &[m, k], Acceleration::Off);
+        assert_eq!(none, 0);
+        let mut rng = zoo::Rng::new(200 + i as u64);
+        // Inputs over the whole quantized range and past it (saturation).
+        let input: Vec<f32> = (0..m * k).map(|_| rng.sym(6.0)).collect();
+        let input = Tensor::from_shape(&[m, k], &input).unwrap();
+        let expected = run(&plain, &input);
+        for isa in Isa::available() {
+            let (fast, replaced) = optimized(&bytes, &[m, k], Acceleration::With(isa));
+            assert_eq!(replaced, 1, "case {i} on {isa}: the QLinearConv should run on pupil's product");
+            let nodes = pupil_nodes(&fast);
+            assert_eq!((nodes.len(), nodes[0].op, nodes[0].k, nodes[0].n), (1, "PupilQMatMul", k, n), "case {i}");
+            let got = run(&fast, &input);
+            // The requantization rounds in f32 where tract uses fixed point: one output step (0.25) at most.
+            let steps: Vec<f32> = expected.iter().zip(&got).map(|(x, y)| ((x - y) / 0.25).abs()).collect();
+            assert!(steps.iter().all(|&s| s <= 1.0 + 1e-4), "case {i} on {isa}: {expected:?} vs {got:?}");
+            let exact = steps.iter().filter(|&&s| s < 1e-4).count();
+            assert!(exact * 10 >= steps.len() * 9, "case {i} on {isa}: only {exact} of {} outputs equal", steps.len());
+        }
+    }
+    // Over 2 × 2 images the same convolution is no longer a product of rows: pupil's product must leave it.
+    let bytes = qlinear_conv_1x1_model(1, 16, 8, 2, (false, true), 3, 0, 9);
+    let (plain, _) = optimized(&bytes, &[1, 64], Acceleration::Off);
+    let input: Vec<f32> = (0..64).map(|i| (i as f32 - 30.0) / 10.0).collect();
+    let input = Tensor::from_shape(&[1, 64], &input).unwrap();
+    let expected = run(&plain, &input);
+    for isa in Isa::available() {
+        let (fast, _) = optimized(&bytes, &[1, 64], Acceleration::With(isa));
+        assert!(pupil_nodes(&fast).iter().all(|r| r.op != "PupilQMatMul"), "{isa}: 2×2 images are not rows");
+        assert_eq!(run(&fast, &input), expected, "{isa}");
+    }
+}
+
 #[test]
 fn int8_mlp_matches_tract_within_one_quantization_step() {
     let sizes = [784, 96, 50, 10];

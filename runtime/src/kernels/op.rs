@@ -247,28 +247,99 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
     if node.inputs.len() != 9 || !matches!(q.unquantized(), DatumType::U8 | DatumType::I8 | DatumType::I32) {
         return Ok(None);
     }
+    let Some(b) = konst(model, node.inputs[1]) else { return Ok(None) };
+    let Some(layout) = product_layout(model, node, op, &b)? else { return Ok(None) };
+    let axes = &op.axes;
+    let n_axis_repr = layout.n_axis_repr;
+    let per_column = |slot: usize| -> TractResult<bool> { Ok(axes.axis((InOut::In(slot), 0))?.repr == n_axis_repr) };
+    build(model, node, isa, &b, &layout, konst, per_column)
+}
+
+/// Builds the pupil operator for a quantized 1×1 convolution (`QLinearConv`, tract's `Conv` before its
+/// declutter) over inputs whose spatial axes are all 1: a `[N, C, 1, 1] × [O, C, 1, 1]` product, as pupil's
+/// quantizer writes the fully connected layers of an int8 student. Taken before tract's declutter, which would
+/// rewrite it into an `EinSum` over a reshaped copy of the weights (two copies of them per layer at load).
+pub(crate) fn for_pointwise_qconv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractResult<Option<PupilQMatMul>> {
+    use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
+    use tract_onnx::tract_core::ops::nn::DataFormat;
+    let Some(op) = node.op_as::<Conv>() else { return Ok(None) };
+    let Some(q) = op.q_params else { return Ok(None) };
+    let spec = &op.pool_spec;
+    let unit = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&s| s == 1));
+    if node.inputs.len() != 9
+        || !matches!(q.unquantized(), DatumType::U8 | DatumType::I8 | DatumType::I32)
+        || op.group != 1
+        || op.kernel_fmt != KernelFormat::OIHW
+        || spec.data_format != DataFormat::NCHW
+        || spec.kernel_shape.iter().any(|&k| k != 1)
+        || !unit(&spec.strides)
+        || !unit(&spec.dilations)
+        || !matches!(spec.padding, PaddingSpec::Valid)
+    {
+        return Ok(None);
+    }
+    let a_fact = model.outlet_fact(node.inputs[0])?;
+    let Some(b) = konst(model, node.inputs[1]) else { return Ok(None) };
+    let spatial = b.rank().saturating_sub(2);
+    if b.rank() < 3 || a_fact.rank() != b.rank() || !a_fact.shape.iter().skip(2).all(|d| d.is_one()) {
+        return Ok(None);
+    }
+    let (n, k) = (b.shape()[0], b.shape()[1]);
+    if a_fact.shape[1] != k.to_dim() {
+        return Ok(None);
+    }
+    let layout = ProductLayout { k_dims: 1 + spatial, k_first: false, k, n, n_axis_repr: 'O' };
+    // The bias, the weights' zero points and scales go with the output channels when they have one value each.
+    build(model, node, isa, &b, &layout, konst_through_casts, |slot| Ok(matches!(slot, 2 | 5 | 6)))
+}
+
+/// The constant at `outlet`, looking through `Cast`s that keep its values (to the same type, or integers to
+/// floats: how tract wires a `QLinearConv`'s parameters before its declutter folds them).
+fn konst_through_casts(model: &TypedModel, outlet: OutletId) -> Option<Arc<Tensor>> {
+    use tract_onnx::tract_core::ops::cast::Cast;
+    if let Some(t) = konst(model, outlet) {
+        return Some(t);
+    }
+    let node = model.node(outlet.node);
+    let cast = node.op_as::<Cast>()?;
+    let from = model.outlet_fact(*node.inputs.first()?).ok()?.datum_type;
+    if from != cast.to && !(from.is_integer() && cast.to.is_float()) {
+        return None;
+    }
+    konst_through_casts(model, node.inputs[0])
+}
+
+/// The pupil operator for a quantized product `node` of weights `b` laid out as `layout`, its seven
+/// quantization parameters (inputs 2..9: bias, a0, a_scale, b0, b_scale, c0, c_scale) read by `param`;
+/// `per_column(slot)` says whether a parameter with one value per output column goes with the columns. `None`
+/// for activations or weights of another type, or parameters that are not constants of one value (or one per
+/// column for the bias, b0 and b_scale).
+fn build(
+    model: &TypedModel,
+    node: &TypedNode,
+    isa: Isa,
+    b: &Tensor,
+    layout: &ProductLayout,
+    param: impl Fn(&TypedModel, OutletId) -> Option<Arc<Tensor>>,
+    per_column: impl Fn(usize) -> TractResult<bool>,
+) -> TractResult<Option<PupilQMatMul>> {
     let a_fact = model.outlet_fact(node.inputs[0])?;
     let a_dt = a_fact.datum_type.unquantized();
     if !matches!(a_dt, DatumType::U8 | DatumType::I8) || a_fact.konst.is_some() {
         return Ok(None);
     }
-    let Some(b) = konst(model, node.inputs[1]) else { return Ok(None) };
     let b_dt = b.datum_type().unquantized();
     if !matches!(b_dt, DatumType::U8 | DatumType::I8) {
         return Ok(None);
     }
     let out_fact = model.outlet_fact(OutletId::new(node.id, 0))?.clone();
-    let Some(ProductLayout { k_dims, k_first, k, n, n_axis_repr }) = product_layout(model, node, op, &b)? else {
-        return Ok(None);
-    };
-    let axes = &op.axes;
+    let &ProductLayout { k_dims, k_first, k, n, .. } = layout;
     // Every quantization parameter constant; only b0 and b_scale may vary, and then along n.
     let mut params = vec![];
     for slot in 2..9 {
-        let Some(t) = konst(model, node.inputs[slot]) else { return Ok(None) };
+        let Some(t) = param(model, node.inputs[slot]) else { return Ok(None) };
         let Some(v) = floats(&t) else { return Ok(None) };
-        let per_column_ok =
-            matches!(slot, 2 | 5 | 6) && v.len() == n && n > 1 && axes.axis((InOut::In(slot), 0))?.repr == n_axis_repr;
+        let per_column_ok = matches!(slot, 2 | 5 | 6) && v.len() == n && n > 1 && per_column(slot)?;
         if v.len() != 1 && !per_column_ok {
             return Ok(None);
         }
@@ -277,13 +348,14 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
     let [bias, a0, a_scale, b0, b_scale, c0, c_scale] = &params[..] else { unreachable!() };
     let b_is_u8 = b_dt == DatumType::U8;
     let b_view = b.try_as_plain_ram()?;
-    let b_bytes: Vec<i8> = if b_is_u8 {
-        b_view.as_slice::<u8>()?.iter().map(|&v| (v as i32 - 128) as i8).collect()
-    } else {
-        b_view.as_slice::<i8>()?.to_vec()
-    };
     let layout = if k_first { WeightLayout::KByN } else { WeightLayout::NByK };
-    let packed = PackedI8::pack(k, n, &b_bytes, layout);
+    // i8 weights are packed straight from the tensor; u8 ones are shifted to i8 first.
+    let packed = if b_is_u8 {
+        let shifted: Vec<i8> = b_view.as_slice::<u8>()?.iter().map(|&v| (v as i32 - 128) as i8).collect();
+        PackedI8::pack(k, n, &shifted, layout)
+    } else {
+        PackedI8::pack(k, n, b_view.as_slice::<i8>()?, layout)
+    };
     let a0 = a0[0].round() as i32 + if a_dt == DatumType::I8 { 128 } else { 0 };
     let b0: Vec<i32> = b0.iter().map(|v| v.round() as i32 - if b_is_u8 { 128 } else { 0 }).collect();
     let scale: Vec<f32> = b_scale.iter().map(|bs| a_scale[0] * bs).collect();
