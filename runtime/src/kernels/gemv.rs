@@ -72,11 +72,14 @@ impl PackedF32 {
                             dst[..width].copy_from_slice(&src[c0..c0 + width]);
                         }
                     }
-                    // Each output column is a contiguous weight row: scatter it down its lane.
+                    // Each output column is a contiguous weight row: the panel is written row after row, reading
+                    // its columns' weight rows side by side (scattering one column down its lane at a time
+                    // strides over the whole panel once per lane, out of L1 for a K of hundreds).
                     WeightLayout::NByK => {
-                        for (lane, src) in w[c0 * k..(c0 + width) * k].chunks_exact(k).enumerate() {
-                            for (dst, &v) in panel[lane..].iter_mut().step_by(PANEL).zip(src) {
-                                *dst = v;
+                        let rows: Vec<&[f32]> = w[c0 * k..(c0 + width) * k].chunks_exact(k).collect();
+                        for (kk, dst) in panel.chunks_exact_mut(PANEL).enumerate() {
+                            for (d, row) in dst.iter_mut().zip(&rows) {
+                                *d = row[kk];
                             }
                         }
                     }
