@@ -11,6 +11,7 @@
 //! ```
 
 pub mod device;
+mod digest;
 pub mod error;
 pub mod kernels;
 pub mod meta;

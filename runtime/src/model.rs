@@ -2,11 +2,11 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::digest::Digest;
 use prost::Message;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
@@ -75,7 +75,10 @@ pub struct ModelInfo {
 pub struct Model {
     plan: Arc<TypedRunnableModel>,
     states: Mutex<Vec<TypedSimpleState>>,
-    info: ModelInfo,
+    /// [`ModelInfo`] but the hash, which `digest` finishes after the load.
+    unhashed_info: ModelInfo,
+    info: OnceLock<ModelInfo>,
+    digest: Option<Digest>,
     meta: ModelMeta,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
@@ -92,7 +95,7 @@ pub struct Model {
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")
-            .field("sha256", &self.info.sha256)
+            .field("sha256", &self.info().sha256)
             .field("inputs", &self.inputs)
             .field("outputs", &self.outputs)
             .field("options", &self.options)
@@ -109,11 +112,7 @@ pub fn decode_onnx(bytes: &[u8]) -> Result<pb::ModelProto> {
     Ok(proto)
 }
 
-/// sha256 of some bytes as lowercase hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::digest::sha256_hex;
 
 fn dims_of(vi: &pb::ValueInfoProto) -> (Vec<Dim>, ElementType) {
     use pb::tensor_shape_proto::dimension::Value as D;
@@ -254,17 +253,10 @@ impl Model {
         clock: crate::profile::LoadClock,
     ) -> Result<Model> {
         catch_panic("loading model", || {
-            std::thread::scope(|scope| {
-                // Only the report needs the hash: on another core it costs the load nothing (~1.5 ms per MiB on
-                // one core otherwise). Where no thread can be started it is computed in line.
-                let hasher =
-                    std::thread::Builder::new().name("pupil-sha256".into()).spawn_scoped(scope, || sha256_hex(bytes));
-                let sha256 = move || match hasher {
-                    Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                    Err(_) => sha256_hex(bytes),
-                };
-                Self::build_inner(bytes, card, options, clock, sha256)
-            })
+            // Only `info()` needs the hash: it is computed on another core during the load and after it.
+            let (mut model, digest) = Digest::during(bytes, || Self::build_inner(bytes, card, options, clock))?;
+            model.digest = Some(digest);
+            Ok(model)
         })
     }
 
@@ -273,7 +265,6 @@ impl Model {
         card: Option<(String, String)>,
         options: ModelOptions,
         mut clock: crate::profile::LoadClock,
-        sha256: impl FnOnce() -> String,
     ) -> Result<Model> {
         if options.threads == 0 {
             return Err(Error::Options { reason: "threads must be at least 1, got 0".into() });
@@ -282,8 +273,8 @@ impl Model {
             return Err(Error::Options { reason: "a fixed batch must be at least 1, got 0".into() });
         }
         let proto = decode_onnx(bytes)?;
-        // The hash is filled in when the hashing thread is joined, before the clock stops.
-        let mut info = proto_info(&proto, bytes.len() as u64, String::new());
+        // The hash is filled in by `info()`, from the digest.
+        let info = proto_info(&proto, bytes.len() as u64, String::new());
         let graph = proto.graph.as_ref().expect("checked by decode_onnx");
         check_operators(graph)?;
         let inputs = graph_inputs(graph);
@@ -404,11 +395,12 @@ impl Model {
         };
         let plan = typed.into_runnable_with_options(&run_options).map_err(|e| invalid(format!("{e:#}")))?;
         clock.stats.plan_ms = clock.lap();
-        info.sha256 = sha256();
         Ok(Model {
             plan,
             states: Mutex::new(vec![]),
-            info,
+            unhashed_info: info,
+            info: OnceLock::new(),
+            digest: None,
             meta,
             inputs,
             outputs,
@@ -422,8 +414,13 @@ impl Model {
     }
 
     /// Facts about the file: hash, size, operators, parameters.
+    /// The first call may wait for the hash of a large file (~0.6 ms per MiB), computed on another thread since
+    /// the load started.
     pub fn info(&self) -> &ModelInfo {
-        &self.info
+        self.info.get_or_init(|| ModelInfo {
+            sha256: self.digest.as_ref().map(|d| d.hex().to_string()).unwrap_or_default(),
+            ..self.unhashed_info.clone()
+        })
     }
     /// Preprocessing spec and labels.
     pub fn meta(&self) -> &ModelMeta {
