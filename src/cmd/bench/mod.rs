@@ -44,6 +44,10 @@ pub struct Args {
     /// untimed run. 0: no pause, no wait and no untimed run.
     #[arg(long, default_value_t = 3)]
     pub settle_ms: u64,
+    /// Cold starts (load + optimise + first inference) per contender, the contenders taking turns; the median is
+    /// reported (the first load of a process also pays one-time set-up: thread pools, ONNX Runtime's environment).
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cold_loads: u32,
     /// Only models whose name contains this text.
     #[arg(long)]
     pub only: Option<String>,
@@ -104,6 +108,8 @@ struct Report {
     warmup: usize,
     burst: usize,
     settle_ms: u64,
+    /// Cold starts per contender (the median is reported).
+    cold_loads: u32,
     rows: Vec<Row>,
 }
 
@@ -262,6 +268,31 @@ fn bench_one(e: &Entry, threads: usize, args: &Args, use_ort: bool, input_seed: 
         out_ort = Some(out);
         ort = Some(o);
     }
+    // More cold starts, the contenders taking turns (rotating who goes first): one load is too noisy to compare.
+    let mut colds = [vec![tract_cold], vec![pupil_cold], vec![ort_cold]];
+    let contenders = if use_ort { 3 } else { 2 };
+    for turn in 1..args.cold_loads as usize {
+        for slot in 0..contenders {
+            let who = (slot + turn) % contenders;
+            let cold = if who == 2 {
+                let t0 = Instant::now();
+                let mut o = OrtModel::load(&e.bytes, tract.example_shape(), threads).map_err(anyhow::Error::msg)?;
+                o.run(&input).map_err(anyhow::Error::msg)?;
+                t0.elapsed()
+            } else {
+                let accel = if who == 0 { Acceleration::Off } else { Acceleration::On };
+                let (m, load) = load_pupil(&e.bytes, threads, accel)?;
+                let t0 = Instant::now();
+                m.run(&input)?;
+                load + t0.elapsed()
+            };
+            colds[who].push(cold);
+        }
+    }
+    let [tract_cold, pupil_cold, ort_cold] = colds.map(|mut c| {
+        c.sort();
+        c[c.len() / 2]
+    });
 
     for _ in 0..args.warmup {
         tract.run(&input)?;
@@ -271,7 +302,6 @@ fn bench_one(e: &Entry, threads: usize, args: &Args, use_ort: bool, input_seed: 
         }
     }
     let mut times: [Vec<Duration>; 3] = Default::default();
-    let contenders = if ort.is_some() { 3 } else { 2 };
     let settle = Duration::from_millis(args.settle_ms);
     let mut run = |who: usize| -> anyhow::Result<()> {
         match who {
@@ -408,6 +438,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         warmup: args.warmup,
         burst: args.burst,
         settle_ms: args.settle_ms,
+        cold_loads: args.cold_loads,
         rows,
     };
     if args.json {
@@ -458,8 +489,8 @@ fn header(r: &Report) -> String {
         _ => {}
     }
     s.push_str(&format!(
-        "batch 1, {} timed runs after {} warm-up, interleaved in turns of {} runs (before each: a {} ms pause, then a wait until the other threads park)\n",
-        r.runs, r.warmup, r.burst, r.settle_ms
+        "batch 1, {} timed runs after {} warm-up, interleaved in turns of {} runs (before each: a {} ms pause, then a wait until the other threads park); cold start: median of {} loads each, in turns\n",
+        r.runs, r.warmup, r.burst, r.settle_ms, r.cold_loads
     ));
     s
 }
