@@ -162,8 +162,13 @@ impl DirectConv {
         let positions: Vec<usize> =
             (0..win.oh).flat_map(|y| (0..win.ow).map(move |x| y * win.sh * pw + x * win.sw)).collect();
         let w = &self.weights;
-        let lanes =
-            Lanes::new(offsets, &positions, self.c_out, |o, t| w[o * terms + t], &self.bias, (self.lo, self.hi));
+        // Cells outside the image are the padding the run keeps at zero.
+        let zero = |j: usize| {
+            let (y, x) = (j % (ph * pw) / pw, j % pw);
+            y < win.pt || y >= win.pt + win.h || x < win.pl || x >= win.pl + win.w
+        };
+        let (bias, clamp) = (&self.bias, (self.lo, self.hi));
+        let lanes = Lanes::new(offsets, &positions, self.c_out, |o, t| w[o * terms + t], bias, clamp, zero);
         self.lanes = Some(Padded { lanes, ph, pw, planes: Kept::new() });
         self
     }

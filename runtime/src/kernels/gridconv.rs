@@ -112,7 +112,12 @@ impl GridConv {
         let term = |o: usize, t: usize| weight(o, t / (kh * kw), t / kw % kh, t % kw);
         let product = if simd == Simd::Avx512 && Lanes::available() {
             let positions: Vec<usize> = (0..grid.oh).flat_map(|y| (0..grid.ow).map(move |x| y * grid.pw + x)).collect();
-            Product::Lanes(Lanes::new(offsets, &positions, c_out, term, bias, clamp))
+            // Cells outside the image are the padding `run` keeps at zero.
+            let zero = |j: usize| {
+                let (y, x) = (j % grid.plane() / grid.pw, j % grid.pw);
+                y < grid.pt || y >= grid.pt + grid.h || x < grid.pl || x >= grid.pl + grid.w
+            };
+            Product::Lanes(Lanes::new(offsets, &positions, c_out, term, bias, clamp, zero))
         } else {
             Product::Grid(Pointwise::shifted(offsets, (c_out, grid.oh * grid.pw), term, bias, clamp))
         };

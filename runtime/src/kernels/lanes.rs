@@ -2,8 +2,11 @@
 //! Σ_t w[o][t] · x[offset[t] + position[i]])`. Each step multiplies 4 registers of 16 channels' weights by 6
 //! broadcast inputs (24 accumulators, 10 loads per 24 multiply-adds), and only the listed positions are
 //! computed: a grid convolution's output columns, not the padded grid's (see [`super::gridconv`], whose
-//! positions-in-the-lanes product wastes the `KW − 1` columns past each output row). The 6 × 64 results of a
-//! step are written to the channels-first output through a small tile.
+//! positions-in-the-lanes product wastes the `KW − 1` columns past each output row). Terms that read only
+//! padding (zeros) for every position of a step are skipped: positions are grouped by the terms they read, so
+//! the steps along an edge of the image skip the kernel row or column that falls outside it (a 14 × 14 3×3
+//! convolution: 8% fewer multiply-adds). The 6 × 64 results of a step are written to the channels-first output
+//! through a small tile.
 
 use super::team;
 
@@ -18,8 +21,15 @@ const PX: usize = 6;
 pub(crate) struct Lanes {
     c_out: usize,
     offsets: Vec<usize>,
-    /// Input position of each output, padded to a multiple of [`PX`] by repeating the last one.
+    /// Input positions in the order the steps take them (grouped by the terms they read), padded to a multiple
+    /// of [`PX`] by repeating the last one.
     positions: Vec<usize>,
+    /// The output each of `positions` is (its index in the caller's list).
+    index: Vec<usize>,
+    /// Per step: the range of `step_terms` listing the terms it computes.
+    steps: Vec<(usize, usize)>,
+    /// Term lists of the steps, ascending (steps reading the same terms share one).
+    step_terms: Vec<u32>,
     /// Outputs per channel (the positions before padding).
     outputs: usize,
     /// Per block `b` (`min(64, c_out − 64b)` channels, rounded up to 16): `[terms][width]`, zero-padded.
@@ -33,7 +43,8 @@ pub(crate) struct Lanes {
 }
 
 impl Lanes {
-    /// Output `i` of channel `o` reads term `t` at `x[offsets[t] + positions[i]]`, weighted `weight(o, t)`.
+    /// Output `i` of channel `o` reads term `t` at `x[offsets[t] + positions[i]]`, weighted `weight(o, t)`;
+    /// `zero(j)` says that `x[j]` is always 0 (padding), so terms reading it may be skipped.
     pub(crate) fn new(
         offsets: Vec<usize>,
         positions: &[usize],
@@ -41,8 +52,41 @@ impl Lanes {
         weight: impl Fn(usize, usize) -> f32,
         bias: &[f32],
         (lo, hi): (f32, f32),
+        zero: impl Fn(usize) -> bool,
     ) -> Lanes {
         let terms = offsets.len();
+        assert!(u32::try_from(terms).is_ok(), "at most 2³² terms");
+        // The terms each position reads from the image (not from the padding), and the positions grouped by them,
+        // largest group first: a step then mostly holds positions that skip the same terms.
+        let mut groups: Vec<(Vec<u32>, Vec<usize>)> = vec![];
+        let mut group_of: std::collections::HashMap<Vec<u32>, usize> = Default::default();
+        for (i, &p) in positions.iter().enumerate() {
+            let reads: Vec<u32> = (0..terms).filter(|&t| !zero(offsets[t] + p)).map(|t| t as u32).collect();
+            let g = *group_of.entry(reads.clone()).or_insert_with(|| {
+                groups.push((reads, vec![]));
+                groups.len() - 1
+            });
+            groups[g].1.push(i);
+        }
+        groups.sort_by_key(|(_, members)| std::cmp::Reverse(members.len()));
+        let (mut index, mut reads): (Vec<usize>, Vec<&[u32]>) = (vec![], vec![]);
+        for (terms_read, members) in &groups {
+            index.extend(members);
+            reads.extend(members.iter().map(|_| terms_read.as_slice()));
+        }
+        // Each step computes the terms any of its positions reads.
+        let (mut steps, mut step_terms, mut interned) = (vec![], vec![], std::collections::HashMap::new());
+        for chunk in reads.chunks(PX) {
+            let mut union: Vec<u32> = chunk.iter().flat_map(|r| r.iter().copied()).collect();
+            union.sort_unstable();
+            union.dedup();
+            let range = *interned.entry(union.clone()).or_insert_with(|| {
+                step_terms.extend(&union);
+                (step_terms.len() - union.len(), union.len())
+            });
+            steps.push(range);
+        }
+        let mut pos: Vec<usize> = index.iter().map(|&i| positions[i]).collect();
         let mut w = Vec::with_capacity(c_out.div_ceil(16) * 16 * terms);
         for b in 0..c_out.div_ceil(BLOCK) {
             let width = block_width(c_out, b);
@@ -52,12 +96,24 @@ impl Lanes {
         }
         let mut padded_bias = bias.to_vec();
         padded_bias.resize(c_out.div_ceil(BLOCK) * BLOCK, 0.0);
-        let mut pos = positions.to_vec();
-        if let Some(&last) = positions.last() {
+        if let Some(&last) = pos.last() {
             pos.resize(positions.len().div_ceil(PX) * PX, last);
         }
         let x_len = offsets.iter().max().copied().unwrap_or(0) + positions.iter().max().copied().unwrap_or(0) + 1;
-        Lanes { c_out, offsets, positions: pos, outputs: positions.len(), w, bias: padded_bias, lo, hi, x_len }
+        Lanes {
+            c_out,
+            offsets,
+            positions: pos,
+            index,
+            steps,
+            step_terms,
+            outputs: positions.len(),
+            w,
+            bias: padded_bias,
+            lo,
+            hi,
+            x_len,
+        }
     }
 
     /// Input values one run reads.
@@ -141,7 +197,10 @@ mod x86 {
             let xs: [*const f32; PX] = std::array::from_fn(|j| x.as_ptr().add(l.positions[first + j]));
             let bias: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(l.bias.as_ptr().add(b * BLOCK + 16 * v)));
             let mut acc = [bias; PX];
-            for (t, &off) in l.offsets.iter().enumerate() {
+            let (start, len) = l.steps[first / PX];
+            for &t in &l.step_terms[start..start + len] {
+                let t = t as usize;
+                let off = *l.offsets.get_unchecked(t);
                 let wv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(w.add(t * width + 16 * v)));
                 for (j, acc) in acc.iter_mut().enumerate() {
                     let xb = _mm512_set1_ps(*xs[j].add(off));
@@ -159,10 +218,11 @@ mod x86 {
             }
             let channels = (l.c_out - b * BLOCK).min(BLOCK);
             let n = (l.outputs - first).min(PX);
+            let index = &l.index[first..first + n];
             for (ch, o) in (b * BLOCK..b * BLOCK + channels).enumerate() {
-                let dst = out.add(o * l.outputs + first);
-                for (j, row) in tile.iter().enumerate().take(n) {
-                    *dst.add(j) = row[ch];
+                let dst = out.add(o * l.outputs);
+                for (&i, row) in index.iter().zip(&tile) {
+                    *dst.add(i) = row[ch];
                 }
             }
         }
@@ -180,20 +240,23 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
         /// 1..150 output channels (every block width, tails), 1..300 terms at scattered offsets, 1..50 positions
-        /// in any order, with and without a clamp, on one thread and on a 2-thread pool: within
-        /// `1e-5 · (1 + Σ|w·x|)` of the definition computed in f64.
+        /// in any order, with and without a clamp, with none to nearly all of the input declared zero padding
+        /// (terms reading only it skipped), on one thread and on a 2-thread pool: within `1e-5 · (1 + Σ|w·x|)` of
+        /// the definition computed in f64.
         #[test]
         fn lanes_product_matches_the_definition(
-            c_out in 1usize..150, terms in 1usize..300, outputs in 1usize..50, clamp in any::<bool>(), seed in any::<u64>(),
+            c_out in 1usize..150, terms in 1usize..300, outputs in 1usize..50, clamp in any::<bool>(),
+            padding in 0.0f32..0.98, seed in any::<u64>(),
         ) {
             let mut rng = Rng::new(seed);
-            let x: Vec<f32> = (0..2000).map(|_| rng.sym(2.0)).collect();
+            let pad: Vec<bool> = (0..2000).map(|_| rng.unit() < padding).collect();
+            let x: Vec<f32> = pad.iter().map(|&p| if p { 0.0 } else { rng.sym(2.0) }).collect();
             let offsets: Vec<usize> = (0..terms).map(|_| (rng.unit() * 1000.0) as usize).collect();
             let positions: Vec<usize> = (0..outputs).map(|_| (rng.unit() * 999.0) as usize).collect();
             let w: Vec<f32> = (0..c_out * terms).map(|_| rng.sym(1.0)).collect();
             let bias: Vec<f32> = (0..c_out).map(|_| rng.sym(1.0)).collect();
             let (lo, hi) = if clamp { (0.0, 1.5) } else { (f32::NEG_INFINITY, f32::INFINITY) };
-            let l = Lanes::new(offsets.clone(), &positions, c_out, |o, t| w[o * terms + t], &bias, (lo, hi));
+            let l = Lanes::new(offsets.clone(), &positions, c_out, |o, t| w[o * terms + t], &bias, (lo, hi), |j| pad[j]);
             static POOL: std::sync::LazyLock<Executor> = std::sync::LazyLock::new(|| Executor::multithread(2));
             for executor in [&Executor::SingleThread, &*POOL] {
                 let mut out = vec![f32::NAN; c_out * outputs];
@@ -221,7 +284,8 @@ mod tests {
 
     #[test]
     fn mis_sized_buffers_are_refused() {
-        let l = Lanes::new(vec![0, 5], &[0, 1, 2], 3, |_, _| 1.0, &[0.0; 3], (f32::NEG_INFINITY, f32::INFINITY));
+        let any = (f32::NEG_INFINITY, f32::INFINITY);
+        let l = Lanes::new(vec![0, 5], &[0, 1, 2], 3, |_, _| 1.0, &[0.0; 3], any, |_| false);
         let mut out = vec![0f32; 9];
         assert!(!l.run(&[1.0; 7], &mut out, &Executor::SingleThread), "x too short: reads x[5 + 2]");
         assert!(!l.run(&[1.0; 8], &mut out[..8], &Executor::SingleThread), "out too short");
