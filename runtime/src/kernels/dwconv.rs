@@ -84,6 +84,9 @@ pub(crate) struct DirectConv {
     /// A dense convolution of many taps per output (an image stem: 3 channels × 3 × 3) as a channels-in-the-lanes
     /// product over the zero-padded input, on AVX-512 (see [`DirectConv::with_lanes`]).
     lanes: Option<Padded>,
+    /// Planes narrower than a vector at stride 1, computed as one run of values each on AVX-512 (6 × 6 and
+    /// 12 × 12 depthwise layers).
+    flat: Option<rowconv::Flat>,
 }
 
 /// The zero-padded input planes of a dense convolution and its [`Lanes`] product over them.
@@ -121,6 +124,7 @@ impl DirectConv {
             }
         }
         let weights = taps.iter().map(|t| t.w).collect();
+        let flat = rowconv::Flat::new(&win, cig);
         DirectConv {
             win,
             c_in,
@@ -134,6 +138,7 @@ impl DirectConv {
             channels_last: None,
             scratch: Kept::new(),
             lanes: None,
+            flat,
         }
         .with_lanes()
     }
@@ -201,6 +206,7 @@ impl DirectConv {
             channels_last: Some(w),
             scratch: Kept::new(),
             lanes: None,
+            flat: None,
         }
     }
 
@@ -256,7 +262,7 @@ impl DirectConv {
             ensure!(ran, "the lanes product refused a direct convolution");
             return Ok(());
         }
-        if simd == Simd::Avx512 && rowconv::supports(win) {
+        if simd == Simd::Avx512 && (self.flat.is_some() || rowconv::supports(win)) {
             // Output planes shared with the thread pool in chunks of whole planes (no scratch to share).
             let planes = batch * self.c_out;
             let executor = tract_linalg::multithread::current_tract_executor();
@@ -266,16 +272,28 @@ impl DirectConv {
             let refused = std::sync::atomic::AtomicBool::new(false);
             let ok = team::share(&executor, chunks, &|c| {
                 let (first, last) = (c * planes / chunks, (c + 1) * planes / chunks);
-                for p in first..last {
+                let clamp = (self.lo, self.hi);
+                let mut p = first;
+                while p < last {
                     let (n, oc) = (p / self.c_out, p % self.c_out);
-                    let x = &input[(n * self.c_in + oc / cog * cig) * plane..][..cig * plane];
-                    // SAFETY: plane `p` of `out` (checked above) is written by this chunk alone.
-                    let o = unsafe { dst.part(p * oplane, oplane) };
-                    let w = &self.weights[oc * tpo..][..tpo];
-                    if !rowconv::plane(win, x, w, self.bias[oc], (self.lo, self.hi), o) {
+                    // Output planes computed by one call: a depthwise convolution's consecutive channels of one
+                    // image read consecutive input planes (one flat-kernel call), others one plane at a time.
+                    let count =
+                        if cig == 1 && cog == 1 && self.flat.is_some() { (last - p).min(self.c_out - oc) } else { 1 };
+                    let x = &input[(n * self.c_in + oc / cog * cig) * plane..][..count * cig * plane];
+                    // SAFETY: planes `p .. p + count` of `out` (checked above) are written by this chunk alone.
+                    let o = unsafe { dst.part(p * oplane, count * oplane) };
+                    let w = &self.weights[oc * tpo..][..count * tpo];
+                    let bias = &self.bias[oc..oc + count];
+                    let ran = match &self.flat {
+                        Some(flat) => flat.run(x, w, bias, clamp, o),
+                        None => rowconv::plane(win, x, w, bias[0], clamp, o),
+                    };
+                    if !ran {
                         refused.store(true, std::sync::atomic::Ordering::Relaxed);
                         return;
                     }
+                    p += count;
                 }
                 if !epilogue.is_empty() {
                     // Once over the chunk's planes (per plane, the calls cost more than the work on 6 × 6 planes).

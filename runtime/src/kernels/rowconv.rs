@@ -2,7 +2,8 @@
 //! stand in for the zero padding, so there is no phase-split copy of the input and no flat output run to copy
 //! out (the two passes [`super::taps`] pays per plane). Square 3×3 and 5×5 kernels, stride 1 or 2 (even columns
 //! picked by one permute), any padding a [`Window`] allows; other windows and instruction sets keep
-//! [`super::taps`].
+//! [`super::taps`]. Planes narrower than a vector at stride 1 run [`Flat`]: the plane as one run of values, 16
+//! outputs of several rows per vector.
 
 use super::taps::Window;
 
@@ -57,11 +58,142 @@ pub(crate) fn plane(win: &Window, x: &[f32], w: &[f32], bias: f32, clamp: (f32, 
     false
 }
 
+/// Output planes of at most this many values (9 AVX-512 vectors: a 12 × 12 plane) may run [`Flat`].
+pub(crate) const FLAT_MAX_OUTPUTS: usize = 144;
+
+/// A stride-1 convolution over planes narrower than a vector (MobileNet's 6 × 6 and 12 × 12 depthwise layers;
+/// the row kernels fill 6 of 16 lanes on a 6-wide plane) computed over each plane as one run of values: with
+/// the output as wide as the input, output `o = oy · w + ox` reads `x[o + (ky − pt) · w + kx − pl]`, so each
+/// tap is one masked load per 16 outputs of several rows, the mask dropping the lanes whose tap falls outside
+/// the image (the padding).
+#[derive(Debug, Clone)]
+pub(crate) struct Flat {
+    /// Input planes summed into one output plane.
+    planes: usize,
+    /// Values of one input plane.
+    plane: usize,
+    outputs: usize,
+    vectors: usize,
+    /// Per tap (`[plane][ky][kx]`, the weights' order): the offset from an output's index to the value it reads.
+    delta: Vec<isize>,
+    /// Per tap, per vector of outputs: the lanes whose value is inside the image.
+    masks: Vec<u16>,
+}
+
+impl Flat {
+    /// The flat form of `win` over `planes` input planes per output, or `None` when the window is not stride 1,
+    /// its output rows are not as wide as its input rows, rows are 16 wide or more, the plane has more than
+    /// [`FLAT_MAX_OUTPUTS`] outputs or `planes` is not in `1..=MAX_PLANES`.
+    pub(crate) fn new(win: &Window, planes: usize) -> Option<Flat> {
+        let outputs = win.oh * win.ow;
+        if win.sh != 1
+            || win.sw != 1
+            || win.ow != win.w
+            || win.w >= 16
+            || outputs > FLAT_MAX_OUTPUTS
+            || !(1..=MAX_PLANES).contains(&planes)
+        {
+            return None;
+        }
+        let (h, w, kh, kw) = (win.h as isize, win.w as isize, win.kh, win.kw);
+        let (pt, pl) = (win.pt as isize, win.pl as isize);
+        let taps = planes * kh * kw;
+        let vectors = outputs.div_ceil(16);
+        let mut delta = Vec::with_capacity(taps);
+        let mut masks = vec![0u16; taps * vectors];
+        for t in 0..taps {
+            let (i, ky, kx) = (t / (kh * kw), (t / kw % kh) as isize, (t % kw) as isize);
+            delta.push((i * win.h * win.w) as isize + (ky - pt) * w + kx - pl);
+            for o in 0..outputs {
+                let (y, x) = ((o / win.ow) as isize + ky - pt, (o % win.ow) as isize + kx - pl);
+                if (0..h).contains(&y) && (0..w).contains(&x) {
+                    masks[t * vectors + o / 16] |= 1 << (o % 16);
+                }
+            }
+        }
+        Some(Flat { planes, plane: win.h * win.w, outputs, vectors, delta, masks })
+    }
+
+    /// Output planes `p < bias.len()`: `out[p][o] = clamp(bias[p] + Σ_t w[p][t] · x[p][o + delta[t]])` over the
+    /// taps inside the image, where `x[p]` are the input planes of output plane `p` (`planes` of them, one after
+    /// another; consecutive output planes read consecutive groups, as in a depthwise convolution) and `w[p]` its
+    /// `planes · kh · kw` weights. Returns `false`, computing nothing, without AVX-512F or with mis-sized buffers.
+    pub(crate) fn run(&self, x: &[f32], w: &[f32], bias: &[f32], clamp: (f32, f32), out: &mut [f32]) -> bool {
+        let count = bias.len();
+        if x.len() != count * self.planes * self.plane
+            || w.len() != count * self.delta.len()
+            || out.len() != count * self.outputs
+        {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F detected, the lengths checked above; every load is masked to lanes whose value is
+            // inside its output plane's input planes (`new`), every store to the plane's outputs.
+            unsafe {
+                match self.vectors {
+                    1 => x86::flat::<1>(self, x, w, bias, clamp, out),
+                    2 => x86::flat::<2>(self, x, w, bias, clamp, out),
+                    3 => x86::flat::<3>(self, x, w, bias, clamp, out),
+                    4 => x86::flat::<4>(self, x, w, bias, clamp, out),
+                    5 => x86::flat::<5>(self, x, w, bias, clamp, out),
+                    6 => x86::flat::<6>(self, x, w, bias, clamp, out),
+                    7 => x86::flat::<7>(self, x, w, bias, clamp, out),
+                    8 => x86::flat::<8>(self, x, w, bias, clamp, out),
+                    _ => x86::flat::<9>(self, x, w, bias, clamp, out),
+                }
+            }
+            return true;
+        }
+        let _ = clamp;
+        false
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::Window;
+    use super::{Flat, Window};
+
+    /// [`Flat::run`] for planes of `NV` vectors of outputs: every tap's weight broadcast once for all of them,
+    /// the planes one after another in one loop (the next plane's loads overlap the last one's sums).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn flat<const NV: usize>(
+        f: &Flat,
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        (lo, hi): (f32, f32),
+        out: &mut [f32],
+    ) {
+        let (vlo, vhi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        let taps = f.delta.len();
+        let planes = x.chunks_exact(f.planes * f.plane).zip(w.chunks_exact(taps));
+        for ((x, w), (&b, out)) in planes.zip(bias.iter().zip(out.chunks_exact_mut(f.outputs))) {
+            let mut acc = [_mm512_set1_ps(b); NV];
+            for ((&d, masks), &wt) in f.delta.iter().zip(f.masks.chunks_exact(NV)).zip(w) {
+                let wt = _mm512_set1_ps(wt);
+                let base = x.as_ptr().wrapping_offset(d);
+                for (v, (acc, &m)) in acc.iter_mut().zip(masks).enumerate() {
+                    // SAFETY: the caller's contract: the lanes of `m` are inside `x`; the others are not read.
+                    let xv = unsafe { _mm512_maskz_loadu_ps(m, base.wrapping_add(16 * v)) };
+                    *acc = _mm512_fmadd_ps(xv, wt, *acc);
+                }
+            }
+            for (v, acc) in acc.iter().enumerate() {
+                let n = (f.outputs - 16 * v).min(16);
+                // SAFETY: the first `n` lanes are outputs `16v..16v + n < outputs = out.len()`.
+                unsafe {
+                    _mm512_mask_storeu_ps(
+                        out.as_mut_ptr().add(16 * v),
+                        crate::kernels::first_lanes(n),
+                        _mm512_min_ps(_mm512_max_ps(*acc, vlo), vhi),
+                    )
+                };
+            }
+        }
+    }
 
     /// The lanes `j` of a 16-value load starting at column `s` of a row `w` values long with `0 ≤ s + j < w`.
     #[inline(always)]
@@ -225,6 +357,74 @@ mod tests {
                 }
             }
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Every stride-1 window with outputs as wide as the inputs (1..16 columns, up to 144 outputs), kernels of
+        /// 1..=5 × 1..=5, every padding that keeps the width, 1..=4 input planes per output, 1..=3 output planes,
+        /// with a clamp: within `1e-5 · (1 + Σ|w·x|)` of the definition computed in f64.
+        #[test]
+        fn the_flat_kernel_matches_the_definition(
+            (kh, kw) in (1usize..=5, 1usize..=5), planes in 1usize..=4, count in 1usize..=3, (h, w) in (1usize..20, 1usize..16),
+            (pt, pb, pl) in (0usize..5, 0usize..5, 0usize..5),
+            clamp in prop_oneof![Just((f32::NEG_INFINITY, f32::INFINITY)), Just((0.0f32, 0.5f32))], seed in any::<u64>(),
+        ) {
+            let (pt, pb, pl) = (pt % kh, pb % kh, pl % kw);
+            prop_assume!(h + pt + pb >= kh);
+            let (oh, ow) = (h + pt + pb - kh + 1, w);
+            prop_assume!(oh * ow <= FLAT_MAX_OUTPUTS);
+            let Some(win) = Window::new((h, w), (kh, kw), (1, 1), (pt, pl), (oh, ow)) else { return Ok(()) };
+            let flat = Flat::new(&win, planes).expect("a flat window");
+            let mut rng = Rng::new(seed);
+            let x: Vec<f32> = (0..count * planes * h * w).map(|_| rng.sym(1.0)).collect();
+            let wts: Vec<f32> = (0..count * planes * kh * kw).map(|_| rng.sym(1.0)).collect();
+            let bias: Vec<f32> = (0..count).map(|_| rng.sym(1.0)).collect();
+            let mut out = vec![f32::NAN; count * oh * ow];
+            let ran = flat.run(&x, &wts, &bias, clamp, &mut out);
+            prop_assert_eq!(ran, avx512());
+            if !ran {
+                return Ok(());
+            }
+            for p in 0..count {
+                let (x, wts) = (&x[p * planes * h * w..], &wts[p * planes * kh * kw..]);
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let (mut exact, mut mag) = (bias[p] as f64, bias[p].abs() as f64);
+                        for i in 0..planes {
+                            for ky in 0..kh {
+                                for kx in 0..kw {
+                                    let (y, xx) = ((oy + ky) as isize - pt as isize, (ox + kx) as isize - pl as isize);
+                                    if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
+                                        continue;
+                                    }
+                                    let v = x[(i * h + y as usize) * w + xx as usize] as f64 * wts[(i * kh + ky) * kw + kx] as f64;
+                                    exact += v;
+                                    mag += v.abs();
+                                }
+                            }
+                        }
+                        let exact = exact.max(clamp.0 as f64).min(clamp.1 as f64);
+                        let got = out[(p * oh + oy) * ow + ox] as f64;
+                        prop_assert!((got - exact).abs() <= 1e-5 * (1.0 + mag), "plane {} ({}, {}): {} vs {}", p, oy, ox, got, exact);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn flat_refuses_other_windows_and_mis_sized_buffers() {
+        let win = |(h, w), s, (oh, ow)| Window::new((h, w), (3, 3), (s, s), (1, 1), (oh, ow)).unwrap();
+        assert!(Flat::new(&win((6, 6), 2, (3, 3)), 1).is_none(), "stride 2");
+        assert!(Flat::new(&win((16, 16), 1, (16, 16)), 1).is_none(), "16 wide");
+        assert!(Flat::new(&win((15, 15), 1, (15, 15)), 1).is_none(), "225 outputs");
+        assert!(Flat::new(&win((6, 6), 1, (6, 6)), 5).is_none(), "5 planes");
+        let f = Flat::new(&win((6, 6), 1, (6, 6)), 1).expect("6 × 6, stride 1");
+        assert!(!f.run(&[0.0; 71], &[0.0; 18], &[0.0; 2], (0.0, 1.0), &mut [0.0; 72]), "short input");
+        assert!(!f.run(&[0.0; 72], &[0.0; 17], &[0.0; 2], (0.0, 1.0), &mut [0.0; 72]), "short weights");
+        assert!(!f.run(&[0.0; 72], &[0.0; 18], &[0.0; 2], (0.0, 1.0), &mut [0.0; 71]), "short output");
     }
 
     fn avx512() -> bool {
