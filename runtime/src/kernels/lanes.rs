@@ -30,6 +30,13 @@ pub(crate) struct Lanes {
     steps: Vec<(usize, usize)>,
     /// Term lists of the steps, ascending (steps reading the same terms share one).
     step_terms: Vec<u32>,
+    /// Positions per step: [`PX`], or 16 for at most 16 output channels (`x86::step_gather`).
+    px: usize,
+    /// `positions` as `i32` gather indices (16 positions per step only; empty otherwise).
+    gather: Vec<i32>,
+    /// Per step of 16 positions: their stride when they are evenly spaced 1 or 2 apart (read by one or two
+    /// loads instead of a gather), else 0.
+    stride: Vec<u8>,
     /// Outputs per channel (the positions before padding).
     outputs: usize,
     /// Per block `b` (`min(64, c_out − 64b)` channels, rounded up to 16): `[terms][width]`, zero-padded.
@@ -56,28 +63,38 @@ impl Lanes {
     ) -> Lanes {
         let terms = offsets.len();
         assert!(u32::try_from(terms).is_ok(), "at most 2³² terms");
-        // The terms each position reads from the image (not from the padding), and the positions grouped by them,
-        // largest group first: a step then mostly holds positions that skip the same terms.
-        let mut groups: Vec<(Vec<u32>, Vec<usize>)> = vec![];
-        let mut group_of: std::collections::HashMap<Vec<u32>, usize> = Default::default();
-        for (i, &p) in positions.iter().enumerate() {
-            let reads: Vec<u32> = (0..terms).filter(|&t| !zero(offsets[t] + p)).map(|t| t as u32).collect();
-            let g = *group_of.entry(reads.clone()).or_insert_with(|| {
-                groups.push((reads, vec![]));
-                groups.len() - 1
-            });
-            groups[g].1.push(i);
-        }
-        groups.sort_by_key(|(_, members)| std::cmp::Reverse(members.len()));
-        let (mut index, mut reads): (Vec<usize>, Vec<&[u32]>) = (vec![], vec![]);
-        for (terms_read, members) in &groups {
-            index.extend(members);
-            reads.extend(members.iter().map(|_| terms_read.as_slice()));
+        // The terms each position reads from the image (not from the padding).
+        let reads: Vec<Vec<u32>> = positions
+            .iter()
+            .map(|&p| (0..terms).filter(|&t| !zero(offsets[t] + p)).map(|t| t as u32).collect())
+            .collect();
+        // At most 16 output channels: steps of 16 positions with the output channels in 16 registers, the positions
+        // in the lanes (gathered), in the caller's order (consecutive outputs: one store per channel). Otherwise
+        // the positions are grouped by the terms they read, largest group first, so a step mostly holds positions
+        // that skip the same terms.
+        let max_x = offsets.iter().max().copied().unwrap_or(0) + positions.iter().max().copied().unwrap_or(0);
+        let px = if c_out <= 16 && i32::try_from(max_x).is_ok() { 16 } else { PX };
+        let mut index: Vec<usize> = (0..positions.len()).collect();
+        if px == PX {
+            let mut group_of: std::collections::HashMap<&[u32], usize> = Default::default();
+            let mut sizes = vec![];
+            let group: Vec<usize> = reads
+                .iter()
+                .map(|r| {
+                    let g = *group_of.entry(r.as_slice()).or_insert(sizes.len());
+                    if g == sizes.len() {
+                        sizes.push(0);
+                    }
+                    sizes[g] += 1;
+                    g
+                })
+                .collect();
+            index.sort_by_key(|&i| (std::cmp::Reverse(sizes[group[i]]), group[i]));
         }
         // Each step computes the terms any of its positions reads.
         let (mut steps, mut step_terms, mut interned) = (vec![], vec![], std::collections::HashMap::new());
-        for chunk in reads.chunks(PX) {
-            let mut union: Vec<u32> = chunk.iter().flat_map(|r| r.iter().copied()).collect();
+        for chunk in index.chunks(px) {
+            let mut union: Vec<u32> = chunk.iter().flat_map(|&i| reads[i].iter().copied()).collect();
             union.sort_unstable();
             union.dedup();
             let range = *interned.entry(union.clone()).or_insert_with(|| {
@@ -97,8 +114,16 @@ impl Lanes {
         let mut padded_bias = bias.to_vec();
         padded_bias.resize(c_out.div_ceil(BLOCK) * BLOCK, 0.0);
         if let Some(&last) = pos.last() {
-            pos.resize(positions.len().div_ceil(PX) * PX, last);
+            pos.resize(positions.len().div_ceil(px) * px, last);
         }
+        let gather: Vec<i32> = if px == PX { vec![] } else { pos.iter().map(|&p| p as i32).collect() };
+        let stride = gather
+            .chunks_exact(16)
+            .map(|c| match c[1] - c[0] {
+                s @ (1 | 2) if c.windows(2).all(|w| w[1] - w[0] == s) => s as u8,
+                _ => 0,
+            })
+            .collect();
         let x_len = offsets.iter().max().copied().unwrap_or(0) + positions.iter().max().copied().unwrap_or(0) + 1;
         Lanes {
             c_out,
@@ -107,6 +132,9 @@ impl Lanes {
             index,
             steps,
             step_terms,
+            px,
+            gather,
+            stride,
             outputs: positions.len(),
             w,
             bias: padded_bias,
@@ -136,7 +164,7 @@ impl Lanes {
         if !Self::available() || x.len() < self.x_len || out.len() != self.c_out * self.outputs {
             return false;
         }
-        let steps = self.positions.len() / PX;
+        let steps = self.positions.len() / self.px;
         let blocks = self.c_out.div_ceil(BLOCK);
         let chunks = team::chunks(executor, steps * blocks, true);
         let dst = team::Out::new(out);
@@ -147,7 +175,7 @@ impl Lanes {
                 // SAFETY: AVX-512F checked above; `x` holds `x_len` values; the step writes only its outputs of
                 // block `b`'s channels, which no other job writes.
                 unsafe {
-                    x86::step(self, b, s * PX, x, dst.ptr())
+                    x86::step(self, b, s * self.px, x, dst.ptr())
                 };
                 #[cfg(not(target_arch = "x86_64"))]
                 let _ = (b, s, &dst);
@@ -176,11 +204,66 @@ mod x86 {
     pub(super) unsafe fn step(l: &Lanes, b: usize, first: usize, x: &[f32], out: *mut f32) {
         // SAFETY: the contract above.
         unsafe {
+            if l.px == 16 {
+                return step_gather(l, first, x, out);
+            }
             match block_width(l.c_out, b) / 16 {
                 4 => step_n::<4>(l, b, first, x, out),
                 3 => step_n::<3>(l, b, first, x, out),
                 2 => step_n::<2>(l, b, first, x, out),
                 _ => step_n::<1>(l, b, first, x, out),
+            }
+        }
+    }
+
+    /// The outputs `first .. first + 16` of a product of at most 16 output channels (a single block): the 16
+    /// positions in the lanes, gathered once per term, and one accumulator per output channel, so each channel's
+    /// 16 outputs (consecutive: this order is the caller's) are one store.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn step_gather(l: &Lanes, first: usize, x: &[f32], out: *mut f32) {
+        // SAFETY: the contract of `step`.
+        unsafe {
+            match l.stride[first / 16] {
+                1 => step_16::<1>(l, first, x, out),
+                2 => step_16::<2>(l, first, x, out),
+                _ => step_16::<0>(l, first, x, out),
+            }
+        }
+    }
+
+    /// [`step_gather`] for positions `S` apart (1 or 2: one load, or two and a permute), or anywhere (`S` = 0: a
+    /// gather).
+    #[target_feature(enable = "avx512f")]
+    unsafe fn step_16<const S: usize>(l: &Lanes, first: usize, x: &[f32], out: *mut f32) {
+        // SAFETY (whole body): the positions are valid `i32` indices with `offset + position < x_len ≤ x.len()`
+        // (the 16 positions of a stride-2 step span 31 values, the second load is masked to 15); weights hold 16
+        // values per term; stores are to outputs `first .. first + n < outputs` of channels `< c_out`.
+        unsafe {
+            let idx = _mm512_loadu_si512(l.gather.as_ptr().add(first).cast());
+            let p0 = l.gather[first] as usize;
+            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let mut acc: [__m512; 16] = std::array::from_fn(|c| _mm512_set1_ps(l.bias[c]));
+            let (start, len) = l.steps[first / 16];
+            for &t in &l.step_terms[start..start + len] {
+                let t = t as usize;
+                let base = x.as_ptr().add(*l.offsets.get_unchecked(t));
+                let xv = match S {
+                    1 => _mm512_loadu_ps(base.add(p0)),
+                    2 => {
+                        let (a, b) = (_mm512_loadu_ps(base.add(p0)), _mm512_maskz_loadu_ps(0x7fff, base.add(p0 + 16)));
+                        _mm512_permutex2var_ps(a, even, b)
+                    }
+                    _ => _mm512_i32gather_ps::<4>(idx, base),
+                };
+                let w = l.w.as_ptr().add(t * 16);
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(xv, _mm512_set1_ps(*w.add(c)), *acc);
+                }
+            }
+            let (lo, hi) = (_mm512_set1_ps(l.lo), _mm512_set1_ps(l.hi));
+            let mask = crate::kernels::first_lanes(l.outputs - first);
+            for (c, acc) in acc.iter().enumerate().take(l.c_out) {
+                _mm512_mask_storeu_ps(out.add(c * l.outputs + first), mask, _mm512_min_ps(_mm512_max_ps(*acc, lo), hi));
             }
         }
     }
@@ -245,14 +328,19 @@ mod tests {
         /// the definition computed in f64.
         #[test]
         fn lanes_product_matches_the_definition(
-            c_out in 1usize..150, terms in 1usize..300, outputs in 1usize..50, clamp in any::<bool>(),
-            padding in 0.0f32..0.98, seed in any::<u64>(),
+            c_out in prop_oneof![1usize..=16, 1usize..150], terms in 1usize..300, outputs in 1usize..50,
+            spacing in 0usize..=3, clamp in any::<bool>(), padding in 0.0f32..0.98, seed in any::<u64>(),
         ) {
             let mut rng = Rng::new(seed);
             let pad: Vec<bool> = (0..2000).map(|_| rng.unit() < padding).collect();
             let x: Vec<f32> = pad.iter().map(|&p| if p { 0.0 } else { rng.sym(2.0) }).collect();
             let offsets: Vec<usize> = (0..terms).map(|_| (rng.unit() * 1000.0) as usize).collect();
-            let positions: Vec<usize> = (0..outputs).map(|_| (rng.unit() * 999.0) as usize).collect();
+            // Positions anywhere, or evenly spaced 1, 2 or 3 apart (one load, two loads, a gather per term at most
+            // 16 channels).
+            let start = (rng.unit() * 800.0) as usize;
+            let positions: Vec<usize> = (0..outputs)
+                .map(|i| if spacing == 0 { (rng.unit() * 999.0) as usize } else { start + spacing * i })
+                .collect();
             let w: Vec<f32> = (0..c_out * terms).map(|_| rng.sym(1.0)).collect();
             let bias: Vec<f32> = (0..c_out).map(|_| rng.sym(1.0)).collect();
             let (lo, hi) = if clamp { (0.0, 1.5) } else { (f32::NEG_INFINITY, f32::INFINITY) };
