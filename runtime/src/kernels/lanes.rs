@@ -6,7 +6,8 @@
 //! padding (zeros) for every position of a step are skipped: positions are grouped by the terms they read, so
 //! the steps along an edge of the image skip the kernel row or column that falls outside it (a 14 × 14 3×3
 //! convolution: 8% fewer multiply-adds). The 6 × 64 results of a step are written to the channels-first output
-//! through a small tile.
+//! through a small tile. With at most 16 output channels the roles turn: 16 positions per step in the lanes and
+//! one accumulator per channel, so each channel's 16 outputs are one store.
 
 use super::team;
 
@@ -68,12 +69,12 @@ impl Lanes {
             .iter()
             .map(|&p| (0..terms).filter(|&t| !zero(offsets[t] + p)).map(|t| t as u32).collect())
             .collect();
-        // At most 16 output channels: steps of 16 positions with the output channels in 16 registers, the positions
-        // in the lanes (gathered), in the caller's order (consecutive outputs: one store per channel). Otherwise
-        // the positions are grouped by the terms they read, largest group first, so a step mostly holds positions
-        // that skip the same terms.
-        let max_x = offsets.iter().max().copied().unwrap_or(0) + positions.iter().max().copied().unwrap_or(0);
-        let px = if c_out <= 16 && i32::try_from(max_x).is_ok() { 16 } else { PX };
+        // At most 16 output channels: steps of 16 positions in the lanes (loaded, or gathered when not evenly
+        // spaced), in the caller's order (consecutive outputs: one store per channel), with the output channels in
+        // 16 registers. Otherwise the positions are grouped by the terms they read, largest group first, so a step
+        // mostly holds positions that skip the same terms.
+        let x_len = offsets.iter().max().copied().unwrap_or(0) + positions.iter().max().copied().unwrap_or(0) + 1;
+        let px = if c_out <= 16 && i32::try_from(x_len).is_ok() { 16 } else { PX };
         let mut index: Vec<usize> = (0..positions.len()).collect();
         if px == PX {
             let mut group_of: std::collections::HashMap<&[u32], usize> = Default::default();
@@ -124,7 +125,6 @@ impl Lanes {
                 _ => 0,
             })
             .collect();
-        let x_len = offsets.iter().max().copied().unwrap_or(0) + positions.iter().max().copied().unwrap_or(0) + 1;
         Lanes {
             c_out,
             offsets,
@@ -345,8 +345,7 @@ mod tests {
             let bias: Vec<f32> = (0..c_out).map(|_| rng.sym(1.0)).collect();
             let (lo, hi) = if clamp { (0.0, 1.5) } else { (f32::NEG_INFINITY, f32::INFINITY) };
             let l = Lanes::new(offsets.clone(), &positions, c_out, |o, t| w[o * terms + t], &bias, (lo, hi), |j| pad[j]);
-            static POOL: std::sync::LazyLock<Executor> = std::sync::LazyLock::new(|| Executor::multithread(2));
-            for executor in [&Executor::SingleThread, &*POOL] {
+            for executor in [&Executor::SingleThread, crate::kernels::team::test_pool()] {
                 let mut out = vec![f32::NAN; c_out * outputs];
                 // Refused, computing nothing, without AVX-512.
                 prop_assert_eq!(l.run(&x, &mut out, executor), Lanes::available());

@@ -482,8 +482,8 @@ mod tests {
             let bias: Vec<f32> = (0..c_out).map(|_| rng.sym(1.0)).collect();
             let (lo, hi) = if clamp { (0.0, 1.5) } else { (f32::NEG_INFINITY, f32::INFINITY) };
             let pk = Pointwise::new((c_in, c_out, hw), |o, i| w[o * c_in + i], &bias, (lo, hi));
-            static POOL: std::sync::LazyLock<Executor> = std::sync::LazyLock::new(|| Executor::multithread(2));
-            for (isa, executor) in Isa::available().into_iter().flat_map(|i| [(i, &Executor::SingleThread), (i, &*POOL)]) {
+            let pool = crate::kernels::team::test_pool();
+            for (isa, executor) in Isa::available().into_iter().flat_map(|i| [(i, &Executor::SingleThread), (i, pool)]) {
                 let mut out = vec![f32::NAN; c_out * hw];
                 pk.run(Simd::for_isa(isa), &x, &mut out, executor).unwrap();
                 for o in 0..c_out {

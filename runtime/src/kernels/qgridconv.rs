@@ -228,7 +228,6 @@ impl QGridConv {
         let dst = team::Out::new(if direct { &mut *out } else { &mut s.staged[..] });
         let ok = team::share(executor, chunks, &|chunk| {
             for ob in chunk * blocks / chunks..(chunk + 1) * blocks / chunks {
-                let rows = ob * R * stride..((ob + 1) * R).min(self.c_out) * stride;
                 if vnni {
                     // SAFETY: as above; the kernel writes only the rows of block `ob`, this chunk's. It runs the
                     // epilogue on its registers when it writes the output.
@@ -247,6 +246,7 @@ impl QGridConv {
                     };
                     continue;
                 }
+                let rows = ob * R * stride..((ob + 1) * R).min(self.c_out) * stride;
                 // SAFETY: block `ob`'s rows, inside the output (or staged grid), are this chunk's alone.
                 let part = unsafe { dst.part(rows.start, rows.len()) };
                 self.product_scalar(x4, part, stride, ob);
@@ -855,8 +855,7 @@ mod tests {
             let kernels = Isa::available().into_iter().filter(|i| matches!(i, Isa::Avx512Vnni | Isa::NeonDotprod));
             for (isa, form) in [(Isa::Scalar, Isa::Scalar), (Isa::Scalar, Isa::NeonDotprod)].into_iter().chain(kernels.map(|i| (i, i))) {
                 let conv = QGridConv::new(&spec, g, form).expect("valid geometry");
-                static POOL: std::sync::LazyLock<Executor> = std::sync::LazyLock::new(|| Executor::multithread(2));
-                for executor in [&Executor::SingleThread, &*POOL] {
+                for executor in [&Executor::SingleThread, crate::kernels::team::test_pool()] {
                     let xq: Vec<u8> = (0..c_in * h * w).map(|_| (rng.sym(128.0) + 128.0).clamp(0.0, 255.0) as u8).collect();
                     // The f32 values the graph carries: the dequantized input.
                     let x: Vec<f32> = xq.iter().map(|&q| (q as i32 - x_zero as i32) as f32 * spec.x_scale).collect();

@@ -127,6 +127,14 @@ pub(crate) fn share(executor: &Executor, chunks: usize, work: &(dyn Fn(usize) + 
     !shared.panicked.load(Ordering::Relaxed)
 }
 
+/// A 2-thread executor shared by the kernels' tests (one pool for the whole test binary instead of one per
+/// test case).
+#[cfg(test)]
+pub(crate) fn test_pool() -> &'static Executor {
+    static POOL: std::sync::LazyLock<Executor> = std::sync::LazyLock::new(|| Executor::multithread(2));
+    &POOL
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
