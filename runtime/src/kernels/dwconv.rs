@@ -15,6 +15,7 @@ use tract_onnx::tract_core::ops::math::{Max, Min};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use super::channels_last;
+use super::gridconv::Grid;
 use super::lanes::Lanes;
 use super::qgemv::Isa;
 use super::requant::{self, Stage};
@@ -93,9 +94,8 @@ pub(crate) struct DirectConv {
 #[derive(Debug)]
 struct Padded {
     lanes: Lanes,
-    /// Rows and columns of a padded plane.
-    ph: usize,
-    pw: usize,
+    /// Where the image sits in the padded planes.
+    grid: Grid,
     /// The padded planes, kept between runs (the padding stays zero: only the image is written).
     planes: Kept<Vec<f32>>,
 }
@@ -154,27 +154,30 @@ impl DirectConv {
         if self.group != 1 || terms < LANES_MIN_TAPS || !self.c_out.is_multiple_of(16) || !Lanes::available() {
             return self;
         }
-        let (ph, pw) = ((win.oh - 1) * win.sh + win.kh, (win.ow - 1) * win.sw + win.kw);
-        let (ph, pw) = (ph.max(win.pt + win.h), pw.max(win.pl + win.w));
+        let grid = Grid::strided(
+            self.c_in,
+            (win.h, win.w),
+            (win.pt, win.pl),
+            (win.oh, win.ow),
+            (win.kh, win.kw),
+            (win.sh, win.sw),
+        );
         let mut offsets = Vec::with_capacity(terms);
         for c in 0..self.c_in {
             for ky in 0..win.kh {
                 for kx in 0..win.kw {
-                    offsets.push((c * ph + ky) * pw + kx);
+                    offsets.push(c * grid.plane() + ky * grid.pw + kx);
                 }
             }
         }
+        let pw = grid.pw;
         let positions: Vec<usize> =
             (0..win.oh).flat_map(|y| (0..win.ow).map(move |x| y * win.sh * pw + x * win.sw)).collect();
         let w = &self.weights;
-        // Cells outside the image are the padding the run keeps at zero.
-        let zero = |j: usize| {
-            let (y, x) = (j % (ph * pw) / pw, j % pw);
-            y < win.pt || y >= win.pt + win.h || x < win.pl || x >= win.pl + win.w
-        };
         let (bias, clamp) = (&self.bias, (self.lo, self.hi));
-        let lanes = Lanes::new(offsets, &positions, self.c_out, |o, t| w[o * terms + t], bias, clamp, zero);
-        self.lanes = Some(Padded { lanes, ph, pw, planes: Kept::new() });
+        let weight = |o, t| w[o * terms + t];
+        let lanes = Lanes::new(offsets, &positions, self.c_out, weight, bias, clamp, |j| grid.is_padding(j));
+        self.lanes = Some(Padded { lanes, grid, planes: Kept::new() });
         self
     }
 
@@ -244,15 +247,10 @@ impl DirectConv {
         let tpo = self.taps_per_output();
         if let (Simd::Avx512, Some(p)) = (simd, &self.lanes) {
             let executor = tract_linalg::multithread::current_tract_executor();
-            let mut planes = p.planes.take_or(|| vec![0f32; self.c_in * p.ph * p.pw]);
+            let mut planes = p.planes.take_or(|| vec![0f32; self.c_in * p.grid.plane()]);
             let mut ran = true;
             for (x, o) in input.chunks_exact(self.c_in * plane).zip(out.chunks_exact_mut(self.c_out * oplane)) {
-                for (c, src) in x.chunks_exact(plane).enumerate() {
-                    for (y, row) in src.chunks_exact(win.w).enumerate() {
-                        let at = (c * p.ph + y + win.pt) * p.pw + win.pl;
-                        planes[at..at + win.w].copy_from_slice(row);
-                    }
-                }
+                p.grid.fill(x, &mut planes);
                 ran &= p.lanes.run(&planes, o, &executor);
                 if !epilogue.is_empty() {
                     requant::run_in_place(simd, epilogue, o);
@@ -822,8 +820,6 @@ mod tests {
             vec![]
         };
         let step = if epilogue.is_empty() { 0.0 } else { 0.07 };
-        static POOL: std::sync::LazyLock<tract_linalg::multithread::Executor> =
-            std::sync::LazyLock::new(|| tract_linalg::multithread::Executor::multithread(2));
         // Twice per instruction set: the second run reuses the scratch the first one kept, and runs with the
         // larger convolutions shared with a 2-thread pool.
         for isa in Isa::available() {
@@ -831,8 +827,12 @@ mod tests {
                 let simd = Simd::for_isa(isa);
                 let mut out = vec![f32::NAN; expected.len()];
                 let mut run = || conv.run(simd, &x, c.batch, &mut out, &epilogue);
-                if pooled { tract_linalg::multithread::multithread_tract_scope(POOL.clone(), run) } else { run() }
-                    .unwrap();
+                if pooled {
+                    tract_linalg::multithread::multithread_tract_scope(team::test_pool().clone(), run)
+                } else {
+                    run()
+                }
+                .unwrap();
                 for (j, ((got, want), m)) in out.iter().zip(&expected).zip(&mag).enumerate() {
                     // The chain on the exact value; one grid step of slack where f32 rounding crossed a tie.
                     let want = epilogue.iter().fold(*want as f32, |v, st| st.apply(v)) as f64;

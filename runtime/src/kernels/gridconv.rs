@@ -51,12 +51,43 @@ impl Grid {
         (oh, ow): (usize, usize),
         (kh, kw): (usize, usize),
     ) -> Grid {
-        Grid { c_in, h, w, pt, pl, ph: (pt + h).max(oh + kh - 1), pw: (pl + w).max(ow + kw - 1), oh, ow }
+        Grid::strided(c_in, (h, w), (pt, pl), (oh, ow), (kh, kw), (1, 1))
+    }
+
+    /// The padded planes of [`Grid::padded`] for a convolution of any stride `(sh, sw)` (windows `sh` rows and
+    /// `sw` columns apart): the last window starts at row `(oh − 1)·sh`.
+    pub(crate) fn strided(
+        c_in: usize,
+        (h, w): (usize, usize),
+        (pt, pl): (usize, usize),
+        (oh, ow): (usize, usize),
+        (kh, kw): (usize, usize),
+        (sh, sw): (usize, usize),
+    ) -> Grid {
+        let (ph, pw) = ((pt + h).max((oh - 1) * sh + kh), (pl + w).max((ow - 1) * sw + kw));
+        Grid { c_in, h, w, pt, pl, ph, pw, oh, ow }
     }
 
     /// Values (or cells) of one padded plane.
     pub(crate) fn plane(&self) -> usize {
         self.ph * self.pw
+    }
+
+    /// Copies the image `[c_in, h, w]` into the padded planes `padded` at `(pt, pl)` of each; the cells around it
+    /// (the padding) are left as they are: zero in a buffer made zeroed and only ever written here.
+    pub(crate) fn fill(&self, x: &[f32], padded: &mut [f32]) {
+        for (c, plane) in x.chunks_exact(self.h * self.w).enumerate() {
+            for (y, row) in plane.chunks_exact(self.w).enumerate() {
+                let at = c * self.plane() + (y + self.pt) * self.pw + self.pl;
+                padded[at..at + self.w].copy_from_slice(row);
+            }
+        }
+    }
+
+    /// Whether cell `j` of the padded planes lies outside the image (the padding [`Grid::fill`] leaves at zero).
+    pub(crate) fn is_padding(&self, j: usize) -> bool {
+        let (y, x) = (j % self.plane() / self.pw, j % self.pw);
+        y < self.pt || y >= self.pt + self.h || x < self.pl || x >= self.pl + self.w
     }
 }
 
@@ -112,12 +143,7 @@ impl GridConv {
         let term = |o: usize, t: usize| weight(o, t / (kh * kw), t / kw % kh, t % kw);
         let product = if simd == Simd::Avx512 && Lanes::available() {
             let positions: Vec<usize> = (0..grid.oh).flat_map(|y| (0..grid.ow).map(move |x| y * grid.pw + x)).collect();
-            // Cells outside the image are the padding `run` keeps at zero.
-            let zero = |j: usize| {
-                let (y, x) = (j % grid.plane() / grid.pw, j % grid.pw);
-                y < grid.pt || y >= grid.pt + grid.h || x < grid.pl || x >= grid.pl + grid.w
-            };
-            Product::Lanes(Lanes::new(offsets, &positions, c_out, term, bias, clamp, zero))
+            Product::Lanes(Lanes::new(offsets, &positions, c_out, term, bias, clamp, |j| grid.is_padding(j)))
         } else {
             Product::Grid(Pointwise::shifted(offsets, (c_out, grid.oh * grid.pw), term, bias, clamp))
         };
@@ -135,12 +161,7 @@ impl GridConv {
         executor: &Executor,
     ) -> TractResult<()> {
         let g = &self.grid;
-        for (c, plane) in x.chunks_exact(g.h * g.w).enumerate() {
-            for (y, row) in plane.chunks_exact(g.w).enumerate() {
-                let at = c * g.plane() + (y + g.pt) * g.pw + g.pl;
-                padded[at..at + g.w].copy_from_slice(row);
-            }
-        }
+        g.fill(x, padded);
         let pk = match &self.product {
             Product::Lanes(l) => {
                 ensure!(l.run(padded, out, executor), "PupilGridConv: the lanes product refused its buffers");
@@ -306,12 +327,11 @@ mod tests {
             let wt = |o: usize, c: usize, y: usize, x: usize| weights[((o * c_in + c) * kh + y) * kw + x];
             let (lo, hi) = if clamp { (0.0, 1.5) } else { (f32::NEG_INFINITY, f32::INFINITY) };
             let grid = Grid::padded(c_in, (h, w), (pt, pl), (oh, ow), (kh, kw));
-            static POOL: std::sync::LazyLock<Executor> = std::sync::LazyLock::new(|| Executor::multithread(2));
             for isa in Isa::available() {
                 let conv = GridConv::new(grid, (c_out, kh, kw), wt, &bias, (lo, hi), Simd::for_isa(isa));
                 // Two images per ISA, on the scratch the op keeps between runs (its padding must stay zero): on one
                 // thread, then shared with a 2-thread pool.
-                for executor in [&Executor::SingleThread, &*POOL] {
+                for executor in [&Executor::SingleThread, crate::kernels::team::test_pool()] {
                     let x: Vec<f32> = (0..c_in * h * w).map(|_| rng.sym(2.0)).collect();
                     let mut out = vec![f32::NAN; c_out * oh * ow];
                     let mut scratch = conv.take_scratch();
