@@ -108,6 +108,18 @@ fn optimized(bytes: &[u8], shape: &[usize], accel: Acceleration) -> (TypedModel,
     (typed, replaced.len())
 }
 
+/// tract alone (pupil's kernels off, so it replaces nothing) on an `m × k` input drawn uniformly from
+/// `±spread` with `seed`: the input and tract's outputs.
+fn tract_alone(bytes: &[u8], (m, k): (usize, usize), seed: u64, spread: f32) -> (Tensor, Vec<f32>) {
+    let (plain, none) = optimized(bytes, &[m, k], Acceleration::Off);
+    assert_eq!(none, 0, "with the kernels off nothing is replaced");
+    let mut rng = zoo::Rng::new(seed);
+    let input: Vec<f32> = (0..m * k).map(|_| rng.sym(spread)).collect();
+    let input = Tensor::from_shape(&[m, k], &input).unwrap();
+    let expected = run(&plain, &input);
+    (input, expected)
+}
+
 fn run(model: &TypedModel, input: &Tensor) -> Vec<f32> {
     let plan = model.clone().into_runnable().unwrap();
     let out = plan.run(tvec![input.clone().into_tvalue()]).unwrap();
@@ -155,13 +167,8 @@ fn matmul_integer_is_exact_for_every_signedness_and_zero_point() {
     ];
     for (i, &(m, k, n, a_s, w_s, az, wz)) in cases.iter().enumerate() {
         let bytes = matmul_integer_model(m, k, n, a_s, w_s, az, wz, i as u64);
-        let (plain, none) = optimized(&bytes, &[m, k], Acceleration::Off);
-        assert_eq!(none, 0);
-        let mut rng = zoo::Rng::new(100 + i as u64);
         // Inputs spread over the whole quantized range, and past it (saturation).
-        let input: Vec<f32> = (0..m * k).map(|_| rng.sym(5.0)).collect();
-        let input = Tensor::from_shape(&[m, k], &input).unwrap();
-        let expected = run(&plain, &input);
+        let (input, expected) = tract_alone(&bytes, (m, k), 100 + i as u64, 5.0);
         for isa in Isa::available() {
             let (fast, replaced) = optimized(&bytes, &[m, k], Acceleration::With(isa));
             assert_eq!(replaced, 1, "case {i}: the MatMulInteger should run on pupil's kernel");
@@ -225,13 +232,8 @@ fn a_pointwise_qlinear_conv_over_1x1_inputs_runs_on_pupils_product_like_tract() 
     ];
     for (i, &(m, k, n, signed, xz, wz)) in cases.iter().enumerate() {
         let bytes = qlinear_conv_1x1_model(m, k, n, 1, signed, xz, wz, i as u64);
-        let (plain, none) = optimized(&bytes, &[m, k], Acceleration::Off);
-        assert_eq!(none, 0);
-        let mut rng = zoo::Rng::new(200 + i as u64);
         // Inputs over the whole quantized range and past it (saturation).
-        let input: Vec<f32> = (0..m * k).map(|_| rng.sym(6.0)).collect();
-        let input = Tensor::from_shape(&[m, k], &input).unwrap();
-        let expected = run(&plain, &input);
+        let (input, expected) = tract_alone(&bytes, (m, k), 200 + i as u64, 6.0);
         for isa in Isa::available() {
             let (fast, replaced) = optimized(&bytes, &[m, k], Acceleration::With(isa));
             assert_eq!(replaced, 1, "case {i} on {isa}: the QLinearConv should run on pupil's product");
