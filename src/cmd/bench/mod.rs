@@ -239,6 +239,32 @@ fn load_pupil(bytes: &[u8], threads: usize, accel: Acceleration) -> anyhow::Resu
     Ok((model, t0.elapsed()))
 }
 
+/// pupil's (or tract's alone) cold start on `input`: load + optimise + first inference; the model and its output.
+fn cold_pupil(
+    bytes: &[u8],
+    threads: usize,
+    accel: Acceleration,
+    input: &[f32],
+) -> anyhow::Result<(Model, Vec<f32>, Duration)> {
+    let (model, load) = load_pupil(bytes, threads, accel)?;
+    let t0 = Instant::now();
+    let out = model.run(input)?;
+    Ok((model, out, load + t0.elapsed()))
+}
+
+/// ONNX Runtime's cold start on `input`: session + first inference; the session and its output.
+fn cold_ort(
+    bytes: &[u8],
+    shape: &[usize],
+    threads: usize,
+    input: &[f32],
+) -> anyhow::Result<(OrtModel, Vec<f32>, Duration)> {
+    let t0 = Instant::now();
+    let mut o = OrtModel::load(bytes, shape, threads).map_err(anyhow::Error::msg)?;
+    let out = o.run(input).map_err(anyhow::Error::msg)?;
+    Ok((o, out, t0.elapsed()))
+}
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
@@ -251,20 +277,15 @@ fn bench_one(e: &Entry, threads: usize, args: &Args, use_ort: bool, input_seed: 
     let t0 = Instant::now();
     let out_tract = tract.run(&input)?;
     let tract_cold = t_load + t0.elapsed();
-    let (pupil, p_load) = load_pupil(&e.bytes, threads, Acceleration::On)?;
-    let t0 = Instant::now();
-    let out_pupil = pupil.run(&input)?;
-    let pupil_cold = p_load + t0.elapsed();
+    let (pupil, out_pupil, pupil_cold) = cold_pupil(&e.bytes, threads, Acceleration::On, &input)?;
     let kernel_nodes = pupil_nodes(pupil.typed_model()).len();
 
     let mut ort = None;
     let mut ort_cold = Duration::ZERO;
     let mut out_ort = None;
     if use_ort {
-        let t0 = Instant::now();
-        let mut o = OrtModel::load(&e.bytes, tract.example_shape(), threads).map_err(anyhow::Error::msg)?;
-        let out = o.run(&input).map_err(anyhow::Error::msg)?;
-        ort_cold = t0.elapsed();
+        let (o, out, cold) = cold_ort(&e.bytes, tract.example_shape(), threads, &input)?;
+        ort_cold = cold;
         out_ort = Some(out);
         ort = Some(o);
     }
@@ -274,17 +295,10 @@ fn bench_one(e: &Entry, threads: usize, args: &Args, use_ort: bool, input_seed: 
     for turn in 1..args.cold_loads as usize {
         for slot in 0..contenders {
             let who = (slot + turn) % contenders;
-            let cold = if who == 2 {
-                let t0 = Instant::now();
-                let mut o = OrtModel::load(&e.bytes, tract.example_shape(), threads).map_err(anyhow::Error::msg)?;
-                o.run(&input).map_err(anyhow::Error::msg)?;
-                t0.elapsed()
-            } else {
-                let accel = if who == 0 { Acceleration::Off } else { Acceleration::On };
-                let (m, load) = load_pupil(&e.bytes, threads, accel)?;
-                let t0 = Instant::now();
-                m.run(&input)?;
-                load + t0.elapsed()
+            let cold = match who {
+                0 => cold_pupil(&e.bytes, threads, Acceleration::Off, &input)?.2,
+                1 => cold_pupil(&e.bytes, threads, Acceleration::On, &input)?.2,
+                _ => cold_ort(&e.bytes, tract.example_shape(), threads, &input)?.2,
             };
             colds[who].push(cold);
         }
