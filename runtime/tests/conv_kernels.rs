@@ -149,6 +149,12 @@ fn the_cnn_runs_both_convs_and_both_max_pools_on_pupils_kernels_with_tracts_outp
             assert_eq!(conv.clamp(), (0.0, f32::INFINITY), "the ReLU after the first conv is folded in");
             let grid = fast.nodes().iter().find_map(|n| n.op_as::<kernels::PupilGridConv>()).unwrap();
             assert_eq!(grid.dims(), (32 * 9, 64));
+            // On AVX-512 as Winograd F(2×2, 3×3): the same outputs within the tolerance below.
+            #[cfg(target_arch = "x86_64")]
+            let avx512 = isa == Isa::Avx512Vnni && std::arch::is_x86_feature_detected!("avx512f");
+            #[cfg(not(target_arch = "x86_64"))]
+            let avx512 = false;
+            assert_eq!(grid.winograd(), avx512, "{isa}");
             let left: Vec<String> = fast
                 .nodes()
                 .iter()

@@ -9,7 +9,8 @@
 //! positions of each grid row past the output width are computed and dropped; bias and a following ReLU / ReLU6
 //! are folded in. Per run: one copy of the input into the padded planes and one crop of the grid. On AVX-512 the
 //! same terms run as a product with the output channels in the lanes over the output columns only
-//! ([`super::lanes`]), written straight into the output (no crop).
+//! ([`super::lanes`]), written straight into the output (no crop), and 3×3 kernels over at least 16 input and
+//! output channels as Winograd F(2×2, 3×3) ([`super::winograd`]: 16 multiply-adds per 4 outputs instead of 36).
 
 use std::sync::Arc;
 
@@ -22,6 +23,7 @@ use super::pointwise::Pointwise;
 use super::qgemv::Isa;
 use super::scratch::Kept;
 use super::taps::Simd;
+use super::winograd::Winograd;
 
 /// Where the image goes in the padded planes, and the grid the product runs over (also the geometry of the int8
 /// grid convolution, [`super::qgridconv`]).
@@ -112,7 +114,14 @@ enum Product {
     /// The output channels in the lanes, over the output columns only, straight into the output (AVX-512; see
     /// [`super::lanes`]).
     Lanes(Lanes),
+    /// 3×3 kernels over at least [`WINOGRAD_CHANNELS`] input and output channels: Winograd F(2×2, 3×3) (AVX-512;
+    /// see [`super::winograd`]); `padded` holds the image channels-last, `staged` the transformed tiles.
+    Winograd(Winograd),
 }
+
+/// Input and output channels from which a 3×3 convolution runs as [`Product::Winograd`] (the transforms cost about
+/// what 2–3 channels of products save).
+const WINOGRAD_CHANNELS: usize = 16;
 
 /// The zero-padded input planes and the product's output over the whole grid (empty for [`Product::Lanes`]),
 /// for one image.
@@ -141,7 +150,19 @@ impl GridConv {
             }
         }
         let term = |o: usize, t: usize| weight(o, t / (kh * kw), t / kw % kh, t % kw);
-        let product = if simd == Simd::Avx512 && Lanes::available() {
+        let winograd = (kh, kw) == (3, 3) && grid.c_in.min(c_out) >= WINOGRAD_CHANNELS;
+        let product = if simd == Simd::Avx512 && winograd && Winograd::available() {
+            let (g, (lo, hi)) = (&grid, clamp);
+            Product::Winograd(Winograd::new(
+                (g.c_in, c_out),
+                (g.h, g.w),
+                (g.pt, g.pl),
+                (g.oh, g.ow),
+                &weight,
+                bias,
+                (lo, hi),
+            ))
+        } else if simd == Simd::Avx512 && Lanes::available() {
             let positions: Vec<usize> = (0..grid.oh).flat_map(|y| (0..grid.ow).map(move |x| y * grid.pw + x)).collect();
             Product::Lanes(Lanes::new(offsets, &positions, c_out, term, bias, clamp, |j| grid.is_padding(j)))
         } else {
@@ -161,13 +182,21 @@ impl GridConv {
         executor: &Executor,
     ) -> TractResult<()> {
         let g = &self.grid;
-        g.fill(x, padded);
         let pk = match &self.product {
+            Product::Winograd(w) => {
+                let ran = w.run(x, out, padded, staged, executor);
+                ensure!(ran, "PupilGridConv: the Winograd transform refused its buffers");
+                return Ok(());
+            }
             Product::Lanes(l) => {
+                g.fill(x, padded);
                 ensure!(l.run(padded, out, executor), "PupilGridConv: the lanes product refused its buffers");
                 return Ok(());
             }
-            Product::Grid(pk) => pk,
+            Product::Grid(pk) => {
+                g.fill(x, padded);
+                pk
+            }
         };
         pk.run(simd, padded, staged, executor)?;
         for (o_plane, s_plane) in out.chunks_exact_mut(g.oh * g.ow).zip(staged.chunks_exact(g.oh * g.pw)) {
@@ -182,9 +211,10 @@ impl GridConv {
     fn take_scratch(&self) -> Scratch {
         self.scratch.take_or(|| Scratch {
             padded: vec![0f32; self.padded_len()],
-            staged: match self.product {
+            staged: match &self.product {
                 Product::Grid(_) => vec![0f32; self.c_out * self.grid.oh * self.grid.pw],
                 Product::Lanes(_) => vec![],
+                Product::Winograd(w) => vec![0f32; w.v_len()],
             },
         })
     }
@@ -198,6 +228,7 @@ impl GridConv {
         let reads = match &self.product {
             Product::Grid(pk) => pk.x_len(),
             Product::Lanes(l) => l.x_len(),
+            Product::Winograd(w) => return w.cells_len(),
         };
         reads.max(self.grid.c_in * self.grid.plane())
     }
@@ -227,6 +258,10 @@ impl PupilGridConv {
     /// `(c_in · kh · kw, output channels)`: products summed per output value, and outputs per position.
     pub fn dims(&self) -> (usize, usize) {
         (self.conv.terms, self.conv.c_out)
+    }
+    /// Whether it runs as Winograd F(2×2, 3×3) (3×3 kernels over at least 16 input and output channels, AVX-512).
+    pub fn winograd(&self) -> bool {
+        matches!(self.conv.product, Product::Winograd(_))
     }
 }
 

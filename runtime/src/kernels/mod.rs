@@ -30,6 +30,7 @@ mod rowconv;
 mod scratch;
 mod taps;
 mod team;
+mod winograd;
 pub mod zoo;
 
 use tract_onnx::prelude::*;
