@@ -209,7 +209,7 @@ mod x86 {
                                 _mm512_setzero_ps()
                             }
                         });
-                        transpose(&mut r);
+                        crate::kernels::transpose16(&mut r);
                         let row = cells.as_mut_ptr().add(((y + w.pt) * w.cols + x0 + w.pl) * cp + cb);
                         for (j, v) in r.iter().enumerate().take(n) {
                             _mm512_storeu_ps(row.add(j * cp), *v);
@@ -217,32 +217,6 @@ mod x86 {
                     }
                 }
             }
-        }
-    }
-
-    /// Transposes 16 vectors of 16: lane `j` of vector `i` becomes lane `i` of vector `j`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) fn transpose(r: &mut [__m512; 16]) {
-        let mut t = [_mm512_setzero_ps(); 16];
-        for i in 0..8 {
-            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-        }
-        for i in 0..4 {
-            r[4 * i] = _mm512_shuffle_ps::<0x44>(t[4 * i], t[4 * i + 2]);
-            r[4 * i + 1] = _mm512_shuffle_ps::<0xEE>(t[4 * i], t[4 * i + 2]);
-            r[4 * i + 2] = _mm512_shuffle_ps::<0x44>(t[4 * i + 1], t[4 * i + 3]);
-            r[4 * i + 3] = _mm512_shuffle_ps::<0xEE>(t[4 * i + 1], t[4 * i + 3]);
-        }
-        for i in 0..2 {
-            for j in 0..4 {
-                t[8 * i + j] = _mm512_shuffle_f32x4::<0x88>(r[8 * i + j], r[8 * i + 4 + j]);
-                t[8 * i + 4 + j] = _mm512_shuffle_f32x4::<0xDD>(r[8 * i + j], r[8 * i + 4 + j]);
-            }
-        }
-        for j in 0..8 {
-            r[j] = _mm512_shuffle_f32x4::<0x88>(t[j], t[j + 8]);
-            r[j + 8] = _mm512_shuffle_f32x4::<0xDD>(t[j], t[j + 8]);
         }
     }
 
@@ -477,7 +451,7 @@ mod tests {
                 let row: [f32; 16] = std::array::from_fn(|j| (i * 16 + j) as f32);
                 _mm512_loadu_ps(row.as_ptr())
             });
-            x86::transpose(&mut r);
+            crate::kernels::transpose16(&mut r);
             for (g, v) in got.iter_mut().zip(&r) {
                 _mm512_storeu_ps(g.as_mut_ptr(), *v);
             }
