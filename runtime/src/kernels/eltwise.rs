@@ -1,9 +1,13 @@
-//! `PupilAdd`: the sum of two f32 tensors of one shape (a residual connection), on the calling thread.
+//! `PupilAdd`: the sum of two f32 tensors of one shape (a residual connection).
 //!
-//! tract splits its element-wise ops across the model's thread pool; for the activations of a small CNN the
-//! pool's wake-up costs more than the sum: MobileNet's four residual `Add`s took 8 µs per run at 1 thread and
-//! 92 µs at 2 (per-node profile), which made the whole model slower at 2 threads than at 1. One pass here,
-//! vectorized (AVX-512 / AVX2 builds of the loop on x86-64, NEON by default on aarch64).
+//! tract splits its element-wise ops across the model's thread pool and waits for it; for the activations of a
+//! small CNN the pool's wake-up costs more than the sum: MobileNet's four residual `Add`s took 8 µs per run at
+//! 1 thread and 92 µs at 2 (per-node profile), which made the whole model slower at 2 threads than at 1. One
+//! pass here, vectorized (AVX-512 / AVX2 builds of the loop on x86-64, NEON by default on aarch64); from
+//! [`MIN_SPLIT`] values it is shared with the pool the pupil way ([`super::team::share`]: the caller never waits
+//! for a thread to wake). Alone, the sum would not need a second thread, but its operands come from layers the
+//! two threads computed together: on one thread, the half the other core wrote crosses between the cores
+//! (MobileNet's 48 × 48 × 16 sum: 3.1 µs at 1 thread, 9.4 µs at 2 without the split).
 
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
@@ -11,6 +15,12 @@ use tract_onnx::tract_core::ops::math::Add;
 
 use super::qgemv::Isa;
 use super::taps::Simd;
+use super::team;
+
+/// Values from which the sum is shared with the thread pool.
+pub(crate) const MIN_SPLIT: usize = 16 * 1024;
+/// Values per chunk of a shared sum at least (a few pages: each thread keeps to its part of the buffers).
+const CHUNK: usize = 4096;
 
 /// `a + b` for two f32 tensors of the same shape.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,7 +59,9 @@ impl EvalOp for PupilAdd {
         {
             let mut dst = out.try_as_plain_ram_mut()?;
             let src = b.try_as_plain_ram()?;
-            add_assign(Simd::for_isa(self.isa), dst.as_slice_mut::<f32>()?, src.as_slice::<f32>()?);
+            let executor = tract_linalg::multithread::current_tract_executor();
+            let ok = add_shared(Simd::for_isa(self.isa), dst.as_slice_mut::<f32>()?, src.as_slice::<f32>()?, &executor);
+            ensure!(ok, "a chunk of PupilAdd panicked");
         }
         Ok(tvec!(out.into_tvalue()))
     }
@@ -64,6 +76,25 @@ impl TypedOp for PupilAdd {
         Ok(tvec!((Cost::FMA(DatumType::F32), inputs[0].shape.iter().product())))
     }
     as_op!();
+}
+
+/// [`add_assign`] in chunks shared with `executor`'s pool from [`MIN_SPLIT`] values; `false` when a chunk
+/// panicked.
+pub(crate) fn add_shared(
+    simd: Simd,
+    dst: &mut [f32],
+    src: &[f32],
+    executor: &tract_linalg::multithread::Executor,
+) -> bool {
+    let n = dst.len().min(src.len());
+    let chunks = team::chunks(executor, n / CHUNK, n >= MIN_SPLIT);
+    let out = team::Out::new(dst);
+    team::share(executor, chunks, &|c| {
+        let range = c * n / chunks..(c + 1) * n / chunks;
+        // SAFETY: chunk `c` alone writes `range`, inside `dst`.
+        let dst = unsafe { out.part(range.start, range.len()) };
+        add_assign(simd, dst, &src[range]);
+    })
 }
 
 /// `dst[i] += src[i]`, with the vector width of `simd`.
@@ -123,6 +154,21 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        /// Lengths around the split threshold, on one thread and shared with a 2-thread pool: exactly the scalar
+        /// sums, every value written once.
+        #[test]
+        fn a_shared_sum_is_the_elementwise_sum(n in (MIN_SPLIT - 5)..(3 * MIN_SPLIT + 7), seed in any::<u64>()) {
+            let mut rng = Rng::new(seed);
+            let a: Vec<f32> = (0..n).map(|_| rng.sym(4.0)).collect();
+            let b: Vec<f32> = (0..n).map(|_| rng.sym(4.0)).collect();
+            let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+            for executor in [&tract_linalg::multithread::Executor::SingleThread, crate::kernels::team::test_pool()] {
+                let mut got = a.clone();
+                prop_assert!(add_shared(Simd::Scalar, &mut got, &b, executor));
+                prop_assert_eq!(&got, &want);
+            }
+        }
+
         /// Every length (the vector loops' tails included), on every instruction set: exactly the scalar sums.
         #[test]
         fn add_assign_is_the_elementwise_sum(n in 0usize..300, seed in any::<u64>()) {
