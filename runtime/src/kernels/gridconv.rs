@@ -198,7 +198,7 @@ impl GridConv {
                 pk
             }
         };
-        pk.run(simd, padded, staged, executor)?;
+        pk.run(simd, padded, staged, None, executor)?;
         for (o_plane, s_plane) in out.chunks_exact_mut(g.oh * g.ow).zip(staged.chunks_exact(g.oh * g.pw)) {
             for (o_row, s_row) in o_plane.chunks_exact_mut(g.ow).zip(s_plane.chunks_exact(g.pw)) {
                 o_row.copy_from_slice(&s_row[..g.ow]);

@@ -180,20 +180,30 @@ fn early_int8(model: &mut TypedModel, isa: Isa) -> TractResult<Vec<Replacement>>
         let node = &model.nodes()[id];
         if let Some(op) = op::for_pointwise_qconv(model, node, isa)? {
             replaced.extend(Replacement::of(&op, &node.name));
-            replace(model, id, Box::new(op), id)?;
+            replace(model, id, Box::new(op), id, None)?;
         }
     }
     Ok(replaced)
 }
 
 /// Wires `op` in place of node `id`, reading its activations (both operands of a [`PupilAdd`], the first input
-/// of the others: their weights are packed inside them), its output standing for node `last`'s (a ReLU folded
-/// into a convolution).
-fn replace(model: &mut TypedModel, id: usize, op: Box<dyn TypedOp>, last: usize) -> TractResult<()> {
+/// of the others: their weights are packed inside them) and then `extra` (a folded residual's other operand),
+/// its output standing for node `last`'s (a ReLU folded into a convolution).
+fn replace(
+    model: &mut TypedModel,
+    id: usize,
+    op: Box<dyn TypedOp>,
+    last: usize,
+    extra: Option<OutletId>,
+) -> TractResult<()> {
     let node = &model.nodes()[id];
     let mut patch = TypedModelPatch::default();
     let reads = if op.as_op().is::<PupilAdd>() { 2 } else { 1 };
-    let inputs = node.inputs[..reads].iter().map(|&i| patch.tap_model(model, i)).collect::<TractResult<TVec<_>>>()?;
+    let inputs = node.inputs[..reads]
+        .iter()
+        .chain(&extra)
+        .map(|&i| patch.tap_model(model, i))
+        .collect::<TractResult<TVec<_>>>()?;
     let out = patch.wire_node(&node.name, op, &inputs)?[0];
     patch.shunt_outside(model, OutletId::new(last, 0), out)?;
     patch.obliterate(id)?;
@@ -223,6 +233,7 @@ fn accelerate_int8(
     for id in model.eval_order()? {
         let node = &model.nodes()[id];
         // The pupil operator, and the node whose output it replaces (a ReLU folded into a convolution).
+        let mut extra = None;
         let op: Option<(Box<dyn TypedOp>, usize)> =
             if let Some((op, last)) = qgridconv::for_node(model, node, isa, int8)? {
                 Some((Box::new(op), last))
@@ -235,7 +246,8 @@ fn accelerate_int8(
                     dwconv::Direct::Depthwise(op) => Some((Box::new(op), last)),
                     dwconv::Direct::Dense(op) => Some((Box::new(op), last)),
                 }
-            } else if let Some((op, last)) = pointwise::for_einsum(model, node, isa)? {
+            } else if let Some((op, last, skip)) = pointwise::for_einsum(model, node, isa)? {
+                extra = skip;
                 Some((Box::new(op), last))
             } else if let Some((op, last)) = gridconv::for_conv(model, node, isa)? {
                 Some((Box::new(op), last))
@@ -246,7 +258,7 @@ fn accelerate_int8(
             };
         if let Some((op, last)) = op {
             replaced.extend(Replacement::of(op.as_ref(), &node.name));
-            replace(model, id, op, last)?;
+            replace(model, id, op, last, extra)?;
         }
     }
     if !replaced.is_empty() {

@@ -123,10 +123,18 @@ impl Pointwise {
         self.x_len
     }
 
-    /// One image: `out[o·hw + p] = clamp(bias[o] + Σ_t w[o][t] · x[offset[t] + p], lo, hi)`. With a
+    /// One image: `out[o·hw + p] = clamp(bias[o] + Σ_t w[o][t] · x[offset[t] + p], lo, hi) + skip[o·hw + p]`
+    /// (a residual connection summed in while the outputs are in cache; none without `skip`). With a
     /// multithreaded `executor` and at least [`MIN_SPLIT_MACS`] multiply-adds, the blocks of output channels are
     /// shared with its pool ([`team::share`]).
-    pub(crate) fn run(&self, simd: Simd, x: &[f32], out: &mut [f32], executor: &Executor) -> TractResult<()> {
+    pub(crate) fn run(
+        &self,
+        simd: Simd,
+        x: &[f32],
+        out: &mut [f32],
+        skip: Option<&[f32]>,
+        executor: &Executor,
+    ) -> TractResult<()> {
         ensure!(
             x.len() >= self.x_len && out.len() == self.c_out * self.hw,
             "pointwise product: expected {} inputs and {} outputs, got {} and {}",
@@ -135,6 +143,14 @@ impl Pointwise {
             x.len(),
             out.len()
         );
+        if let Some(skip) = skip {
+            ensure!(
+                skip.len() == out.len(),
+                "pointwise product: expected {} residual values, got {}",
+                out.len(),
+                skip.len()
+            );
+        }
         let worth = self.c_out * self.c_in * self.hw >= MIN_SPLIT_MACS;
         #[cfg(target_arch = "x86_64")]
         if let (Simd::Avx512, Some(cl)) = (simd, &self.channel_lanes) {
@@ -146,7 +162,7 @@ impl Pointwise {
                     let (group, step) = (job / steps, job % steps);
                     // SAFETY: AVX-512F (`Simd::Avx512` is only chosen with it); `x` and `out` are checked above;
                     // the job writes only its positions of its channels.
-                    unsafe { x86::channel_lanes(self, cl, x, step * LANE_ROWS, group * LANE_VECS, dst.ptr()) }
+                    unsafe { x86::channel_lanes(self, cl, x, skip, (step * LANE_ROWS, group * LANE_VECS), dst.ptr()) }
                 }
             });
             ensure!(ok, "a chunk of the f32 pointwise product panicked");
@@ -159,18 +175,18 @@ impl Pointwise {
             let (from, to) = (c * blocks / chunks, (c + 1) * blocks / chunks);
             // SAFETY: `x` and `out` are checked above; chunk `c` alone writes the output rows of blocks
             // `from..to`.
-            unsafe { self.blocks(simd, x, &dst, from..to) }
+            unsafe { self.blocks(simd, x, skip, &dst, from..to) }
         });
         ensure!(ok, "a chunk of the f32 pointwise product panicked");
         Ok(())
     }
 
-    /// The output rows of the channel blocks `blocks` (of [`ROWS`] channels).
+    /// The output rows of the channel blocks `blocks` (of [`ROWS`] channels), then their part of `skip` added.
     ///
     /// # Safety
-    /// `x` holds at least `x_len` values and `out` was made from `c_out · hw` values; no other thread touches
-    /// the rows of these blocks meanwhile.
-    unsafe fn blocks(&self, simd: Simd, x: &[f32], out: &team::Out<f32>, blocks: Range<usize>) {
+    /// `x` holds at least `x_len` values, `out` was made from `c_out · hw` values and `skip` holds as many; no
+    /// other thread touches the rows of these blocks meanwhile.
+    unsafe fn blocks(&self, simd: Simd, x: &[f32], skip: Option<&[f32]>, out: &team::Out<f32>, blocks: Range<usize>) {
         let channels = blocks.start * ROWS..(blocks.end * ROWS).min(self.c_out);
         // SAFETY: the caller's contract: these rows are inside `out` and this call's alone.
         let rows = unsafe { out.part(channels.start * self.hw, channels.len() * self.hw) };
@@ -189,7 +205,10 @@ impl Pointwise {
             }
             _ => 0,
         };
-        self.scalar(done, x, rows, channels);
+        self.scalar(done, x, rows, channels.clone());
+        if let Some(skip) = skip {
+            super::eltwise::add_assign(simd, rows, &skip[channels.start * self.hw..channels.end * self.hw]);
+        }
     }
 
     /// Pixels `from..hw` of the output channels `channels`, whose rows `rows` holds, one at a time (the
@@ -226,18 +245,18 @@ mod x86 {
     /// The outputs at positions `p0 .. p0 + LANE_ROWS` (fewer at the end) of the output channels in the vectors
     /// `vec0 .. vec0 + LANE_VECS` (fewer at the end): one accumulator per position and vector, each input value
     /// broadcast against the vectors of weights; then each vector of 16 channels is transposed to 16 runs of
-    /// positions, one masked store per channel.
+    /// positions, `skip`'s values added, one masked store per channel.
     ///
     /// # Safety
     /// AVX-512F; `x` holds `x_len` values; `out` points to `c_out × hw` values of which this call writes only
-    /// its positions of its channels.
+    /// its positions of its channels, and `skip` holds as many.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn channel_lanes(
         pk: &Pointwise,
         cl: &ChannelLanes,
         x: &[f32],
-        p0: usize,
-        vec0: usize,
+        skip: Option<&[f32]>,
+        (p0, vec0): (usize, usize),
         out: *mut f32,
     ) {
         let rows = (pk.hw - p0).min(LANE_ROWS);
@@ -246,12 +265,12 @@ mod x86 {
             macro_rules! rows {
                 ($nv:literal) => {
                     match rows {
-                        6 => lanes_step::<6, $nv>(pk, cl, x, p0, vec0, out),
-                        5 => lanes_step::<5, $nv>(pk, cl, x, p0, vec0, out),
-                        4 => lanes_step::<4, $nv>(pk, cl, x, p0, vec0, out),
-                        3 => lanes_step::<3, $nv>(pk, cl, x, p0, vec0, out),
-                        2 => lanes_step::<2, $nv>(pk, cl, x, p0, vec0, out),
-                        _ => lanes_step::<1, $nv>(pk, cl, x, p0, vec0, out),
+                        6 => lanes_step::<6, $nv>(pk, cl, x, skip, (p0, vec0), out),
+                        5 => lanes_step::<5, $nv>(pk, cl, x, skip, (p0, vec0), out),
+                        4 => lanes_step::<4, $nv>(pk, cl, x, skip, (p0, vec0), out),
+                        3 => lanes_step::<3, $nv>(pk, cl, x, skip, (p0, vec0), out),
+                        2 => lanes_step::<2, $nv>(pk, cl, x, skip, (p0, vec0), out),
+                        _ => lanes_step::<1, $nv>(pk, cl, x, skip, (p0, vec0), out),
                     }
                 };
             }
@@ -270,8 +289,8 @@ mod x86 {
         pk: &Pointwise,
         cl: &ChannelLanes,
         x: &[f32],
-        p0: usize,
-        vec0: usize,
+        skip: Option<&[f32]>,
+        (p0, vec0): (usize, usize),
         out: *mut f32,
     ) {
         // SAFETY (whole body): term `t` reads `x[offset + p0 + r]` with `p0 + r < hw`, `offset + hw ≤ x_len`, and
@@ -299,7 +318,12 @@ mod x86 {
                 });
                 crate::kernels::transpose16(&mut m);
                 for (j, v) in m.iter().enumerate().take(pk.c_out.saturating_sub(o0).min(16)) {
-                    _mm512_mask_storeu_ps(out.add((o0 + j) * pk.hw + p0), positions, *v);
+                    let at = (o0 + j) * pk.hw + p0;
+                    let v = match skip {
+                        Some(s) => _mm512_add_ps(*v, _mm512_maskz_loadu_ps(positions, s.as_ptr().add(at))),
+                        None => *v,
+                    };
+                    _mm512_mask_storeu_ps(out.add(at), positions, v);
                 }
             }
         }
@@ -461,18 +485,23 @@ mod arm {
     }
 }
 
-/// A 1×1 f32 convolution over channels-first images.
+/// A 1×1 f32 convolution over channels-first images (plus a residual connection: a second input of the output's
+/// shape, summed in).
 #[derive(Debug, Clone)]
 pub struct PupilPointwiseConv {
     pk: Arc<Pointwise>,
     isa: Isa,
     simd: Simd,
     out_shape: TVec<TDim>,
+    residual: bool,
 }
 
 impl PartialEq for PupilPointwiseConv {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.pk, &other.pk) && self.isa == other.isa && self.out_shape == other.out_shape
+        Arc::ptr_eq(&self.pk, &other.pk)
+            && self.isa == other.isa
+            && self.out_shape == other.out_shape
+            && self.residual == other.residual
     }
 }
 impl Eq for PupilPointwiseConv {}
@@ -486,6 +515,10 @@ impl PupilPointwiseConv {
     pub fn dims(&self) -> (usize, usize) {
         (self.pk.c_in, self.pk.c_out)
     }
+    /// Whether the residual `Add` after the convolution was folded in (its other operand is the second input).
+    pub fn residual(&self) -> bool {
+        self.residual
+    }
 }
 
 impl Op for PupilPointwiseConv {
@@ -495,8 +528,14 @@ impl Op for PupilPointwiseConv {
     fn info(&self) -> TractResult<Vec<String>> {
         let p = &self.pk;
         Ok(vec![format!(
-            "{}→{} channels, {} pixels, clamp [{}, {}], {:?}",
-            p.c_in, p.c_out, p.hw, p.lo, p.hi, self.simd
+            "{}→{} channels, {} pixels, clamp [{}, {}]{}, {:?}",
+            p.c_in,
+            p.c_out,
+            p.hw,
+            p.lo,
+            p.hi,
+            if self.residual { ", plus the residual" } else { "" },
+            self.simd
         )])
     }
     op_as_typed_op!();
@@ -523,8 +562,24 @@ impl EvalOp for PupilPointwiseConv {
         let mut dst = out.try_as_plain_ram_mut()?;
         let dst = dst.as_slice_mut::<f32>()?;
         let executor = tract_linalg::multithread::current_tract_executor();
-        for (x, o) in src.chunks_exact(image).zip(dst.chunks_exact_mut(p.c_out * p.hw)) {
-            p.run(self.simd, x, o, &executor)?;
+        let per = p.c_out * p.hw;
+        let skip = match (self.residual, inputs.get(1)) {
+            (false, _) => None,
+            (true, Some(skip)) => {
+                ensure!(
+                    skip.datum_type() == DatumType::F32 && skip.len() == dst.len(),
+                    "PupilPointwiseConv expects a residual of {} f32 values, got {:?} {:?}",
+                    dst.len(),
+                    skip.datum_type(),
+                    skip.shape()
+                );
+                Some(skip.try_as_plain_ram()?)
+            }
+            (true, None) => bail!("PupilPointwiseConv with a residual takes two inputs"),
+        };
+        let skip = skip.as_ref().map(|s| s.as_slice::<f32>()).transpose()?;
+        for (i, (x, o)) in src.chunks_exact(image).zip(dst.chunks_exact_mut(per)).enumerate() {
+            p.run(self.simd, x, o, skip.map(|s| &s[i * per..(i + 1) * per]), &executor)?;
         }
         Ok(tvec!(out.into_tvalue()))
     }
@@ -545,13 +600,14 @@ impl TypedOp for PupilPointwiseConv {
 }
 
 /// Builds the pupil operator for a decluttered 1×1 f32 convolution, which tract declutters to an `EinSum`
-/// `NIHW,OI->NOHW` (or `IHW,OI->OHW`, or `NIHW,OI->OHW` for a batch of one) with constant weights, and the last
-/// node it replaces (the bias `Add` and a ReLU / Clip folded in); `None` for any other product.
+/// `NIHW,OI->NOHW` (or `IHW,OI->OHW`, or `NIHW,OI->OHW` for a batch of one) with constant weights, the last
+/// node it replaces (the bias `Add`, a ReLU / Clip, then a residual `Add` folded in) and the other operand of
+/// that residual `Add` (the operator's second input); `None` for any other product.
 pub(crate) fn for_einsum(
     model: &TypedModel,
     node: &TypedNode,
     isa: Isa,
-) -> TractResult<Option<(PupilPointwiseConv, usize)>> {
+) -> TractResult<Option<(PupilPointwiseConv, usize, Option<OutletId>)>> {
     let Some(op) = node.op_as::<EinSum>() else { return Ok(None) };
     if op.q_params.is_some() || op.operating_dt != DatumType::F32 || node.inputs.len() != 2 {
         return Ok(None);
@@ -601,9 +657,23 @@ pub(crate) fn for_einsum(
     };
     let (lo, hi, clamp_last) = following_clamp(model, &model.nodes()[last])?;
     last = clamp_last;
+    // A residual `Add` of the result and another computed tensor of its shape, when nothing else reads the result:
+    // the other operand cannot depend on this node then.
+    let mut skip = None;
+    if let [succ] = model.nodes()[last].outputs[0].successors.as_slice()
+        && !model.output_outlets()?.contains(&OutletId::new(last, 0))
+    {
+        let add = &model.nodes()[succ.node];
+        if super::eltwise::for_add(model, add, isa)?.is_some() {
+            skip = Some(add.inputs[1 - succ.slot]);
+            last = add.id;
+        }
+    }
     let pk = Pointwise::new((c_in, c_out, ih * iw), weight, &bias, (lo, hi));
     let out_shape = model.outlet_fact(OutletId::new(last, 0))?.shape.iter().cloned().collect();
-    Ok(Some((PupilPointwiseConv { pk: Arc::new(pk), isa, simd: Simd::for_isa(isa), out_shape }, last)))
+    let op =
+        PupilPointwiseConv { pk: Arc::new(pk), isa, simd: Simd::for_isa(isa), out_shape, residual: skip.is_some() };
+    Ok(Some((op, last, skip)))
 }
 
 #[cfg(test)]
@@ -616,15 +686,16 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(96))]
 
         /// 1..40 input and 1..60 output channels over 1..400 pixels (half the cases fewer than 48: the output
-        /// channels in the lanes on AVX-512), with and without a clamp: every instruction set, on one thread and shared with a 2-thread pool (the larger products), within
+        /// channels in the lanes on AVX-512), with and without a clamp and a residual: every instruction set, on one thread and shared with a 2-thread pool (the larger products), within
         /// `1e-5 · (1 + Σ|w·x|)` of the definition computed in f64.
         #[test]
         fn pointwise_matches_the_definition_on_every_isa(
             c_in in 1usize..40, c_out in 1usize..60, hw in prop_oneof![1usize..48, 1usize..400], clamp in any::<bool>(),
-            seed in any::<u64>(),
+            residual in any::<bool>(), seed in any::<u64>(),
         ) {
             let mut rng = Rng::new(seed);
             let x: Vec<f32> = (0..c_in * hw).map(|_| rng.sym(2.0)).collect();
+            let skip: Option<Vec<f32>> = residual.then(|| (0..c_out * hw).map(|_| rng.sym(2.0)).collect());
             let w: Vec<f32> = (0..c_out * c_in).map(|_| rng.sym(1.0)).collect();
             let bias: Vec<f32> = (0..c_out).map(|_| rng.sym(1.0)).collect();
             let (lo, hi) = if clamp { (0.0, 1.5) } else { (f32::NEG_INFINITY, f32::INFINITY) };
@@ -632,7 +703,7 @@ mod tests {
             let pool = crate::kernels::team::test_pool();
             for (isa, executor) in Isa::available().into_iter().flat_map(|i| [(i, &Executor::SingleThread), (i, pool)]) {
                 let mut out = vec![f32::NAN; c_out * hw];
-                pk.run(Simd::for_isa(isa), &x, &mut out, executor).unwrap();
+                pk.run(Simd::for_isa(isa), &x, &mut out, skip.as_deref(), executor).unwrap();
                 for o in 0..c_out {
                     for p in 0..hw {
                         let mut exact = bias[o] as f64;
@@ -641,9 +712,11 @@ mod tests {
                             exact += w[o * c_in + i] as f64 * x[i * hw + p] as f64;
                             mag += (w[o * c_in + i] * x[i * hw + p]).abs() as f64;
                         }
-                        let exact = exact.max(lo as f64).min(hi as f64);
+                        // The residual is added after the clamp (an `Add` after the ReLU).
+                        let r = skip.as_ref().map_or(0.0, |s| s[o * hw + p] as f64);
+                        let exact = exact.max(lo as f64).min(hi as f64) + r;
                         let got = out[o * hw + p] as f64;
-                        prop_assert!((got - exact).abs() <= 1e-5 * (1.0 + mag), "{} o {} p {}: {} vs {}", isa, o, p, got, exact);
+                        prop_assert!((got - exact).abs() <= 1e-5 * (1.0 + mag + r.abs()), "{} o {} p {}: {} vs {}", isa, o, p, got, exact);
                     }
                 }
             }
