@@ -332,6 +332,36 @@ pub(crate) fn for_conv(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractR
     Ok(Some((PupilGridConv { conv: Arc::new(conv), isa, simd, out_shape }, last)))
 }
 
+/// Output `(o, y, x)` of a stride-1 convolution by its definition, in f64, for the kernels' tests: the image
+/// `x` `[c_in, h, w]` read with `(pt, pl)` rows and columns of zeros before it, `weight(o, c, ky, kx)`, the bias and
+/// the clamp; returns `(value, Σ |terms|)` (the latter scales the tolerance).
+#[cfg(test)]
+pub(crate) fn definition(
+    x: &[f32],
+    (c_in, h, w, pt, pl): (usize, usize, usize, usize, usize),
+    (kh, kw): (usize, usize),
+    weight: &dyn Fn(usize, usize, usize, usize) -> f32,
+    bias: f32,
+    (lo, hi): (f32, f32),
+    (o, y, xo): (usize, usize, usize),
+) -> (f64, f64) {
+    let (mut exact, mut mag) = (bias as f64, bias.abs() as f64);
+    for c in 0..c_in {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let (iy, ix) = ((y + ky) as i64 - pt as i64, (xo + kx) as i64 - pl as i64);
+                if iy < 0 || ix < 0 || iy >= h as i64 || ix >= w as i64 {
+                    continue;
+                }
+                let v = x[(c * h + iy as usize) * w + ix as usize] as f64 * weight(o, c, ky, kx) as f64;
+                exact += v;
+                mag += v.abs();
+            }
+        }
+    }
+    (exact.max(lo as f64).min(hi as f64), mag)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,21 +406,8 @@ mod tests {
                     for o in 0..c_out {
                         for y in 0..oh {
                             for xo in 0..ow {
-                                let (mut exact, mut mag) = (bias[o] as f64, bias[o].abs() as f64);
-                                for c in 0..c_in {
-                                    for ky in 0..kh {
-                                        for kx in 0..kw {
-                                            let (iy, ix) = ((y + ky) as i64 - pt as i64, (xo + kx) as i64 - pl as i64);
-                                            if iy < 0 || ix < 0 || iy >= h as i64 || ix >= w as i64 {
-                                                continue;
-                                            }
-                                            let v = x[(c * h + iy as usize) * w + ix as usize] * wt(o, c, ky, kx);
-                                            exact += v as f64;
-                                            mag += v.abs() as f64;
-                                        }
-                                    }
-                                }
-                                let exact = exact.max(lo as f64).min(hi as f64);
+                                let image = (c_in, h, w, pt, pl);
+                                let (exact, mag) = definition(&x, image, (kh, kw), &wt, bias[o], (lo, hi), (o, y, xo));
                                 let got = out[(o * oh + y) * ow + xo] as f64;
                                 prop_assert!((got - exact).abs() <= 1e-5 * (1.0 + mag), "{} o {} y {} x {}: {} vs {}", isa, o, y, xo, got, exact);
                             }

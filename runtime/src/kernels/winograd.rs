@@ -376,6 +376,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::gridconv::definition;
     use crate::kernels::zoo::Rng;
     use proptest::prelude::*;
 
@@ -416,21 +417,8 @@ mod tests {
                 for o in 0..c_out {
                     for y in 0..oh {
                         for xo in 0..ow {
-                            let (mut exact, mut mag) = (bias[o] as f64, bias[o].abs() as f64);
-                            for c in 0..c_in {
-                                for ky in 0..3 {
-                                    for kx in 0..3 {
-                                        let (iy, ix) = ((y + ky) as i64 - pt as i64, (xo + kx) as i64 - pl as i64);
-                                        if iy < 0 || ix < 0 || iy >= h as i64 || ix >= w as i64 {
-                                            continue;
-                                        }
-                                        let p = x[(c * h + iy as usize) * w + ix as usize] as f64 * wt(o, c, ky, kx) as f64;
-                                        exact += p;
-                                        mag += p.abs();
-                                    }
-                                }
-                            }
-                            let exact = exact.max(lo as f64).min(hi as f64);
+                            let image = (c_in, h, w, pt, pl);
+                            let (exact, mag) = definition(&x, image, (3, 3), &wt, bias[o], (lo, hi), (o, y, xo));
                             let got = out[(o * oh + y) * ow + xo] as f64;
                             prop_assert!((got - exact).abs() <= 1e-5 * (1.0 + mag), "o {} y {} x {}: {} vs {}", o, y, xo, got, exact);
                         }
