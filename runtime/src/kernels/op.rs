@@ -289,8 +289,9 @@ pub(crate) fn for_pointwise_qconv(model: &TypedModel, node: &TypedNode, isa: Isa
         return Ok(None);
     }
     let layout = ProductLayout { k_dims: 1 + spatial, k_first: false, k, n, n_axis_repr: 'O' };
-    // The bias, the weights' zero points and scales go with the output channels when they have one value each.
-    build(model, node, isa, &b, &layout, konst_through_casts, |slot| Ok(matches!(slot, 2 | 5 | 6)))
+    // The bias, the weights' zero points and scales (the only parameters `build` lets vary) go with the output
+    // channels when they have one value each.
+    build(model, node, isa, &b, &layout, konst_through_casts, |_| Ok(true))
 }
 
 /// The constant at `outlet`, looking through `Cast`s that keep its values (to the same type, or integers to
