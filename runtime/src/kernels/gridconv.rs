@@ -119,8 +119,8 @@ enum Product {
     Winograd(Winograd),
 }
 
-/// Input and output channels from which a 3×3 convolution runs as [`Product::Winograd`] (the transforms cost about
-/// what 2–3 channels of products save).
+/// Input and output channels from which a 3×3 convolution runs as [`Product::Winograd`] (a vector of 16 channels in
+/// both: chosen, not tuned; the CNN's layer has 32 → 64).
 const WINOGRAD_CHANNELS: usize = 16;
 
 /// The zero-padded input planes and the product's output over the whole grid (empty for [`Product::Lanes`]),
@@ -151,22 +151,13 @@ impl GridConv {
         }
         let term = |o: usize, t: usize| weight(o, t / (kh * kw), t / kw % kh, t % kw);
         let winograd = (kh, kw) == (3, 3) && grid.c_in.min(c_out) >= WINOGRAD_CHANNELS;
-        let product = if simd == Simd::Avx512 && winograd && Winograd::available() {
-            let (g, (lo, hi)) = (&grid, clamp);
-            Product::Winograd(Winograd::new(
-                (g.c_in, c_out),
-                (g.h, g.w),
-                (g.pt, g.pl),
-                (g.oh, g.ow),
-                &weight,
-                bias,
-                (lo, hi),
-            ))
+        let product = if simd == Simd::Avx512 && winograd && super::avx512f() {
+            Product::Winograd(Winograd::new(&grid, c_out, &weight, bias, clamp))
         } else if simd == Simd::Avx512 && Lanes::available() {
             let positions: Vec<usize> = (0..grid.oh).flat_map(|y| (0..grid.ow).map(move |x| y * grid.pw + x)).collect();
             Product::Lanes(Lanes::new(offsets, &positions, c_out, term, bias, clamp, |j| grid.is_padding(j)))
         } else {
-            Product::Grid(Pointwise::shifted(offsets, (c_out, grid.oh * grid.pw), term, bias, clamp))
+            Product::Grid(Pointwise::shifted(offsets, (c_out, grid.oh * grid.pw), term, bias, clamp, simd))
         };
         GridConv { grid, c_out, terms: grid.c_in * kh * kw, product, scratch: Kept::new() }
     }

@@ -151,10 +151,7 @@ impl Lanes {
 
     /// Whether this CPU runs the product (AVX-512F).
     pub(crate) fn available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return std::arch::is_x86_feature_detected!("avx512f");
-        #[cfg(not(target_arch = "x86_64"))]
-        false
+        super::avx512f()
     }
 
     /// `out` (`c_out × outputs`, channels first) for one input `x`; the steps of positions are shared with the

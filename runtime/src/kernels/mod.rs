@@ -372,6 +372,15 @@ pub fn aarch64_kind_from_cpuinfo(cpuinfo: &str) -> Option<&'static str> {
     })
 }
 
+/// Whether this CPU has AVX-512F (never on other architectures): the AVX-512-only kernels (`lanes.rs`,
+/// `winograd.rs`, `pointwise.rs`'s channel lanes) check it before building or running.
+pub(crate) fn avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// Transposes 16 vectors of 16: lane `j` of vector `i` becomes lane `i` of vector `j`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]

@@ -68,28 +68,33 @@ pub(crate) struct Pointwise {
     lo: f32,
     hi: f32,
     /// The same weights for the output channels in the lanes, when there are fewer than [`FEW_POSITIONS`]
-    /// positions and the CPU has AVX-512F.
+    /// positions and the product runs on AVX-512 (built for no other `Simd`).
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     channel_lanes: Option<ChannelLanes>,
 }
 
 impl Pointwise {
+    /// A 1×1 convolution, to run on `simd` (the layout for the output channels in the lanes is built only for
+    /// AVX-512).
     pub(crate) fn new(
         (c_in, c_out, hw): (usize, usize, usize),
         weight: impl Fn(usize, usize) -> f32,
         bias: &[f32],
         clamp: (f32, f32),
+        simd: Simd,
     ) -> Pointwise {
-        Pointwise::shifted((0..c_in).map(|i| i * hw).collect(), (c_out, hw), weight, bias, clamp)
+        Pointwise::shifted((0..c_in).map(|i| i * hw).collect(), (c_out, hw), weight, bias, clamp, simd)
     }
 
-    /// A product whose term `t` reads `x[offsets[t] + p]` for the positions `p < hw`, with weights `weight(o, t)`.
+    /// A product whose term `t` reads `x[offsets[t] + p]` for the positions `p < hw`, with weights `weight(o, t)`,
+    /// to run on `simd`.
     pub(crate) fn shifted(
         offsets: Vec<usize>,
         (c_out, hw): (usize, usize),
         weight: impl Fn(usize, usize) -> f32,
         bias: &[f32],
         (lo, hi): (f32, f32),
+        simd: Simd,
     ) -> Pointwise {
         let terms = offsets.len();
         let blocks = c_out.div_ceil(ROWS);
@@ -103,7 +108,7 @@ impl Pointwise {
             b[o] = bias[o];
         }
         let x_len = offsets.iter().max().map_or(0, |m| m + hw);
-        let channel_lanes = (hw < FEW_POSITIONS && avx512()).then(|| {
+        let channel_lanes = (hw < FEW_POSITIONS && simd == Simd::Avx512 && super::avx512f()).then(|| {
             let op = c_out.div_ceil(16) * 16;
             let mut lw = vec![0f32; terms * op];
             for t in 0..terms {
@@ -226,14 +231,6 @@ impl Pointwise {
             }
         }
     }
-}
-
-/// Whether this CPU has AVX-512F (for [`ChannelLanes`]).
-fn avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx512f");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -669,10 +666,10 @@ pub(crate) fn for_einsum(
             last = add.id;
         }
     }
-    let pk = Pointwise::new((c_in, c_out, ih * iw), weight, &bias, (lo, hi));
+    let simd = Simd::for_isa(isa);
+    let pk = Pointwise::new((c_in, c_out, ih * iw), weight, &bias, (lo, hi), simd);
     let out_shape = model.outlet_fact(OutletId::new(last, 0))?.shape.iter().cloned().collect();
-    let op =
-        PupilPointwiseConv { pk: Arc::new(pk), isa, simd: Simd::for_isa(isa), out_shape, residual: skip.is_some() };
+    let op = PupilPointwiseConv { pk: Arc::new(pk), isa, simd, out_shape, residual: skip.is_some() };
     Ok(Some((op, last, skip)))
 }
 
@@ -699,11 +696,12 @@ mod tests {
             let w: Vec<f32> = (0..c_out * c_in).map(|_| rng.sym(1.0)).collect();
             let bias: Vec<f32> = (0..c_out).map(|_| rng.sym(1.0)).collect();
             let (lo, hi) = if clamp { (0.0, 1.5) } else { (f32::NEG_INFINITY, f32::INFINITY) };
-            let pk = Pointwise::new((c_in, c_out, hw), |o, i| w[o * c_in + i], &bias, (lo, hi));
             let pool = crate::kernels::team::test_pool();
             for (isa, executor) in Isa::available().into_iter().flat_map(|i| [(i, &Executor::SingleThread), (i, pool)]) {
+                let simd = Simd::for_isa(isa);
+                let pk = Pointwise::new((c_in, c_out, hw), |o, i| w[o * c_in + i], &bias, (lo, hi), simd);
                 let mut out = vec![f32::NAN; c_out * hw];
-                pk.run(Simd::for_isa(isa), &x, &mut out, skip.as_deref(), executor).unwrap();
+                pk.run(simd, &x, &mut out, skip.as_deref(), executor).unwrap();
                 for o in 0..c_out {
                     for p in 0..hw {
                         let mut exact = bias[o] as f64;

@@ -333,7 +333,7 @@ mod tests {
             let bias = rng.sym(1.0);
             let mut out = vec![f32::NAN; oh * ow];
             let ran = plane(&win, &x, &wts, bias, clamp, &mut out);
-            prop_assert_eq!(ran, avx512());
+            prop_assert_eq!(ran, crate::kernels::avx512f());
             if !ran {
                 return Ok(());
             }
@@ -375,7 +375,7 @@ mod tests {
             let bias: Vec<f32> = (0..count).map(|_| rng.sym(1.0)).collect();
             let mut out = vec![f32::NAN; count * oh * ow];
             let ran = flat.run(&x, &wts, &bias, clamp, &mut out);
-            prop_assert_eq!(ran, avx512());
+            prop_assert_eq!(ran, crate::kernels::avx512f());
             if !ran {
                 return Ok(());
             }
@@ -438,13 +438,6 @@ mod tests {
             }
         }
         (exact.max(clamp.0 as f64).min(clamp.1 as f64), mag)
-    }
-
-    fn avx512() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return std::arch::is_x86_feature_detected!("avx512f");
-        #[cfg(not(target_arch = "x86_64"))]
-        false
     }
 
     #[test]

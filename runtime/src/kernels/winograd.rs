@@ -23,6 +23,7 @@
 
 use tract_linalg::multithread::Executor;
 
+use super::gridconv::Grid;
 use super::team;
 
 /// Tiles per product step: 6 tiles × 4 vectors of output channels = 24 accumulators.
@@ -50,9 +51,6 @@ pub(crate) struct Winograd {
     /// Tiles down and across (the output rounded up to even sizes, halved).
     ty: usize,
     tx: usize,
-    /// Rows and columns of padded cells the tiles read (`2·ty + 2`, `2·tx + 2`).
-    rows: usize,
-    cols: usize,
     /// `U = G g Gᵀ` as `[ξ][c][o]` (`16 × c_in × op`, output channels past `c_out` zero).
     u: Vec<f32>,
     /// Bias, `op` values (zero past `c_out`).
@@ -62,25 +60,17 @@ pub(crate) struct Winograd {
 }
 
 impl Winograd {
-    /// Whether this CPU runs the transform (AVX-512F).
-    pub(crate) fn available() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        return std::arch::is_x86_feature_detected!("avx512f");
-        #[cfg(not(target_arch = "x86_64"))]
-        false
-    }
-
-    /// `weight(o, c, ky, kx)` of a 3×3, stride-1 convolution of `c_in → c_out` channels over `h × w` images with
-    /// `(pt, pl)` rows and columns of zeros before the image, producing `oh × ow`; the bias, and a clamp folded in.
+    /// `weight(o, c, ky, kx)` of a 3×3, stride-1 convolution producing `c_out` channels over `grid` (its input
+    /// channels, image, padding before it and output; its padded planes are not used: the transform keeps its
+    /// own, channels last); the bias, and a clamp folded in.
     pub(crate) fn new(
-        (c_in, c_out): (usize, usize),
-        (h, w): (usize, usize),
-        (pt, pl): (usize, usize),
-        (oh, ow): (usize, usize),
+        grid: &Grid,
+        c_out: usize,
         weight: impl Fn(usize, usize, usize, usize) -> f32,
         bias: &[f32],
         (lo, hi): (f32, f32),
     ) -> Winograd {
+        let &Grid { c_in, h, w, pt, pl, oh, ow, .. } = grid;
         let (cp, op) = (c_in.div_ceil(16) * 16, c_out.div_ceil(16) * 16);
         let (ty, tx) = (oh.div_ceil(2), ow.div_ceil(2));
         let mut u = vec![0f32; 16 * c_in * op];
@@ -104,18 +94,26 @@ impl Winograd {
         }
         let mut padded_bias = vec![0f32; op];
         padded_bias[..c_out].copy_from_slice(&bias[..c_out]);
-        let (rows, cols) = (2 * ty + 2, 2 * tx + 2);
-        debug_assert!(rows >= pt + h && cols >= pl + w, "the output covers the image");
-        Winograd { c_in, c_out, cp, op, h, w, pt, pl, oh, ow, ty, tx, rows, cols, u, bias: padded_bias, lo, hi }
+        let conv = Winograd { c_in, c_out, cp, op, h, w, pt, pl, oh, ow, ty, tx, u, bias: padded_bias, lo, hi };
+        debug_assert!(conv.rows() >= pt + h && conv.cols() >= pl + w, "the output covers the image");
+        conv
     }
 
     fn tiles(&self) -> usize {
         self.ty * self.tx
     }
 
+    /// Rows and columns of padded cells the tiles read: tiles of 4 starting every 2.
+    fn rows(&self) -> usize {
+        2 * self.ty + 2
+    }
+    fn cols(&self) -> usize {
+        2 * self.tx + 2
+    }
+
     /// Values of the padded cells (channels-last, `cp` per cell), zeroed once and kept between runs.
     pub(crate) fn cells_len(&self) -> usize {
-        self.rows * self.cols * self.cp
+        self.rows() * self.cols() * self.cp
     }
 
     /// Values of the transformed input (`16 × tiles × cp`).
@@ -139,7 +137,7 @@ impl Winograd {
         v: &mut [f32],
         executor: &Executor,
     ) -> bool {
-        if !Self::available()
+        if !super::avx512f()
             || x.len() != self.c_in * self.h * self.w
             || out.len() != self.c_out * self.oh * self.ow
             || cells.len() < self.cells_len()
@@ -213,7 +211,7 @@ mod x86 {
                             }
                         });
                         crate::kernels::transpose16(&mut r);
-                        let row = cells.as_mut_ptr().add(((y + w.pt) * w.cols + x0 + w.pl) * cp + cb);
+                        let row = cells.as_mut_ptr().add(((y + w.pt) * w.cols() + x0 + w.pl) * cp + cb);
                         for (j, v) in r.iter().enumerate().take(n) {
                             _mm512_storeu_ps(row.add(j * cp), *v);
                         }
@@ -234,10 +232,10 @@ mod x86 {
         // stores go to tile `t`'s vectors.
         unsafe {
             for t in tiles {
-                let base = cells.add((2 * (t / w.tx) * w.cols + 2 * (t % w.tx)) * cp);
+                let base = cells.add((2 * (t / w.tx) * w.cols() + 2 * (t % w.tx)) * cp);
                 for cv in (0..cp).step_by(16) {
                     let d: [[__m512; 4]; 4] = std::array::from_fn(|i| {
-                        std::array::from_fn(|j| _mm512_loadu_ps(base.add((i * w.cols + j) * cp + cv)))
+                        std::array::from_fn(|j| _mm512_loadu_ps(base.add((i * w.cols() + j) * cp + cv)))
                     });
                     // Bᵀ d, row by row.
                     let [d0, d1, d2, d3] = d;
@@ -403,14 +401,15 @@ mod tests {
             let bias: Vec<f32> = (0..c_out).map(|_| rng.sym(1.0)).collect();
             let wt = |o: usize, c: usize, y: usize, x: usize| weights[((o * c_in + c) * 3 + y) * 3 + x];
             let (lo, hi) = if clamp { (0.0, 1.5) } else { (f32::NEG_INFINITY, f32::INFINITY) };
-            let conv = Winograd::new((c_in, c_out), (h, w), (pt, pl), (oh, ow), wt, &bias, (lo, hi));
+            let grid = Grid::padded(c_in, (h, w), (pt, pl), (oh, ow), (3, 3));
+            let conv = Winograd::new(&grid, c_out, wt, &bias, (lo, hi));
             let mut cells = vec![0f32; conv.cells_len()];
             let mut v = vec![f32::NAN; conv.v_len()];
             for executor in [&Executor::SingleThread, crate::kernels::team::test_pool()] {
                 let x: Vec<f32> = (0..c_in * h * w).map(|_| rng.sym(2.0)).collect();
                 let mut out = vec![f32::NAN; c_out * oh * ow];
                 let ran = conv.run(&x, &mut out, &mut cells, &mut v, executor);
-                prop_assert_eq!(ran, Winograd::available());
+                prop_assert_eq!(ran, crate::kernels::avx512f());
                 if !ran {
                     continue;
                 }
@@ -431,7 +430,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn sixteen_vectors_are_transposed() {
-        if !Winograd::available() {
+        if !crate::kernels::avx512f() {
             return;
         }
         let mut got = [[0f32; 16]; 16];
@@ -453,14 +452,15 @@ mod tests {
 
     #[test]
     fn mis_sized_buffers_are_refused() {
-        let conv = Winograd::new((16, 16), (4, 4), (1, 1), (4, 4), |_, _, _, _| 1.0, &[0.0; 16], (f32::MIN, f32::MAX));
+        let grid = Grid::padded(16, (4, 4), (1, 1), (4, 4), (3, 3));
+        let conv = Winograd::new(&grid, 16, |_, _, _, _| 1.0, &[0.0; 16], (f32::MIN, f32::MAX));
         let (mut cells, mut v) = (vec![0f32; conv.cells_len()], vec![0f32; conv.v_len()]);
         let mut out = vec![0f32; 16 * 16];
         let e = &Executor::SingleThread;
         assert!(!conv.run(&[1.0; 255], &mut out, &mut cells, &mut v, e), "x one value short");
         assert!(!conv.run(&[1.0; 256], &mut out[..255], &mut cells, &mut v, e), "out one value short");
         assert!(!conv.run(&[1.0; 256], &mut out, &mut cells[..1], &mut v, e), "cells too short");
-        if Winograd::available() {
+        if crate::kernels::avx512f() {
             assert!(conv.run(&[1.0; 256], &mut out, &mut cells, &mut v, e));
             // Each output sums the 16 channels over the window cells inside the image: 4 at a corner, 9 inside.
             assert_eq!((out[0], out[5]), (16.0 * 4.0, 16.0 * 9.0));
