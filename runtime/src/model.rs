@@ -375,12 +375,14 @@ impl Model {
             rewrite.nodes.into_iter().zip(&rewrite.convs).filter(|(_, conv)| !on_int8(conv)).map(|(n, _)| n).collect();
         clock.stats.optimise_ms = clock.lap();
         let out_fact = typed.output_fact(0).map_err(|e| invalid(format!("{e:#}")))?;
-        let classes = out_fact
-            .shape
-            .last()
-            .and_then(|d| d.as_i64())
-            .and_then(|d| usize::try_from(d).ok())
-            .ok_or_else(|| invalid(format!("output shape {:?} has no fixed class dimension", out_fact.shape)))?;
+        // Values per example: the output's axes after the batch axis (a classifier's `[n, classes]`, an image's
+        // `[n, c, h, w]`); a rank-1 output is one example's values.
+        let per_example = if out_fact.shape.rank() > 1 { &out_fact.shape[1..] } else { &out_fact.shape[..] };
+        let classes = per_example
+            .iter()
+            .map(|d| d.as_i64().and_then(|d| usize::try_from(d).ok()))
+            .product::<Option<usize>>()
+            .ok_or_else(|| invalid(format!("output shape {:?} has no fixed size per example", out_fact.shape)))?;
         if let Some(labels) = &meta.labels
             && labels.len() != classes
         {
@@ -446,7 +448,7 @@ impl Model {
     pub fn example_len(&self) -> usize {
         self.example_shape.iter().product()
     }
-    /// Width of the first output (number of classes).
+    /// Values of the first output per example: its axes after the batch axis (a classifier's classes).
     pub fn classes(&self) -> usize {
         self.classes
     }

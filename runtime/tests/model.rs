@@ -220,3 +220,46 @@ fn fixed_batch_model_refuses_symbolic_options() {
     let model = Model::from_bytes(&bytes, ModelOptions::default()).unwrap();
     assert_eq!(model.run(&[-1.0, 2.0, -3.0, 4.0]).unwrap(), vec![0.0, 2.0, 0.0, 4.0]);
 }
+
+/// A model whose output is an image (one depthwise 3×3 convolution, `[N, 3, 5, 4]`) runs: each example gives its
+/// `3 · 5 · 4` values, computed as the convolution's definition says, in one batch and one by one.
+#[test]
+fn a_model_with_an_image_output_runs_and_returns_every_value() {
+    use pupil_runtime::onnx::{Attr, GraphBuilder};
+    let (c, h, w) = (3usize, 5usize, 4usize);
+    let mut s = 5u64;
+    let wts: Vec<f32> = (0..c * 9).map(|_| lcg(&mut s)).collect();
+    let mut b = GraphBuilder::new("depthwise");
+    let x = b.input("x", &[Dim::Symbol("N".into()), Dim::Fixed(c), Dim::Fixed(h), Dim::Fixed(w)]);
+    let wn = b.init_f32("w", &[c, 1, 3, 3], &wts);
+    let attrs = [("group", Attr::Int(c as i64)), ("pads", Attr::Ints(vec![1; 4]))];
+    b.node("Conv", &[&x, &wn], &["y"], &attrs);
+    b.output("y", &[Dim::Symbol("N".into()), Dim::Fixed(c), Dim::Fixed(h), Dim::Fixed(w)]);
+    let model = Model::from_bytes(&b.to_bytes(), ModelOptions::default().with_batch(Batch::Symbolic)).unwrap();
+    assert_eq!(model.classes(), c * h * w, "values per example: the output's axes after the batch axis");
+    let xs = input(2, c * h * w, 3);
+    let out = model.run_batch(&xs).unwrap();
+    assert_eq!(out.len(), 2 * c * h * w);
+    for n in 0..2 {
+        let one = model.run(&xs[n * c * h * w..][..c * h * w]).unwrap();
+        for ch in 0..c {
+            for y in 0..h {
+                for xx in 0..w {
+                    let mut want = 0f32;
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (iy, ix) = (y as isize + ky as isize - 1, xx as isize + kx as isize - 1);
+                            if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                                let v = xs[n * c * h * w + (ch * h + iy as usize) * w + ix as usize];
+                                want += wts[ch * 9 + ky * 3 + kx] * v;
+                            }
+                        }
+                    }
+                    let at = (ch * h + y) * w + xx;
+                    assert!((out[n * c * h * w + at] - want).abs() < 1e-4, "batch: image {n} {ch},{y},{xx}");
+                    assert!((one[at] - want).abs() < 1e-4, "single: image {n} {ch},{y},{xx}");
+                }
+            }
+        }
+    }
+}
