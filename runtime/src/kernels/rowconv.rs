@@ -212,24 +212,32 @@ mod x86 {
         from & to
     }
 
-    /// The `K` vectors `x[s + kx + S·j]` (`kx < K`, lanes `j < 16`) of one row, 0 outside it: `K` masked loads
-    /// for stride 1; for stride 2 a pair of loads per two taps, split into even and odd values by permutes.
+    /// Where the loads of one column block start, relative to its first input column `s`: `s + kx` for
+    /// stride 1; for stride 2, `s + kx` and `s + kx + 16` for the even taps `kx` (one pair of loads serves `kx`
+    /// and `kx + 1`). `L = K` for stride 1, `K + 1` for stride 2 (rounded up to pairs).
     #[inline(always)]
-    unsafe fn row_taps<const K: usize, const S: usize>(row: *const f32, s: isize, w: isize) -> [__m512; K] {
+    fn load_at<const K: usize, const S: usize>(l: usize) -> isize {
+        if S == 1 { l as isize } else { (l / 2 * 2 + l % 2 * 16) as isize }
+    }
+
+    /// The `K` vectors `x[s + kx + S·j]` (`kx < K`, lanes `j < 16`) of one row, 0 outside it, from the loads'
+    /// lane masks `masks` ([`load_at`]'s order; all zero for a row outside the image): `K` masked loads for
+    /// stride 1; for stride 2 a pair of loads per two taps, split into even and odd values by permutes.
+    #[inline(always)]
+    unsafe fn row_taps<const K: usize, const S: usize>(row: *const f32, s: isize, masks: &[__mmask16]) -> [__m512; K] {
         // SAFETY: the caller runs with AVX-512F; masked-off lanes are not read, so the (wrapping) pointers may
         // point outside the row.
         unsafe {
-            let load = |at: isize| _mm512_maskz_loadu_ps(inside(at, w), row.wrapping_offset(at));
+            let load = |l: usize| _mm512_maskz_loadu_ps(masks[l], row.wrapping_offset(s + load_at::<K, S>(l)));
             if S == 1 {
-                std::array::from_fn(|kx| load(s + kx as isize))
+                std::array::from_fn(load)
             } else {
                 let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
                 let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
                 let mut v = [_mm512_setzero_ps(); K];
                 let mut kx = 0;
                 while kx < K {
-                    let at = s + kx as isize;
-                    let (a, b) = (load(at), load(at + 16));
+                    let (a, b) = (load(kx), load(kx + 1));
                     v[kx] = _mm512_permutex2var_ps(a, even, b);
                     if kx + 1 < K {
                         v[kx + 1] = _mm512_permutex2var_ps(a, odd, b);
@@ -241,13 +249,67 @@ mod x86 {
         }
     }
 
+    /// The taps of one input plane summed into the [`ROWS`] accumulators of a block: input row `y0 + t` feeds
+    /// output row `r` through kernel row `t − r·S`. With `EDGE`, rows outside `0 ≤ y < h` are read through
+    /// all-zero masks; without, every row must be inside.
+    #[inline(always)]
+    unsafe fn rows<const K: usize, const S: usize, const EDGE: bool>(
+        xp: *const f32,
+        (y0, h, wd): (isize, isize, isize),
+        s0: isize,
+        masks: &[__mmask16; 6],
+        wv: &[[__m512; K]; K],
+        acc: &mut [__m512; ROWS],
+    ) {
+        let taps = |t: usize| {
+            let y = y0 + t as isize;
+            let keep = if !EDGE || (0..h).contains(&y) { 0xffff } else { 0 };
+            let row_masks: [__mmask16; 6] = std::array::from_fn(|l| if EDGE { masks[l] & keep } else { masks[l] });
+            // SAFETY: the caller's: the row is inside the plane, or (EDGE) read through all-zero masks.
+            unsafe { row_taps::<K, S>(xp.wrapping_offset(y * wd), s0, &row_masks) }
+        };
+        if S == 1 {
+            // Each input row loaded once for the (up to K) output rows it feeds.
+            for t in 0..(ROWS - 1) * S + K {
+                let v = taps(t);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let Some(ky) = t.checked_sub(r * S).filter(|ky| *ky < K) else { continue };
+                    for kx in 0..K {
+                        // SAFETY: the caller runs with AVX-512F.
+                        *acc = unsafe { _mm512_fmadd_ps(v[kx], wv[ky][kx], *acc) };
+                    }
+                }
+            }
+        } else {
+            // At stride 2 neighbouring output rows share one input row in three: loading it again costs less
+            // than the registers its values would hold (in the row-major order the compiler spilled them).
+            for (r, acc) in acc.iter_mut().enumerate() {
+                for (ky, wv) in wv.iter().enumerate() {
+                    let y = y0 + (r * S + ky) as isize;
+                    if EDGE && !(0..h).contains(&y) {
+                        continue;
+                    }
+                    // SAFETY: row `y` is inside the plane.
+                    let v = unsafe { row_taps::<K, S>(xp.wrapping_offset(y * wd), s0, masks) };
+                    for kx in 0..K {
+                        // SAFETY: the caller runs with AVX-512F.
+                        *acc = unsafe { _mm512_fmadd_ps(v[kx], wv[kx], *acc) };
+                    }
+                }
+            }
+        }
+    }
+
     /// Output rows computed together: each input row loaded once serves every one of them its window covers,
     /// and their accumulators are independent chains.
     const ROWS: usize = 4;
 
     /// [`super::plane`] for a `K × K` kernel at stride `S` over `P` input planes:
     /// [`ROWS`] output rows by 16 columns at a time, each block summing every plane's taps in registers before
-    /// one clamped store.
+    /// one clamped store. The loads' column masks are computed once per column block, and blocks whose rows all
+    /// lie inside the image run without any row test (at stride 1 the inner loops then have no branches and
+    /// constant trip counts: 24 × 24 × 144 39.6 → 33.9 µs, 48 × 48 × 16 12.5 → 9.2 µs, kernel alone, min of 1500;
+    /// stride 2 unchanged).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn plane<const K: usize, const S: usize, const P: usize>(
         win: &Window,
@@ -264,10 +326,13 @@ mod x86 {
         let wv: [[[__m512; K]; K]; P] = std::array::from_fn(|i| {
             std::array::from_fn(|ky| std::array::from_fn(|kx| _mm512_set1_ps(w[(i * K + ky) * K + kx])))
         });
+        // Loads per row: K at stride 1, K + 1 (pairs) at stride 2; at most 6 for K = 5.
+        let loads = if S == 1 { K } else { K + 1 };
         let o = out.as_mut_ptr();
         // SAFETY (loop body): `x` holds `planes` planes of `h × w` and `out` one of `oh × ow` (checked by the
-        // caller); input rows are read only for `0 ≤ y < h`, and loads / stores are masked to their rows (and to
-        // nothing for the rows of a last block past `oh`).
+        // caller); rows outside `0 ≤ y < h` are loaded with all-zero masks (nothing read), other loads are
+        // masked to their rows, stores to the lanes inside their output row (and nothing for the rows of a last
+        // block past `oh`).
         unsafe {
             for oy0 in (0..oh).step_by(ROWS) {
                 let y0 = (oy0 * S) as isize - pt;
@@ -276,22 +341,18 @@ mod x86 {
                     let n = (ow - ox0).min(16);
                     let cols = crate::kernels::first_lanes(n);
                     let s0 = (ox0 * S) as isize - pl;
+                    let mut masks = [0 as __mmask16; 6];
+                    for (l, m) in masks.iter_mut().enumerate().take(loads) {
+                        *m = inside(s0 + load_at::<K, S>(l), wd);
+                    }
                     let mut acc = [vbias; ROWS];
+                    let inner = y0 >= 0 && y0 + ((ROWS - 1) * S + K) as isize <= h;
                     for (i, wv) in wv.iter().enumerate() {
                         let xp = x.as_ptr().add(i * plane);
-                        // Input row `y0 + t` feeds output row `oy0 + r` through kernel row `t − r·S`.
-                        for t in 0..(ROWS - 1) * S + K {
-                            let y = y0 + t as isize;
-                            if y < 0 || y >= h {
-                                continue;
-                            }
-                            let v = row_taps::<K, S>(xp.offset(y * wd), s0, wd);
-                            for (r, acc) in acc.iter_mut().enumerate() {
-                                let Some(ky) = t.checked_sub(r * S).filter(|ky| *ky < K) else { continue };
-                                for kx in 0..K {
-                                    *acc = _mm512_fmadd_ps(v[kx], wv[ky][kx], *acc);
-                                }
-                            }
+                        if inner {
+                            rows::<K, S, false>(xp, (y0, h, wd), s0, &masks, wv, &mut acc);
+                        } else {
+                            rows::<K, S, true>(xp, (y0, h, wd), s0, &masks, wv, &mut acc);
                         }
                     }
                     for (r, a) in acc.into_iter().enumerate().take(oh - oy0) {
