@@ -124,6 +124,17 @@ fn mobilenet_runs_its_depthwise_convs_and_stem_on_pupils_kernels_with_tracts_out
                 })
                 .collect();
             assert_eq!(clamps, vec![(0.0, 6.0); 9], "{isa}, batch {shape:?}");
+            // On AVX-512 the stride-2 depthwise onto 6 × 6 runs with the channels in the lanes, the others by rows.
+            #[cfg(target_arch = "x86_64")]
+            let avx512 = isa == Isa::Avx512Vnni && std::arch::is_x86_feature_detected!("avx512f");
+            #[cfg(not(target_arch = "x86_64"))]
+            let avx512 = false;
+            let blocks = fast
+                .nodes()
+                .iter()
+                .filter(|n| n.op_as::<kernels::PupilDepthwiseConv>().is_some_and(|o| o.channel_blocks()))
+                .count();
+            assert_eq!(blocks, avx512 as usize, "{isa}, batch {shape:?}: depthwise convolutions on channel blocks");
             assert!(
                 fast.nodes().len() + 18 <= plain.nodes().len(),
                 "{} vs {} nodes",

@@ -13,6 +13,7 @@
 //! [`requant`]) or in the int8 convolution's output loop. Also tunes tract's aarch64 CPU detection on Android, where tract cannot see the core kind.
 
 mod channels_last;
+mod dwblocks;
 mod dwconv;
 mod eltwise;
 pub mod gemv;
@@ -384,6 +385,7 @@ pub(crate) fn avx512f() -> bool {
 /// Transposes 16 vectors of 16: lane `j` of vector `i` becomes lane `i` of vector `j`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[inline]
 pub(crate) fn transpose16(r: &mut [std::arch::x86_64::__m512; 16]) {
     use std::arch::x86_64::*;
     let mut t = [_mm512_setzero_ps(); 16];
