@@ -9,6 +9,7 @@
 
 use super::scratch::Kept;
 use super::taps::Window;
+#[cfg(target_arch = "x86_64")]
 use super::team;
 use tract_linalg::multithread::Executor;
 
