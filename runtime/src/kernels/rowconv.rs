@@ -212,11 +212,11 @@ mod x86 {
         from & to
     }
 
-    /// Where the loads of one column block start, relative to its first input column `s`: `s + kx` for
-    /// stride 1; for stride 2, `s + kx` and `s + kx + 16` for the even taps `kx` (one pair of loads serves `kx`
-    /// and `kx + 1`). `L = K` for stride 1, `K + 1` for stride 2 (rounded up to pairs).
+    /// Where load `l` of a row starts, relative to the column block's first input column `s`: `s + l` at
+    /// stride 1 (one load per tap `kx = l`); at stride 2, loads `2p` and `2p + 1` are the pair at `s + 2p` and
+    /// `s + 2p + 16` that serves taps `2p` and `2p + 1`.
     #[inline(always)]
-    fn load_at<const K: usize, const S: usize>(l: usize) -> isize {
+    fn load_at<const S: usize>(l: usize) -> isize {
         if S == 1 { l as isize } else { (l / 2 * 2 + l % 2 * 16) as isize }
     }
 
@@ -228,7 +228,7 @@ mod x86 {
         // SAFETY: the caller runs with AVX-512F; masked-off lanes are not read, so the (wrapping) pointers may
         // point outside the row.
         unsafe {
-            let load = |l: usize| _mm512_maskz_loadu_ps(masks[l], row.wrapping_offset(s + load_at::<K, S>(l)));
+            let load = |l: usize| _mm512_maskz_loadu_ps(masks[l], row.wrapping_offset(s + load_at::<S>(l)));
             if S == 1 {
                 std::array::from_fn(load)
             } else {
@@ -251,7 +251,7 @@ mod x86 {
 
     /// The taps of one input plane summed into the [`ROWS`] accumulators of a block: input row `y0 + t` feeds
     /// output row `r` through kernel row `t − r·S`. With `EDGE`, rows outside `0 ≤ y < h` are read through
-    /// all-zero masks; without, every row must be inside.
+    /// all-zero masks (stride 1) or skipped (stride 2); without, every row must be inside.
     #[inline(always)]
     unsafe fn rows<const K: usize, const S: usize, const EDGE: bool>(
         xp: *const f32,
@@ -343,7 +343,7 @@ mod x86 {
                     let s0 = (ox0 * S) as isize - pl;
                     let mut masks = [0 as __mmask16; 6];
                     for (l, m) in masks.iter_mut().enumerate().take(loads) {
-                        *m = inside(s0 + load_at::<K, S>(l), wd);
+                        *m = inside(s0 + load_at::<S>(l), wd);
                     }
                     let mut acc = [vbias; ROWS];
                     let inner = y0 >= 0 && y0 + ((ROWS - 1) * S + K) as isize <= h;
