@@ -113,7 +113,7 @@ impl DwBlocks {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{DwBlocks, LANES};
-    use crate::kernels::{first_lanes, transpose16};
+    use crate::kernels::{cells_from_planes, first_lanes, transpose16};
     use std::arch::x86_64::*;
 
     /// Block `b` (channels `16b ..`): its planes transposed into `buf`'s image cells, then the outputs 16
@@ -133,29 +133,15 @@ mod x86 {
         let win = &d.win;
         let (h, w, pw) = (win.h, win.w, d.pw);
         let (c0, nc) = (b * LANES, (d.c - b * LANES).min(LANES));
-        // SAFETY (both loops): loads are masked to the `w − x0` columns left in a row of the `nc` planes of this
-        // block; stores go to cells `(y + pt, x0 + j + pl)` with `y < h`, `x0 + j < w`, inside `ph × pw`.
+        // SAFETY: `x` holds the `c` planes of `h × w`, and each tile reads the `n ≤ w − x0` values left in row `y`;
+        // its cells `(y + pt, x0 + j + pl)`, `j < n`, lie inside the buffer's `ph × pw`.
         unsafe {
             let bp = buf.as_mut_ptr();
-            // The planes of the block's channels (past `c`, the last one again: its lanes are never stored).
-            let planes: [*const f32; LANES] = std::array::from_fn(|i| x.as_ptr().add((c0 + i.min(nc - 1)) * h * w));
             for y in 0..h {
                 for x0 in (0..w).step_by(LANES) {
                     let n = (w - x0).min(LANES);
-                    let m = first_lanes(n);
-                    let mut v: [__m512; LANES] =
-                        std::array::from_fn(|i| _mm512_maskz_loadu_ps(m, planes[i].add(y * w + x0)));
-                    transpose16(&mut v);
                     let row = bp.add(((y + win.pt) * pw + x0 + win.pl) * LANES);
-                    if n == LANES {
-                        for (j, v) in v.iter().enumerate() {
-                            _mm512_storeu_ps(row.add(j * LANES), *v);
-                        }
-                    } else {
-                        for (j, v) in v.iter().enumerate().take(n) {
-                            _mm512_storeu_ps(row.add(j * LANES), *v);
-                        }
-                    }
+                    cells_from_planes(x, (d.c, h * w), c0, (y * w + x0, n), row, LANES);
                 }
             }
         }

@@ -374,12 +374,54 @@ pub fn aarch64_kind_from_cpuinfo(cpuinfo: &str) -> Option<&'static str> {
 }
 
 /// Whether this CPU has AVX-512F (never on other architectures): the AVX-512-only kernels (`lanes.rs`,
-/// `winograd.rs`, `pointwise.rs`'s channel lanes) check it before building or running.
+/// `winograd.rs`, `dwblocks.rs`, `pointwise.rs`'s channel lanes) check it before building or running.
 pub(crate) fn avx512f() -> bool {
     #[cfg(target_arch = "x86_64")]
     return std::arch::is_x86_feature_detected!("avx512f");
     #[cfg(not(target_arch = "x86_64"))]
     false
+}
+
+/// One 16 × 16 tile of a channels-first → channels-last copy: values `at .. at + n` (`n ≤ 16`) of the 16 planes
+/// `c0 .. c0 + 16` of `x` (`plane` values each; planes from `c` on read as zeros), transposed and stored as `n`
+/// cells of 16 channels, `stride` values apart, from `dst` (Winograd's cells, the depthwise channel blocks).
+///
+/// # Safety
+/// AVX-512F; the planes `c0 .. c` of `x` hold at least `at + n` values each; `dst` has room for
+/// `(n − 1) · stride + 16` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(crate) unsafe fn cells_from_planes(
+    x: &[f32],
+    (c, plane): (usize, usize),
+    c0: usize,
+    (at, n): (usize, usize),
+    dst: *mut f32,
+    stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let mask = first_lanes(n);
+    // SAFETY: the contract above; loads are masked to the `n` values of each plane below `c`.
+    unsafe {
+        let mut r: [__m512; 16] = std::array::from_fn(|l| {
+            if c0 + l < c {
+                _mm512_maskz_loadu_ps(mask, x.as_ptr().add((c0 + l) * plane + at))
+            } else {
+                _mm512_setzero_ps()
+            }
+        });
+        transpose16(&mut r);
+        if n == 16 {
+            for (j, v) in r.iter().enumerate() {
+                _mm512_storeu_ps(dst.add(j * stride), *v);
+            }
+        } else {
+            for (j, v) in r.iter().enumerate().take(n) {
+                _mm512_storeu_ps(dst.add(j * stride), *v);
+            }
+        }
+    }
 }
 
 /// Transposes 16 vectors of 16: lane `j` of vector `i` becomes lane `i` of vector `j`.

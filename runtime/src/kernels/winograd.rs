@@ -200,21 +200,9 @@ mod x86 {
             for y in 0..w.h {
                 for x0 in (0..w.w).step_by(16) {
                     let n = (w.w - x0).min(16);
-                    let mask = crate::kernels::first_lanes(n);
+                    let row = cells.as_mut_ptr().add(((y + w.pt) * w.cols() + x0 + w.pl) * cp);
                     for cb in (0..cp).step_by(16) {
-                        let mut r: [__m512; 16] = std::array::from_fn(|l| {
-                            let c = cb + l;
-                            if c < w.c_in {
-                                _mm512_maskz_loadu_ps(mask, x.as_ptr().add(c * hw + y * w.w + x0))
-                            } else {
-                                _mm512_setzero_ps()
-                            }
-                        });
-                        crate::kernels::transpose16(&mut r);
-                        let row = cells.as_mut_ptr().add(((y + w.pt) * w.cols() + x0 + w.pl) * cp + cb);
-                        for (j, v) in r.iter().enumerate().take(n) {
-                            _mm512_storeu_ps(row.add(j * cp), *v);
-                        }
+                        crate::kernels::cells_from_planes(x, (w.c_in, hw), cb, (y * w.w + x0, n), row.add(cb), cp);
                     }
                 }
             }
