@@ -217,35 +217,9 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::rowconv::definition;
     use crate::kernels::zoo::Rng;
     use proptest::prelude::*;
-
-    /// Output `(ch, oy, ox)` by the definition in f64: `(clamped value, Σ |terms|)`.
-    fn definition(
-        win: &Window,
-        x: &[f32],
-        w: &[f32],
-        bias: &[f32],
-        clamp: (f32, f32),
-        at: (usize, usize, usize),
-    ) -> (f64, f64) {
-        let (ch, oy, ox) = at;
-        let k = win.kh;
-        let (mut v, mut mag) = (bias[ch] as f64, bias[ch].abs() as f64);
-        for ky in 0..k {
-            for kx in 0..k {
-                let (y, xx) =
-                    ((oy * win.sh + ky) as isize - win.pt as isize, (ox * win.sw + kx) as isize - win.pl as isize);
-                if (0..win.h as isize).contains(&y) && (0..win.w as isize).contains(&xx) {
-                    let t =
-                        x[(ch * win.h + y as usize) * win.w + xx as usize] as f64 * w[(ch * k + ky) * k + kx] as f64;
-                    v += t;
-                    mag += t.abs();
-                }
-            }
-        }
-        (v.max(clamp.0 as f64).min(clamp.1 as f64), mag)
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(160))]
@@ -280,7 +254,8 @@ mod tests {
                 for ch in 0..c {
                     for oy in 0..oh {
                         for ox in 0..ow {
-                            let (exact, mag) = definition(&win, &x, &wts, &bias, clamp, (ch, oy, ox));
+                            let (x, w9) = (&x[ch * h * w..][..h * w], &wts[ch * k * k..][..k * k]);
+                            let (exact, mag) = definition(x, w9, 1, (h, w), (k, k), s, (pt, pl), bias[ch], clamp, (oy, ox));
                             let got = out[(ch * oh + oy) * ow + ox] as f64;
                             prop_assert!((got - exact).abs() <= 1e-5 * (1.0 + mag),
                                 "round {} channel {} ({}, {}): {} vs {}", round, ch, oy, ox, got, exact);

@@ -366,6 +366,39 @@ mod x86 {
     }
 }
 
+/// Output `(oy, ox)` of a direct convolution over `planes` input planes by its definition, in f64, for the kernels'
+/// tests: `(clamped value, Σ |terms|)` (the latter scales the tolerance).
+#[cfg(test)]
+#[allow(clippy::too_many_arguments)] // one argument per geometric quantity
+pub(crate) fn definition(
+    x: &[f32],
+    wts: &[f32],
+    planes: usize,
+    (h, w): (usize, usize),
+    (kh, kw): (usize, usize),
+    s: usize,
+    (pt, pl): (usize, usize),
+    bias: f32,
+    clamp: (f32, f32),
+    (oy, ox): (usize, usize),
+) -> (f64, f64) {
+    let (mut exact, mut mag) = (bias as f64, bias.abs() as f64);
+    for i in 0..planes {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let (y, xx) = ((oy * s + ky) as isize - pt as isize, (ox * s + kx) as isize - pl as isize);
+                if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
+                    continue;
+                }
+                let v = x[(i * h + y as usize) * w + xx as usize] as f64 * wts[(i * kh + ky) * kw + kx] as f64;
+                exact += v;
+                mag += v.abs();
+            }
+        }
+    }
+    (exact.max(clamp.0 as f64).min(clamp.1 as f64), mag)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,38 +500,6 @@ mod tests {
         assert!(!f.run(&[0.0; 71], &[0.0; 18], &[0.0; 2], (0.0, 1.0), &mut [0.0; 72]), "short input");
         assert!(!f.run(&[0.0; 72], &[0.0; 17], &[0.0; 2], (0.0, 1.0), &mut [0.0; 72]), "short weights");
         assert!(!f.run(&[0.0; 72], &[0.0; 18], &[0.0; 2], (0.0, 1.0), &mut [0.0; 71]), "short output");
-    }
-
-    /// Output `(oy, ox)` of the convolution by its definition, in f64: `(clamped value, Σ |terms|)` (the
-    /// latter scales the tolerance).
-    #[allow(clippy::too_many_arguments)] // one argument per geometric quantity
-    fn definition(
-        x: &[f32],
-        wts: &[f32],
-        planes: usize,
-        (h, w): (usize, usize),
-        (kh, kw): (usize, usize),
-        s: usize,
-        (pt, pl): (usize, usize),
-        bias: f32,
-        clamp: (f32, f32),
-        (oy, ox): (usize, usize),
-    ) -> (f64, f64) {
-        let (mut exact, mut mag) = (bias as f64, bias.abs() as f64);
-        for i in 0..planes {
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    let (y, xx) = ((oy * s + ky) as isize - pt as isize, (ox * s + kx) as isize - pl as isize);
-                    if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
-                        continue;
-                    }
-                    let v = x[(i * h + y as usize) * w + xx as usize] as f64 * wts[(i * kh + ky) * kw + kx] as f64;
-                    exact += v;
-                    mag += v.abs();
-                }
-            }
-        }
-        (exact.max(clamp.0 as f64).min(clamp.1 as f64), mag)
     }
 
     #[test]
