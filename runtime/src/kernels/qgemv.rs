@@ -194,14 +194,30 @@ impl PackedI8 {
         self.data.len()
     }
 
+    /// Number of packed panels ([`n_padded`](Self::n_padded) / [`PANEL`]).
+    pub fn panels(&self) -> usize {
+        self.np / PANEL
+    }
+
     /// `out[n] = Σ_k a[k] · w[k][n]` exactly, for `a` of length [`k_padded`](Self::k_padded) (entries past `K`
     /// are ignored: their weights are zero) and `out` of length [`n_padded`](Self::n_padded).
     ///
     /// # Panics
     /// If the buffers have the wrong lengths or `isa` is not available on this CPU (see [`Isa::available`]).
     pub fn gemv(&self, isa: Isa, a: &[u8], out: &mut [i32]) {
+        self.gemv_panels(isa, a, 0..self.panels(), out)
+    }
+
+    /// [`gemv`](Self::gemv) for the columns of the panels `panels` only: `out` holds `panels.len()` × [`PANEL`]
+    /// sums, from column `panels.start` × [`PANEL`] on (how threads split one product between them).
+    ///
+    /// # Panics
+    /// If the buffers have the wrong lengths, the panels are out of range, or `isa` is not available on this CPU.
+    pub fn gemv_panels(&self, isa: Isa, a: &[u8], panels: std::ops::Range<usize>, out: &mut [i32]) {
         assert_eq!(a.len(), self.kp, "activation buffer must be K padded to 4");
-        assert_eq!(out.len(), self.np, "output buffer must be N padded to {PANEL}");
+        assert!(panels.start <= panels.end && panels.end <= self.panels(), "panels {panels:?} out of range");
+        assert_eq!(out.len(), panels.len() * PANEL, "output buffer must hold {PANEL} sums per panel");
+        let out = Part { first: panels.start, panels: panels.len(), out };
         match isa {
             Isa::Scalar => gemv_scalar(self, a, out),
             #[cfg(target_arch = "x86_64")]
@@ -238,9 +254,16 @@ impl PackedI8 {
     }
 }
 
-fn gemv_scalar(p: &PackedI8, a: &[u8], out: &mut [i32]) {
+/// The panels a kernel computes: `panels` of them from `first`, their sums into `out` (16 per panel).
+struct Part<'a> {
+    first: usize,
+    panels: usize,
+    out: &'a mut [i32],
+}
+
+fn gemv_scalar(p: &PackedI8, a: &[u8], Part { first, panels, out }: Part) {
     let quads = p.kp / 4;
-    for panel in 0..p.np / PANEL {
+    for (panel, out) in (first..first + panels).zip(out.chunks_exact_mut(PANEL)) {
         let mut acc = [0i32; PANEL];
         for q in 0..quads {
             let w = &p.data[(panel * quads + q) * PANEL * 4..][..PANEL * 4];
@@ -251,25 +274,24 @@ fn gemv_scalar(p: &PackedI8, a: &[u8], out: &mut [i32]) {
                 }
             }
         }
-        out[panel * PANEL..][..PANEL].copy_from_slice(&acc);
+        out.copy_from_slice(&acc);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{PANEL, PackedI8};
+    use super::{PANEL, PackedI8, Part};
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn gemv_vnni(p: &PackedI8, a: &[u8], out: &mut [i32]) {
+    pub(super) unsafe fn gemv_vnni(p: &PackedI8, a: &[u8], Part { first, panels, out }: Part) {
         let quads = p.kp / 4;
-        let panels = p.np / PANEL;
         let stride = quads * PANEL * 4;
-        let w = p.data.as_ptr();
+        let w = p.data.as_ptr().wrapping_add(first * stride);
         let a = a.as_ptr();
         let mut panel = 0;
-        // SAFETY (whole body): every pointer stays inside `p.data` (panels × stride bytes), `a` (4 × quads
-        // bytes) and `out` (panels × 16 i32), as checked by the caller.
+        // SAFETY (whole body): every pointer stays inside `p.data` (panels `first..first + panels`, stride bytes
+        // each), `a` (4 × quads bytes) and `out` (panels × 16 i32), as checked by the caller.
         unsafe {
             while panel + 4 <= panels {
                 // 4 panels × 2 quads: 8 independent accumulators hide vpdpbusd's latency.
@@ -330,9 +352,8 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn gemv_avx2(p: &PackedI8, a: &[u8], out: &mut [i32]) {
+    pub(super) unsafe fn gemv_avx2(p: &PackedI8, a: &[u8], Part { first, panels, out }: Part) {
         let quads = p.kp / 4;
-        let panels = p.np / PANEL;
         // Each activation quad as four i16, repeated: the multiplier for a 16-byte chunk (4 columns × 4 k).
         let aq: Vec<i64> = (0..quads)
             .map(|q| {
@@ -342,7 +363,7 @@ mod x86 {
             .collect();
         // SAFETY (whole body): pointers stay inside `p.data`, `aq` and `out`, as checked by the caller.
         unsafe {
-            for panel in 0..panels {
+            for (panel, out) in (first..first + panels).zip(out.chunks_exact_mut(PANEL)) {
                 let base = p.data.as_ptr().add(panel * quads * PANEL * 4);
                 let mut acc = [_mm256_setzero_si256(); 4];
                 for (q, &aq) in aq.iter().enumerate() {
@@ -358,7 +379,7 @@ mod x86 {
                     let mut lanes = [0i32; 8];
                     _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, *acc);
                     for c in 0..4 {
-                        out[panel * PANEL + chunk * 4 + c] = lanes[2 * c] + lanes[2 * c + 1];
+                        out[chunk * 4 + c] = lanes[2 * c] + lanes[2 * c + 1];
                     }
                 }
             }
@@ -368,16 +389,15 @@ mod x86 {
 
 #[cfg(target_arch = "aarch64")]
 mod arm {
-    use super::{PANEL, PackedI8};
+    use super::{PANEL, PackedI8, Part};
     use std::arch::aarch64::*;
 
     #[target_feature(enable = "neon")]
-    pub(super) unsafe fn gemv_neon(p: &PackedI8, a: &[u8], out: &mut [i32]) {
+    pub(super) unsafe fn gemv_neon(p: &PackedI8, a: &[u8], Part { first, panels, out }: Part) {
         let quads = p.kp / 4;
-        let panels = p.np / PANEL;
         // SAFETY (whole body): pointers stay inside `p.data`, `a` and `out`, as checked by the caller.
         unsafe {
-            for panel in 0..panels {
+            for (panel, out) in (first..first + panels).zip(out.chunks_exact_mut(PANEL)) {
                 let base = p.data.as_ptr().add(panel * quads * PANEL * 4);
                 // One accumulator per column: lanes hold the 4 k of a quad, summed at the end.
                 let mut acc = [vdupq_n_s32(0); PANEL];
@@ -397,8 +417,8 @@ mod arm {
                         acc[c + 3] = vmlal_s16(acc[c + 3], vget_high_s16(hi), a4);
                     }
                 }
-                for (c, acc) in acc.iter().enumerate() {
-                    out[panel * PANEL + c] = vaddvq_s32(*acc);
+                for (o, acc) in out.iter_mut().zip(&acc) {
+                    *o = vaddvq_s32(*acc);
                 }
             }
         }
@@ -406,9 +426,8 @@ mod arm {
 
     /// `sdot` works on i8 × i8: the activations are shifted to `a - 128` and `128 · colsum` is added back.
     #[target_feature(enable = "neon,dotprod")]
-    pub(super) unsafe fn gemv_dotprod(p: &PackedI8, a: &[u8], out: &mut [i32]) {
+    pub(super) unsafe fn gemv_dotprod(p: &PackedI8, a: &[u8], Part { first, panels, out }: Part) {
         let quads = p.kp / 4;
-        let panels = p.np / PANEL;
         let shifted: Vec<i32> = (0..quads)
             .map(|q| {
                 i32::from_le_bytes([a[q * 4] ^ 0x80, a[q * 4 + 1] ^ 0x80, a[q * 4 + 2] ^ 0x80, a[q * 4 + 3] ^ 0x80])
@@ -416,7 +435,7 @@ mod arm {
             .collect();
         // SAFETY (whole body): pointers stay inside `p.data`, `shifted` and `out`, as checked by the caller.
         unsafe {
-            for panel in 0..panels {
+            for (panel, out) in (first..first + panels).zip(out.chunks_exact_mut(PANEL)) {
                 let base = p.data.as_ptr().add(panel * quads * PANEL * 4);
                 let mut acc = [vdupq_n_s32(0); 4];
                 for (q, &s) in shifted.iter().enumerate() {
@@ -439,7 +458,7 @@ mod arm {
                     for (c, lane) in lanes.iter().enumerate() {
                         let col = panel * PANEL + chunk * 4 + c;
                         let colsum = p.colsum.get(col).copied().unwrap_or(0);
-                        out[col] = lane + 128 * colsum;
+                        out[chunk * 4 + c] = lane + 128 * colsum;
                     }
                 }
             }
