@@ -47,7 +47,7 @@ pub use pointwise::PupilPointwiseConv;
 pub use pool::PupilMaxPool;
 pub use qgemv::{Isa, PackedI8};
 pub use qgridconv::PupilQGridConv;
-pub use requant::PupilRequant;
+pub use requant::{PupilQuantize, PupilRequant};
 
 /// Whether pupil's kernels replace tract's where they can. Default: on, unless `PUPIL_KERNELS=off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +129,8 @@ impl Replacement {
 }
 
 /// Turns an ONNX inference model into an optimised tract plan graph with pupil's kernels in it:
-/// `into_typed → declutter → requant::hoist_pools → accelerate → requant::fuse → into_optimized`.
+/// `into_typed → declutter → requant::hoist_pools → accelerate → requant::fuse → requant::quantize_ops →
+/// into_optimized`.
 pub fn optimize(model: InferenceModel) -> TractResult<TypedModel> {
     optimize_with(model, Acceleration::current()).map(|(m, _)| m)
 }
@@ -168,6 +169,7 @@ pub fn optimize_int8(
     replaced.extend(accelerate_int8(&mut typed, accel, int8)?);
     if let Some(isa) = isa {
         requant::fuse(&mut typed, isa)?;
+        requant::quantize_ops(&mut typed, isa)?;
     }
     Ok((typed.into_optimized()?, replaced))
 }
