@@ -52,6 +52,25 @@ proptest! {
         }
     }
 
+    /// Any range of panels (how threads split a product) gives those panels' columns of the whole product.
+    #[test]
+    fn a_range_of_panels_gives_those_columns_of_the_whole_product(
+        (k, n, a, w) in gemv_case(), cut in any::<(prop::sample::Index, prop::sample::Index)>(),
+    ) {
+        let p = PackedI8::from_row_major(k, n, &w);
+        let mut padded = a.clone();
+        padded.resize(p.k_padded(), 0);
+        let (x, y) = (cut.0.index(p.panels() + 1), cut.1.index(p.panels() + 1));
+        let panels = x.min(y)..x.max(y);
+        for isa in Isa::available() {
+            let mut whole = vec![0; p.n_padded()];
+            p.gemv(isa, &padded, &mut whole);
+            let mut part = vec![i32::MIN; panels.len() * 16];
+            p.gemv_panels(isa, &padded, panels.clone(), &mut part);
+            prop_assert_eq!(&part[..], &whole[panels.start * 16..panels.end * 16], "isa {} panels {:?}", isa, panels);
+        }
+    }
+
     #[test]
     fn column_sums_are_exact((k, n, _a, w) in gemv_case()) {
         let p = PackedI8::from_row_major(k, n, &w);
@@ -178,6 +197,74 @@ fn matmul_integer_is_exact_for_every_signedness_and_zero_point() {
                 got, expected,
                 "case {i} ({m}x{k}x{n}, a signed {a_s}, w signed {w_s}, zero points {az}/{wz}) on {isa}"
             );
+        }
+    }
+}
+
+/// `f32 → QuantizeLinear → MatMulInteger → Add(i32 bias) → Cast f32 → Mul(scale)`: how pupil's quantizer ends
+/// an int8 model in f32 logits, the scale one per column or one for all.
+fn matmul_integer_logits_model(m: usize, k: usize, n: usize, per_column: bool, seed: u64) -> Vec<u8> {
+    let mut rng = zoo::Rng::new(seed);
+    let mut b = GraphBuilder::new("mmi-logits");
+    let x = b.input("input", &[Dim::Fixed(m), Dim::Fixed(k)]);
+    let sx = b.init_f32("sx", &[], &[1.0 / 50.0]);
+    let zx = b.init_raw("zx", &[], dtype::U8, vec![117]);
+    let w: Vec<u8> = (0..k * n).map(|_| rng.next_u64() as u8).collect();
+    let w = b.init_raw("w", &[k, n], dtype::I8, w);
+    let xq = b.op("QuantizeLinear", &[&x, &sx, &zx], &[]);
+    let acc = b.op("MatMulInteger", &[&xq, &w, &zx], &[]);
+    let bias: Vec<u8> = (0..n).flat_map(|_| ((rng.next_u64() % 40001) as i32 - 20000).to_le_bytes()).collect();
+    let bias = b.init_raw("bias", &[n], dtype::I32, bias);
+    let acc = b.op("Add", &[&acc, &bias], &[]);
+    let y = b.op("Cast", &[&acc], &[("to", pupil_runtime::onnx::Attr::Int(dtype::F32 as i64))]);
+    let scale: Vec<f32> = (0..if per_column { n } else { 1 }).map(|_| 1e-4 + rng.unit() * 1e-3).collect();
+    let scale = b.init_f32("scale", &[scale.len()], &scale);
+    b.node("Mul", &[&y, &scale], &["out"], &[]);
+    b.output("out", &[Dim::Fixed(m), Dim::Fixed(n)]);
+    b.to_bytes()
+}
+
+#[test]
+fn an_int8_products_dequantization_folds_into_it_and_its_input_quantizes_on_pupils_loop_exactly() {
+    for (i, &(m, k, n, per_column)) in [(1, 784, 10, true), (2, 37, 19, false), (1, 5, 33, true)].iter().enumerate() {
+        let bytes = matmul_integer_logits_model(m, k, n, per_column, 40 + i as u64);
+        // Inputs over the whole quantized range and past it (saturation), ties included by the grid of 1/50.
+        let (input, expected) = tract_alone(&bytes, (m, k), 300 + i as u64, 4.0);
+        for isa in Isa::available() {
+            let (fast, replaced) = optimized(&bytes, &[m, k], Acceleration::With(isa));
+            assert_eq!(replaced, 1, "case {i} on {isa}: the MatMulInteger should run on pupil's kernel");
+            let ops: Vec<String> = fast.nodes().iter().map(|n| n.op.name().to_string()).collect();
+            for gone in ["Add", "Cast", "Mul"] {
+                assert!(!ops.iter().any(|o| o == gone), "case {i} on {isa}: {gone} left in {ops:?}");
+            }
+            assert_eq!(ops.iter().filter(|o| *o == "PupilQuantize").count(), 1, "case {i} on {isa}: {ops:?}");
+            assert_eq!(run(&fast, &input), expected, "case {i} ({m}x{k}x{n}, per column {per_column}) on {isa}");
+        }
+    }
+}
+
+/// A product large enough to be split across threads (784 × 400 = 313 600 multiply-adds) gives, on a 2-thread
+/// pool, exactly the outputs of one thread.
+#[test]
+fn an_int8_product_split_across_threads_equals_the_single_threaded_one() {
+    use tract_linalg::multithread::{Executor, multithread_tract_scope};
+    const { assert!(784 * 400 >= kernels::gemv::MIN_SPLIT_MACS) };
+    let bytes = zoo::mlp_int8(&[784, 400, 10], 7, 8).to_bytes();
+    let mut rng = zoo::Rng::new(8);
+    for isa in Isa::available() {
+        let (fast, replaced) = optimized(&bytes, &[1, 784], Acceleration::With(isa));
+        assert_eq!(replaced, 2, "{isa}");
+        let plan = fast.into_runnable().unwrap();
+        for _ in 0..3 {
+            let input: Vec<f32> = (0..784).map(|_| rng.unit()).collect();
+            let input = Tensor::from_shape(&[1, 784], &input).unwrap();
+            let go = || {
+                let out = plan.run(tvec![input.clone().into_tvalue()]).unwrap();
+                out[0].clone().into_tensor().try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec()
+            };
+            let one = go();
+            let two = multithread_tract_scope(Executor::multithread(2), go);
+            assert_eq!(one, two, "{isa}");
         }
     }
 }

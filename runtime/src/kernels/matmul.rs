@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::math::Add;
 
@@ -121,6 +121,17 @@ pub(crate) fn following_bias(
     n: usize,
     axis: usize,
 ) -> TractResult<Option<(Vec<f32>, usize)>> {
+    following_constant::<f32, Add>(model, node, n, axis)
+}
+
+/// The constant that a binary operator `B` on `T` right after `node` (its only consumer) applies along one
+/// axis, as [`following_bias`] says, and that node.
+pub(crate) fn following_constant<T: Datum + Copy, B: BinMiniOp>(
+    model: &TypedModel,
+    node: &TypedNode,
+    n: usize,
+    axis: usize,
+) -> TractResult<Option<(Vec<T>, usize)>> {
     let outputs = model.output_outlets()?;
     let [succ] = node.outputs[0].successors.as_slice() else { return Ok(None) };
     if node.outputs.len() != 1 || outputs.contains(&OutletId::new(node.id, 0)) {
@@ -128,17 +139,17 @@ pub(crate) fn following_bias(
     }
     let next = &model.nodes()[succ.node];
     let Some(bin) = next.op_as::<TypedBinOp>() else { return Ok(None) };
-    if !bin.0.is::<Add>() || bin.1.is_some() || next.inputs.len() != 2 || next.outputs.len() != 1 {
+    if !bin.0.is::<B>() || bin.1.is_some() || next.inputs.len() != 2 || next.outputs.len() != 1 {
         return Ok(None);
     }
     let shape = &model.outlet_fact(OutletId::new(node.id, 0))?.shape;
     let out = model.outlet_fact(OutletId::new(next.id, 0))?;
-    if out.datum_type != DatumType::F32 || &out.shape != shape {
+    if out.datum_type != T::datum_type() || &out.shape != shape {
         return Ok(None);
     }
     let other = model.outlet_fact(next.inputs[1 - succ.slot])?;
     let Some(b) = &other.konst else { return Ok(None) };
-    if b.datum_type() != DatumType::F32 {
+    if b.datum_type() != T::datum_type() {
         return Ok(None);
     }
     // Right-aligned against the output: 1 everywhere but (optionally) along `axis`; a rank-0 constant is left
@@ -148,7 +159,7 @@ pub(crate) fn following_bias(
     if !along || dims.len() > shape.len() {
         return Ok(None);
     }
-    let v = b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
+    let v = b.try_as_plain_ram()?.as_slice::<T>()?.to_vec();
     Ok(Some((if v.len() == n { v } else { vec![v[0]; n] }, next.id)))
 }
 

@@ -130,7 +130,7 @@ impl Replacement {
 
 /// Turns an ONNX inference model into an optimised tract plan graph with pupil's kernels in it:
 /// `into_typed → declutter → requant::hoist_pools → accelerate → requant::fuse → requant::quantize_ops →
-/// into_optimized`.
+/// op::fold_dequantize → into_optimized`.
 pub fn optimize(model: InferenceModel) -> TractResult<TypedModel> {
     optimize_with(model, Acceleration::current()).map(|(m, _)| m)
 }
@@ -170,6 +170,7 @@ pub fn optimize_int8(
     if let Some(isa) = isa {
         requant::fuse(&mut typed, isa)?;
         requant::quantize_ops(&mut typed, isa)?;
+        op::fold_dequantize(&mut typed)?;
     }
     Ok((typed.into_optimized()?, replaced))
 }
