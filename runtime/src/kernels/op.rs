@@ -109,9 +109,7 @@ impl PupilQMatMul {
         }
         Ok(())
     }
-}
 
-impl PupilQMatMul {
     /// The exact sums of one row `a` (K padded) into `acc` (N padded): on this thread, or, with a multithreaded
     /// `executor` and at least [`MIN_SPLIT_MACS`](super::gemv::MIN_SPLIT_MACS) multiply-adds, in chunks of
     /// whole panels claimed by this thread and the pool's (see `team::share`). Each core then streams part of
@@ -445,6 +443,9 @@ pub(crate) fn fold_dequantize(model: &mut TypedModel) -> TractResult<usize> {
         };
         let last = &model.nodes()[last];
         let [succ] = last.outputs[0].successors.as_slice() else { continue };
+        if model.output_outlets()?.contains(&OutletId::new(last.id, 0)) {
+            continue; // the integers are an output too: they must stay
+        }
         let cast = &model.nodes()[succ.node];
         if cast.op_as::<Cast>().is_none_or(|c| c.to != DatumType::F32)
             || model.outlet_fact(OutletId::new(cast.id, 0))?.datum_type != DatumType::F32

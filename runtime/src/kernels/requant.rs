@@ -23,6 +23,25 @@ use super::qgemv::Isa;
 use super::qgridconv::PupilQGridConv;
 use super::taps::Simd;
 
+/// The axis methods of a `TypedOp` that maps every value to the value at the same place: any axis change
+/// passes through it.
+macro_rules! element_wise_axes {
+    () => {
+        fn axes_mapping(&self, inputs: &[&TypedFact], outputs: &[&TypedFact]) -> TractResult<AxesMapping> {
+            AxesMapping::natural(inputs, outputs)
+        }
+        fn change_axes(
+            &self,
+            model: &TypedModel,
+            node: &TypedNode,
+            _io: InOut,
+            change: &AxisOp,
+        ) -> TractResult<Option<AxisChangeConsequence>> {
+            Ok(Some(AxisChangeConsequence::new(model, node, None, change)))
+        }
+    };
+}
+
 /// One step of a fused chain.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Stage {
@@ -151,18 +170,7 @@ impl TypedOp for PupilRequant {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         Ok(tvec!(f32::fact(inputs[0].shape.clone())))
     }
-    fn axes_mapping(&self, inputs: &[&TypedFact], outputs: &[&TypedFact]) -> TractResult<AxesMapping> {
-        AxesMapping::natural(inputs, outputs)
-    }
-    fn change_axes(
-        &self,
-        model: &TypedModel,
-        node: &TypedNode,
-        _io: InOut,
-        change: &AxisOp,
-    ) -> TractResult<Option<AxisChangeConsequence>> {
-        Ok(Some(AxisChangeConsequence::new(model, node, None, change)))
-    }
+    element_wise_axes!();
     as_op!();
 }
 
@@ -310,18 +318,7 @@ impl TypedOp for PupilQuantize {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         Ok(tvec!(self.out_dt.fact(inputs[0].shape.clone())))
     }
-    fn axes_mapping(&self, inputs: &[&TypedFact], outputs: &[&TypedFact]) -> TractResult<AxesMapping> {
-        AxesMapping::natural(inputs, outputs)
-    }
-    fn change_axes(
-        &self,
-        model: &TypedModel,
-        node: &TypedNode,
-        _io: InOut,
-        change: &AxisOp,
-    ) -> TractResult<Option<AxisChangeConsequence>> {
-        Ok(Some(AxisChangeConsequence::new(model, node, None, change)))
-    }
+    element_wise_axes!();
     as_op!();
 }
 
