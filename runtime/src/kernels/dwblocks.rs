@@ -158,27 +158,23 @@ mod x86 {
         let (lo, hi) = (_mm512_set1_ps(d.lo), _mm512_set1_ps(d.hi));
         let (ow, ohw) = (win.ow, win.oh * win.ow);
         let bp = buf.as_ptr();
-        let (mut oy, mut ox) = (0usize, 0usize);
+        // The output position after `(oy, ox)`, in row order.
+        let next = |(oy, ox): (usize, usize)| if ox + 1 == ow { (oy + 1, 0) } else { (oy, ox + 1) };
+        let mut at = (0usize, 0usize);
         for p0 in (0..ohw).step_by(LANES) {
             let n = (ohw - p0).min(LANES);
             // Where each of the 16 positions' windows starts in the buffer (the last position repeated past the
             // end: computed, not stored).
             let mut base = [0usize; LANES];
             for (j, base) in base.iter_mut().enumerate() {
-                *base = (oy * S * pw + ox * S) * LANES;
+                *base = (at.0 * S * pw + at.1 * S) * LANES;
                 if j + 1 < n {
-                    ox += 1;
-                    if ox == ow {
-                        (oy, ox) = (oy + 1, 0);
-                    }
+                    at = next(at);
                 }
             }
             // Step past the block's last position to the next block's first.
             if n == LANES {
-                ox += 1;
-                if ox == ow {
-                    (oy, ox) = (oy + 1, 0);
-                }
+                at = next(at);
             }
             let mut acc = [bias; LANES];
             // SAFETY: each window `base + (ky · pw + kx) · 16` lies inside the `ph × pw` cells (the buffer has room

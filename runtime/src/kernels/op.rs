@@ -67,6 +67,8 @@ impl PupilQMatMul {
         let mut row = vec![0u8; p.k_padded()];
         let mut acc = vec![0i32; p.n_padded()];
         let mut values = vec![0f32; n];
+        // The integer sums a folded dequantization reads (made once, for the first row).
+        let mut sums: Option<Vec<i32>> = None;
         let (cols, simd) = (&*self.columns, Simd::for_isa(self.isa));
         let mut out_plain = out.try_as_plain_ram_mut()?;
         let executor = tract_linalg::multithread::current_tract_executor();
@@ -97,10 +99,10 @@ impl PupilQMatMul {
                 }
                 DatumType::F32 => {
                     let Some(d) = &self.dequantize else { bail!("PupilQMatMul writes f32 only when dequantizing") };
-                    let mut sums = vec![0i32; n];
-                    q.run(&acc[..n], &mut values, |v, o: &mut i32| *o = v as i32, &mut sums);
+                    let sums = sums.get_or_insert_with(|| vec![0i32; n]);
+                    q.run(&acc[..n], &mut values, |v, o: &mut i32| *o = v as i32, sums);
                     let o = &mut out_plain.as_slice_mut::<f32>()?[mi * n..(mi + 1) * n];
-                    for (((o, s), b), sc) in o.iter_mut().zip(&sums).zip(&d.bias).zip(&d.scale) {
+                    for (((o, s), b), sc) in o.iter_mut().zip(sums.iter()).zip(&d.bias).zip(&d.scale) {
                         *o = s.wrapping_add(*b) as f32 * sc;
                     }
                 }
@@ -117,12 +119,11 @@ impl PupilQMatMul {
     fn sums(&self, a: &[u8], acc: &mut [i32], executor: &Executor) -> TractResult<()> {
         let p = &*self.packed;
         let panels = p.panels();
-        let threads = super::team::threads(executor);
-        if threads < 2 || p.k() * p.n() < super::gemv::MIN_SPLIT_MACS || panels < 2 {
+        let chunks = super::team::chunks(executor, panels, p.k() * p.n() >= super::gemv::MIN_SPLIT_MACS);
+        if chunks < 2 {
             p.gemv(self.isa, a, acc);
             return Ok(());
         }
-        let chunks = (threads * super::team::CHUNKS_PER_THREAD).min(panels);
         let dst = super::team::Out::new(acc);
         let ok = super::team::share(executor, chunks, &|c| {
             let range = c * panels / chunks..(c + 1) * panels / chunks;
