@@ -1,7 +1,9 @@
 //! Work shared between the calling thread and tract's thread pool without ever waiting for a pool thread to
-//! wake: chunks are claimed from a counter by the caller and by pool jobs alike, and the caller waits only for
-//! chunks a pool thread has claimed and not finished (on a loaded machine a pool thread may start late, and then
-//! finds nothing left to do).
+//! wake: each participant (the caller, then each pool job) claims the chunks of its own consecutive range first,
+//! then what is left of the others', and the caller waits only for chunks a pool thread has claimed and not
+//! finished (on a loaded machine a pool thread may start late, and then finds its range done by the caller).
+//! Own ranges first means a layer's first part is computed on the calling thread run after run, and the next
+//! layer's first part reads it from that core's cache.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -59,7 +61,8 @@ unsafe impl<T> Sync for Out<T> {}
 
 /// The chunk counter and the work, shared with the pool jobs.
 struct Shared {
-    next: AtomicUsize,
+    /// Per participant (this thread first, then each pool job), the next chunk of its own range to claim.
+    next: Vec<AtomicUsize>,
     done: AtomicUsize,
     chunks: usize,
     panicked: AtomicBool,
@@ -74,26 +77,39 @@ unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 impl Shared {
-    fn claim(&self) {
-        loop {
-            let c = self.next.fetch_add(1, Ordering::Relaxed);
-            if c >= self.chunks {
-                return;
+    /// The end of participant `p`'s range of chunks (ranges split the chunks evenly, in order).
+    fn end(&self, p: usize) -> usize {
+        (p + 1) * self.chunks / self.next.len()
+    }
+
+    /// Runs the chunks of participant `me`'s own range, then whatever is left of the others' (each range from
+    /// its start: the owner, if it is late, finds its first chunks taken and goes on after them).
+    fn claim(&self, me: usize) {
+        let n = self.next.len();
+        for p in (0..n).map(|i| (me + i) % n) {
+            let end = self.end(p);
+            loop {
+                let c = self.next[p].fetch_add(1, Ordering::Relaxed);
+                if c >= end {
+                    break;
+                }
+                // SAFETY: chunk `c` is claimed and not done, so `share` is still waiting and `work` is alive.
+                let work = unsafe { &*self.work };
+                if catch_unwind(AssertUnwindSafe(|| work(c))).is_err() {
+                    self.panicked.store(true, Ordering::Relaxed);
+                }
+                self.done.fetch_add(1, Ordering::Release);
             }
-            // SAFETY: chunk `c` is claimed and not done, so `share` is still waiting and `work` is alive.
-            let work = unsafe { &*self.work };
-            if catch_unwind(AssertUnwindSafe(|| work(c))).is_err() {
-                self.panicked.store(true, Ordering::Relaxed);
-            }
-            self.done.fetch_add(1, Ordering::Release);
         }
     }
 }
 
 /// Runs `work(c)` once for every chunk `c < chunks`, on this thread and on up to `threads − 1` jobs of the
-/// executor's thread pool (only this thread when `chunks < 2` or the executor is single-threaded). Chunks may run
-/// in any order and at the same time: `work` must make them independent (disjoint outputs). Returns `false` when
-/// a chunk panicked (the panic is caught on whichever thread ran it; the other chunks still run).
+/// executor's thread pool (only this thread when `chunks < 2` or the executor is single-threaded); the chunks
+/// are cut into one consecutive range per participant, this thread's first, and each starts with its own.
+/// Chunks may run in any order and at the same time: `work` must make them independent (disjoint outputs).
+/// Returns `false` when a chunk panicked (the panic is caught on whichever thread ran it; the other chunks still
+/// run).
 pub(crate) fn share(executor: &Executor, chunks: usize, work: &(dyn Fn(usize) + Sync)) -> bool {
     let helpers = match executor {
         #[allow(unreachable_patterns)]
@@ -108,13 +124,14 @@ pub(crate) fn share(executor: &Executor, chunks: usize, work: &(dyn Fn(usize) + 
     let work: *const (dyn Fn(usize) + Sync + '_) = work;
     // SAFETY: only the lifetime changes; `Shared` documents why the closure outlives its uses.
     let work: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(work) };
-    let shared =
-        Arc::new(Shared { next: AtomicUsize::new(0), done: AtomicUsize::new(0), chunks, panicked: false.into(), work });
-    for _ in 0..helpers {
+    let parts = helpers + 1;
+    let next = (0..parts).map(|p| AtomicUsize::new(p * chunks / parts)).collect();
+    let shared = Arc::new(Shared { next, done: AtomicUsize::new(0), chunks, panicked: false.into(), work });
+    for h in 1..=helpers {
         let shared = shared.clone();
-        pool.spawn(move || shared.claim());
+        pool.spawn(move || shared.claim(h));
     }
-    shared.claim();
+    shared.claim(0);
     let mut spins = 0u32;
     while shared.done.load(Ordering::Acquire) < chunks {
         spins += 1;
@@ -155,6 +172,26 @@ mod tests {
                 tract_linalg::multithread::multithread_tract_scope(Executor::multithread(threads), run)
             };
             assert_eq!(seen, vec![1; 37], "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn each_participant_starts_with_its_own_range() {
+        // Slow chunks, so the pool job starts while the caller is still in its range: each thread's first chunk
+        // is the start of its range (the job's, unless the caller got there first: then later in that range).
+        let caller = std::thread::current().id();
+        let firsts = Mutex::new((None, None));
+        let pool = Executor::multithread(2);
+        assert!(share(&pool, 20, &|c| {
+            std::thread::sleep(std::time::Duration::from_micros(300));
+            let mut f = firsts.lock().unwrap();
+            let first = if std::thread::current().id() == caller { &mut f.0 } else { &mut f.1 };
+            first.get_or_insert(c);
+        }));
+        let (mine, job) = firsts.into_inner().unwrap();
+        assert_eq!(mine, Some(0), "the caller starts at its range's first chunk");
+        if let Some(job) = job {
+            assert!((10..20).contains(&job), "the pool job starts in its own range, 10..20, not at chunk {job}");
         }
     }
 
