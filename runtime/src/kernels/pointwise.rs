@@ -239,21 +239,21 @@ impl Pointwise {
         for o in channels {
             // SAFETY: the caller's contract: these positions of row `o` are inside `out` and this call's alone.
             let row = unsafe { out.part(o * self.hw + positions.start, positions.len()) };
-            self.scalar(done - positions.start.., x, row, o, positions.start);
+            self.scalar(x, o, done..positions.end, &mut row[done - positions.start..]);
             if let Some(skip) = skip {
                 super::eltwise::add_assign(simd, row, &skip[o * self.hw + positions.start..][..positions.len()]);
             }
         }
     }
 
-    /// The outputs of channel `o` at positions `at + i` for `i` in `from..`, written to `row[i]`, one at a time
-    /// (the reference, and the tail of the vector loops).
-    fn scalar(&self, from: std::ops::RangeFrom<usize>, x: &[f32], row: &mut [f32], o: usize, at: usize) {
+    /// The outputs of channel `o` at `positions` into `row` (as long), one at a time (the reference, and the
+    /// tail of the vector loops).
+    fn scalar(&self, x: &[f32], o: usize, positions: Range<usize>, row: &mut [f32]) {
         let (blk, r) = (o / ROWS, o % ROWS);
-        for (i, y) in row.iter_mut().enumerate().skip(from.start) {
+        for (p, y) in positions.zip(row) {
             let mut acc = self.bias[o];
             for (t, &off) in self.offsets.iter().enumerate() {
-                acc += self.w[(blk * self.c_in + t) * ROWS + r] * x[off + at + i];
+                acc += self.w[(blk * self.c_in + t) * ROWS + r] * x[off + p];
             }
             *y = acc.max(self.lo).min(self.hi);
         }
