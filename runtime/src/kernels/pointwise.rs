@@ -162,8 +162,7 @@ impl Pointwise {
         #[cfg(target_arch = "x86_64")]
         if let (Simd::Avx512, Some(cl)) = (simd, &self.channel_lanes) {
             let (steps, groups) = (self.hw.div_ceil(LANE_ROWS), cl.op.div_ceil(16 * LANE_VECS));
-            let worth = self.c_out * self.c_in * self.hw >= MIN_SPLIT_MACS;
-            let chunks = team::chunks(executor, steps * groups, worth);
+            let chunks = team::chunks(executor, steps * groups, self.worth_sharing());
             let dst = team::Out::new(out);
             let ok = team::share(executor, chunks, &|c| {
                 for job in c * steps * groups / chunks..(c + 1) * steps * groups / chunks {
@@ -194,11 +193,16 @@ impl Pointwise {
         Ok(())
     }
 
+    /// Whether the product is large enough ([`MIN_SPLIT_MACS`]) to share with a thread pool.
+    fn worth_sharing(&self) -> bool {
+        self.c_out * self.c_in * self.hw >= MIN_SPLIT_MACS
+    }
+
     /// How [`Pointwise::run`] shares the product with `executor`'s pool: `(chunks, by_positions)`, by blocks of
     /// output channels, or, when there are too few blocks to give every thread the same share (a 16-channel
     /// layer has 3), by runs of [`SLAB`] positions (at 2 threads MobileNet's 96→16 layer 19.8 → 13.5 µs).
     fn cut(&self, executor: &Executor) -> (usize, bool) {
-        let worth = self.c_out * self.c_in * self.hw >= MIN_SPLIT_MACS;
+        let worth = self.worth_sharing();
         let by_blocks = team::chunks(executor, self.c_out.div_ceil(ROWS), worth);
         let by_positions = team::chunks(executor, self.hw.div_ceil(SLAB), worth);
         if by_blocks < by_positions { (by_positions, true) } else { (by_blocks, false) }

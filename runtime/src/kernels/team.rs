@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tract_linalg::multithread::Executor;
+use tract_onnx::prelude::TVec;
 
 /// The threads of an executor (1 when it is single-threaded).
 pub(crate) fn threads(executor: &Executor) -> usize {
@@ -61,8 +62,9 @@ unsafe impl<T> Sync for Out<T> {}
 
 /// The chunk counter and the work, shared with the pool jobs.
 struct Shared {
-    /// Per participant (this thread first, then each pool job), the next chunk of its own range to claim.
-    next: Vec<AtomicUsize>,
+    /// Per participant (this thread first, then each pool job), the next chunk of its own range to claim
+    /// (inline up to 4 participants: no allocation per call beyond the `Arc`).
+    next: TVec<AtomicUsize>,
     done: AtomicUsize,
     chunks: usize,
     panicked: AtomicBool,
@@ -77,9 +79,10 @@ unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
 impl Shared {
-    /// The end of participant `p`'s range of chunks (ranges split the chunks evenly, in order).
-    fn end(&self, p: usize) -> usize {
-        (p + 1) * self.chunks / self.next.len()
+    /// The first chunk of participant `p`'s range when `chunks` are cut among `parts` participants (evenly, in
+    /// order; `p = parts` gives the end of the last range).
+    fn start(p: usize, parts: usize, chunks: usize) -> usize {
+        p * chunks / parts
     }
 
     /// Runs the chunks of participant `me`'s own range, then whatever is left of the others' (each range from
@@ -87,7 +90,7 @@ impl Shared {
     fn claim(&self, me: usize) {
         let n = self.next.len();
         for p in (0..n).map(|i| (me + i) % n) {
-            let end = self.end(p);
+            let end = Shared::start(p + 1, n, self.chunks);
             loop {
                 let c = self.next[p].fetch_add(1, Ordering::Relaxed);
                 if c >= end {
@@ -125,7 +128,7 @@ pub(crate) fn share(executor: &Executor, chunks: usize, work: &(dyn Fn(usize) + 
     // SAFETY: only the lifetime changes; `Shared` documents why the closure outlives its uses.
     let work: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(work) };
     let parts = helpers + 1;
-    let next = (0..parts).map(|p| AtomicUsize::new(p * chunks / parts)).collect();
+    let next = (0..parts).map(|p| AtomicUsize::new(Shared::start(p, parts, chunks))).collect();
     let shared = Arc::new(Shared { next, done: AtomicUsize::new(0), chunks, panicked: false.into(), work });
     for h in 1..=helpers {
         let shared = shared.clone();
