@@ -10,6 +10,7 @@
 use tract_linalg::multithread::Executor;
 use tract_onnx::tract_core::internal::{TractResult, ensure};
 
+use super::pages::Pages;
 use super::qgemv::Isa;
 use super::taps::Simd;
 
@@ -41,7 +42,7 @@ pub enum WeightLayout {
 pub struct PackedF32 {
     k: usize,
     n: usize,
-    data: Vec<f32>,
+    data: Pages<f32>,
     /// Bias per column, padded to the panels (zeros when there is none).
     bias: Vec<f32>,
 }
@@ -60,7 +61,7 @@ impl PackedF32 {
     pub fn pack(k: usize, n: usize, w: &[f32], layout: WeightLayout, bias: Option<&[f32]>) -> PackedF32 {
         assert_eq!(w.len(), k * n, "weights must hold K × N values");
         let panels = n.div_ceil(PANEL);
-        let mut data = vec![0f32; panels * k * PANEL];
+        let mut data = Pages::zeroed(panels * k * PANEL);
         if k > 0 {
             for (p, panel) in data.chunks_exact_mut(k * PANEL).enumerate() {
                 let c0 = p * PANEL;

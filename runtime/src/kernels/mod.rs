@@ -21,6 +21,7 @@ mod gridconv;
 mod lanes;
 mod matmul;
 mod op;
+mod pages;
 mod pointwise;
 mod pool;
 pub mod qconv;

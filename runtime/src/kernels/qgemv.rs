@@ -7,6 +7,7 @@
 //! [`PANEL`] with zero weights, which contribute nothing to any sum.
 
 use super::gemv::WeightLayout;
+use super::pages::Pages;
 
 /// Output columns per packed panel.
 pub const PANEL: usize = 16;
@@ -105,7 +106,7 @@ pub struct PackedI8 {
     kp: usize,
     /// `n` rounded up to a multiple of [`PANEL`].
     np: usize,
-    data: Vec<i8>,
+    data: Pages<i8>,
     /// `Σ_k w[k][n]` for every column (length `n`).
     colsum: Vec<i32>,
 }
@@ -125,7 +126,7 @@ impl PackedI8 {
         assert_eq!(w.len(), k * n, "weights must hold K × N values");
         let kp = k.div_ceil(4) * 4;
         let np = n.div_ceil(PANEL) * PANEL;
-        let mut data = vec![0i8; kp * np];
+        let mut data = Pages::zeroed(kp * np);
         let mut colsum = vec![0i32; n];
         // A panel holds, for each quad of 4 inputs, PANEL columns of 4 consecutive weights.
         let panel_len = kp * PANEL;
