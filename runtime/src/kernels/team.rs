@@ -4,10 +4,16 @@
 //! finished (on a loaded machine a pool thread may start late, and then finds its range done by the caller).
 //! Own ranges first means a layer's first part is computed on the calling thread run after run, and the next
 //! layer's first part reads it from that core's cache.
+//!
+//! A pool job that has run out of chunks lingers a little ([`LINGER`]), spinning, for the next call on its
+//! pool, and joins it without a new job: a pool thread that went to sleep between two layers (or two runs) has
+//! to be woken, and on a core that has been idle that wake-up takes tens of microseconds (up to hundreds in a
+//! virtual machine), while the caller computes the first layers alone.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::TVec;
@@ -67,6 +73,9 @@ struct Shared {
     next: TVec<AtomicUsize>,
     done: AtomicUsize,
     chunks: usize,
+    /// Participants that joined so far (the caller is participant 0; each pool job or lingering helper takes the
+    /// next number, and any past the last range just helps).
+    joined: AtomicUsize,
     panicked: AtomicBool,
     /// The caller's closure, its lifetime erased: see the SAFETY note on the `Send` / `Sync` impls.
     work: *const (dyn Fn(usize) + Sync + 'static),
@@ -74,7 +83,8 @@ struct Shared {
 
 // SAFETY: `work` is only called for a claimed chunk (`next` below `chunks`), and `share` does not return until
 // every claimed chunk is done, so the closure (and whatever it borrows) outlives every call. A pool job that
-// starts after the last chunk was claimed returns without touching it.
+// starts after the last chunk was claimed returns without touching it, and so does a lingering helper that joins
+// a call posted to it after that call returned (the `Arc` it holds keeps the counters alive, not the closure).
 unsafe impl Send for Shared {}
 unsafe impl Sync for Shared {}
 
@@ -83,6 +93,12 @@ impl Shared {
     /// order; `p = parts` gives the end of the last range).
     fn start(p: usize, parts: usize, chunks: usize) -> usize {
         p * chunks / parts
+    }
+
+    /// Joins as the next participant and runs its chunks ([`Shared::claim`]).
+    fn join(&self) {
+        let me = self.joined.fetch_add(1, Ordering::Relaxed) % self.next.len();
+        self.claim(me);
     }
 
     /// Runs the chunks of participant `me`'s own range, then whatever is left of the others' (each range from
@@ -107,9 +123,120 @@ impl Shared {
     }
 }
 
+/// How long a pool job spins, after its last chunk, for the next [`share`] call on its pool before it goes back
+/// to the pool (where the thread may sleep). `PUPIL_LINGER_US` in the environment overrides it (0: no lingering).
+pub(crate) const LINGER: Duration = Duration::from_micros(50);
+
+fn linger_window() -> Duration {
+    static WINDOW: std::sync::LazyLock<Duration> = std::sync::LazyLock::new(|| {
+        std::env::var("PUPIL_LINGER_US").ok().and_then(|v| v.parse().ok()).map_or(LINGER, Duration::from_micros)
+    });
+    *WINDOW
+}
+
+/// What the lingering helpers of one pool watch: the latest call posted to them.
+struct Hot {
+    /// Pool jobs of this pool spinning for the next call.
+    lingering: AtomicUsize,
+    /// Bumped on every post, so a helper sees a new call without locking.
+    posted: AtomicUsize,
+    latest: Mutex<Option<Arc<Shared>>>,
+    window: Duration,
+    /// Pool jobs spawned for this pool's calls (what lingering saves).
+    #[cfg(test)]
+    spawned: AtomicUsize,
+}
+
+/// The state of each live pool that has shared work (an entry whose pool was dropped is let go when a new pool
+/// comes).
+static POOLS: Mutex<Vec<(Weak<rayon::ThreadPool>, Arc<Hot>)>> = Mutex::new(Vec::new());
+
+impl Hot {
+    /// The state of `pool`, made on its first call with a window of [`LINGER`] (or `PUPIL_LINGER_US`).
+    fn of(pool: &Arc<rayon::ThreadPool>) -> Arc<Hot> {
+        let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+        let live = |p: &Weak<rayon::ThreadPool>| p.strong_count() > 0 && std::ptr::eq(p.as_ptr(), Arc::as_ptr(pool));
+        if let Some((_, hot)) = pools.iter().find(|(p, _)| live(p)) {
+            return hot.clone();
+        }
+        pools.retain(|(p, _)| p.strong_count() > 0);
+        let hot = Arc::new(Hot::new(linger_window()));
+        pools.push((Arc::downgrade(pool), hot.clone()));
+        hot
+    }
+
+    fn new(window: Duration) -> Hot {
+        Hot {
+            lingering: AtomicUsize::new(0),
+            posted: AtomicUsize::new(0),
+            latest: Mutex::new(None),
+            window,
+            #[cfg(test)]
+            spawned: AtomicUsize::new(0),
+        }
+    }
+
+    /// Gives a pool that has not shared work yet its own window (tests: a long one makes lingering observable).
+    #[cfg(test)]
+    fn with_window(pool: &Arc<rayon::ThreadPool>, window: Duration) -> Arc<Hot> {
+        let hot = Arc::new(Hot::new(window));
+        POOLS.lock().unwrap().push((Arc::downgrade(pool), hot.clone()));
+        hot
+    }
+
+    /// Offers `shared` to the helpers lingering now; returns how many there were (none may take it if they all
+    /// time out meanwhile: the caller then computes the chunks they would have).
+    fn post(&self, shared: &Arc<Shared>) -> usize {
+        let lingering = self.lingering.load(Ordering::Acquire);
+        if lingering > 0 {
+            *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared.clone());
+            self.posted.fetch_add(1, Ordering::Release);
+        }
+        lingering
+    }
+
+    /// Spins until no call has been posted for `window`, joining each one posted meanwhile, and running the
+    /// pool's other jobs if any are waiting (so lingering never holds them up; a job run that way does not
+    /// linger in its turn).
+    fn linger(&self) {
+        thread_local! {
+            static LINGERING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        if self.window.is_zero() || LINGERING.get() {
+            return;
+        }
+        LINGERING.set(true);
+        self.lingering.fetch_add(1, Ordering::AcqRel);
+        let mut seen = self.posted.load(Ordering::Acquire);
+        let mut idle_since = Instant::now();
+        loop {
+            let now = self.posted.load(Ordering::Acquire);
+            if now != seen {
+                seen = now;
+                let latest = self.latest.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some(shared) = latest {
+                    shared.join();
+                }
+                idle_since = Instant::now();
+            } else if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                idle_since = Instant::now();
+            } else if idle_since.elapsed() >= self.window {
+                break;
+            } else {
+                for _ in 0..16 {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+        self.lingering.fetch_sub(1, Ordering::AcqRel);
+        LINGERING.set(false);
+    }
+}
+
 /// Runs `work(c)` once for every chunk `c < chunks`, on this thread and on up to `threads − 1` jobs of the
 /// executor's thread pool (only this thread when `chunks < 2` or the executor is single-threaded); the chunks
 /// are cut into one consecutive range per participant, this thread's first, and each starts with its own.
+/// Pool jobs still lingering from an earlier call on the same pool join instead of new jobs ([`LINGER`]).
 /// Chunks may run in any order and at the same time: `work` must make them independent (disjoint outputs).
 /// Returns `false` when a chunk panicked (the panic is caught on whichever thread ran it; the other chunks still
 /// run).
@@ -129,10 +256,18 @@ pub(crate) fn share(executor: &Executor, chunks: usize, work: &(dyn Fn(usize) + 
     let work: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(work) };
     let parts = helpers + 1;
     let next = (0..parts).map(|p| AtomicUsize::new(Shared::start(p, parts, chunks))).collect();
-    let shared = Arc::new(Shared { next, done: AtomicUsize::new(0), chunks, panicked: false.into(), work });
-    for h in 1..=helpers {
-        let shared = shared.clone();
-        pool.spawn(move || shared.claim(h));
+    let joined = AtomicUsize::new(1);
+    let shared = Arc::new(Shared { next, done: AtomicUsize::new(0), chunks, joined, panicked: false.into(), work });
+    let hot = Hot::of(&pool);
+    for _ in hot.post(&shared).min(helpers)..helpers {
+        #[cfg(test)]
+        hot.spawned.fetch_add(1, Ordering::Relaxed);
+        let (shared, hot) = (shared.clone(), hot.clone());
+        pool.spawn(move || {
+            shared.join();
+            drop(shared);
+            hot.linger();
+        });
     }
     shared.claim(0);
     let mut spins = 0u32;
@@ -158,7 +293,6 @@ pub(crate) fn test_pool() -> &'static Executor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
 
     #[test]
     fn every_chunk_runs_once_on_a_pool_or_without_one() {
@@ -196,6 +330,38 @@ mod tests {
         if let Some(job) = job {
             assert!((10..20).contains(&job), "the pool job starts in its own range, 10..20, not at chunk {job}");
         }
+    }
+
+    #[test]
+    fn a_lingering_pool_job_joins_the_next_call_without_a_new_job_then_leaves() {
+        let pool = Executor::multithread(2);
+        let Executor::MultiThread(rayon_pool) = &pool else { unreachable!() };
+        let hot = Hot::with_window(rayon_pool, Duration::from_millis(300));
+        let wait_for = |lingering: usize, what: &str| {
+            let t0 = Instant::now();
+            while hot.lingering.load(Ordering::Acquire) != lingering {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(5),
+                    "{what}: still {} lingering",
+                    hot.lingering.load(Ordering::Acquire)
+                );
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        };
+        assert!(share(&pool, 8, &|_| {}));
+        assert_eq!(hot.spawned.load(Ordering::Relaxed), 1, "the first call spawns its helper");
+        wait_for(1, "after its chunks the pool job lingers");
+        let caller = std::thread::current().id();
+        let by_helper = AtomicUsize::new(0);
+        assert!(share(&pool, 20, &|_| {
+            std::thread::sleep(Duration::from_micros(300));
+            if std::thread::current().id() != caller {
+                by_helper.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+        assert_eq!(hot.spawned.load(Ordering::Relaxed), 1, "the second call spawned a job instead of posting");
+        assert!(by_helper.load(Ordering::Relaxed) > 0, "the lingering job ran none of the second call's chunks");
+        wait_for(0, "300 ms after the last call the job goes back to the pool");
     }
 
     #[test]
