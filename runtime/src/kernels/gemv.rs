@@ -127,9 +127,10 @@ impl PackedF32 {
                 *o = v.max(clamp.0).min(clamp.1);
             }
         };
-        // Whole groups, as far as the matrix has them (a partial group at the end runs panel by panel, here and
-        // on every thread count).
-        let grouped = ((self.panels() / GROUP * GROUP).saturating_sub(p0) * PANEL).min(out.len()) / (GROUP * PANEL);
+        // The panels of the matrix's whole groups of full panels run in groups; the rest (fewer than a group of
+        // panels at the end, the last of them maybe partial) panel by panel, whatever the thread count.
+        let whole = self.n / (GROUP * PANEL) * GROUP;
+        let grouped = whole.saturating_sub(p0).min(out.len() / PANEL) / GROUP;
         let (groups, singles) = out.split_at_mut(grouped * GROUP * PANEL);
         for (i, o) in groups.chunks_mut(GROUP * PANEL).enumerate() {
             let p = p0 + i * GROUP;
@@ -222,8 +223,9 @@ fn panel(simd: Simd, a: &[f32], w: &[f32], bias: &[f32], acc: &mut [f32; PANEL])
     }
 }
 
-/// [`GROUP`] consecutive panels (`w` holds their weights one panel after the other): `acc[16g + l]` is panel
-/// `g`'s [`panel`], summed in the same order.
+/// [`GROUP`] consecutive panels (`w` holds their weights one panel after the other): `acc[16g + l]` is [`panel`]'s
+/// sum for panel `g` up to rounding (the order differs; a given panel always goes through the same one of the two,
+/// see [`GROUP`]).
 fn group(simd: Simd, a: &[f32], w: &[f32], bias: &[f32], acc: &mut [f32; GROUP * PANEL]) {
     debug_assert!(w.len() == GROUP * a.len() * PANEL && bias.len() == GROUP * PANEL);
     match simd {

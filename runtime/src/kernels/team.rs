@@ -206,8 +206,9 @@ impl Hot {
             return;
         }
         LINGERING.set(true);
-        self.lingering.fetch_add(1, Ordering::AcqRel);
+        // `seen` before counting in: a call posted after the count went up bumps `posted` past `seen`.
         let mut seen = self.posted.load(Ordering::Acquire);
+        self.lingering.fetch_add(1, Ordering::AcqRel);
         let mut idle_since = Instant::now();
         loop {
             let now = self.posted.load(Ordering::Acquire);
@@ -353,8 +354,9 @@ mod tests {
         wait_for(1, "after its chunks the pool job lingers");
         let caller = std::thread::current().id();
         let by_helper = AtomicUsize::new(0);
+        // Slow chunks (the caller alone would take 40 ms), so even a helper thread the OS runs late gets some.
         assert!(share(&pool, 20, &|_| {
-            std::thread::sleep(Duration::from_micros(300));
+            std::thread::sleep(Duration::from_millis(2));
             if std::thread::current().id() != caller {
                 by_helper.fetch_add(1, Ordering::Relaxed);
             }
