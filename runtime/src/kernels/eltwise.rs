@@ -1,4 +1,5 @@
-//! `PupilAdd`: the sum of two f32 tensors of one shape (a residual connection).
+//! Element-wise f32 passes: `PupilAdd`, the sum of two tensors of one shape (a residual connection), and the
+//! scan of a model's input for values that are not finite ([`first_non_finite`]).
 //!
 //! tract splits its element-wise ops across the model's thread pool and waits for it; for the activations of a
 //! small CNN the pool's wake-up costs more than the sum: MobileNet's four residual `Add`s took 8 µs per run at
@@ -133,6 +134,56 @@ fn add_plain(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// Values per block of [`first_non_finite`]'s branch-free pass.
+const SCAN_BLOCK: usize = 64;
+
+/// The index of the first value of `x` that is NaN or infinite, if any. One branch-free pass over blocks of
+/// [`SCAN_BLOCK`] values (an exponent of all ones in any lane), built for AVX-512 and AVX2 on x86-64 (NEON is
+/// the aarch64 baseline), then a search in the block that holds one. MobileNet's 27 648 inputs: the
+/// baseline SSE2 build of this loop took 0.9% of a run (and the input was scanned twice per run).
+pub(crate) fn first_non_finite(x: &[f32]) -> Option<usize> {
+    let block = {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F detected.
+                unsafe { bad_block_avx512(x) }
+            } else if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 detected.
+                unsafe { bad_block_avx2(x) }
+            } else {
+                bad_block(x)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        bad_block(x)
+    }?;
+    x[block * SCAN_BLOCK..].iter().position(|v| !v.is_finite()).map(|i| block * SCAN_BLOCK + i)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn bad_block_avx512(x: &[f32]) -> Option<usize> {
+    bad_block(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn bad_block_avx2(x: &[f32]) -> Option<usize> {
+    bad_block(x)
+}
+
+/// The first block of [`SCAN_BLOCK`] values (the last one may be shorter) that holds a NaN or an infinity.
+#[inline(always)]
+fn bad_block(x: &[f32]) -> Option<usize> {
+    const EXPONENT: u32 = 0x7f80_0000;
+    let bad = |c: &[f32]| c.iter().fold(0u32, |bad, v| bad | u32::from(v.to_bits() & EXPONENT == EXPONENT)) != 0;
+    let mut blocks = x.chunks_exact(SCAN_BLOCK);
+    let tail = blocks.remainder();
+    let full = x.len() / SCAN_BLOCK;
+    blocks.position(bad).or_else(|| (!tail.is_empty() && bad(tail)).then_some(full))
+}
+
 /// Builds the operator for a decluttered f32 `Add` of two computed (not constant) tensors of the same shape, or
 /// `None` for any other node (a broadcast, a constant operand, another type: tract keeps those).
 pub(crate) fn for_add(model: &TypedModel, node: &TypedNode, isa: Isa) -> TractResult<Option<PupilAdd>> {
@@ -167,6 +218,23 @@ mod tests {
                 prop_assert!(add_shared(Simd::Scalar, &mut got, &b, executor));
                 prop_assert_eq!(&got, &want);
             }
+        }
+
+        /// Any length, with up to three NaNs / infinities (or none) anywhere, the largest finite values around:
+        /// the index of the first one, as a plain search finds it.
+        #[test]
+        fn the_scan_finds_the_first_value_that_is_not_finite(
+            n in 0usize..700, bad in proptest::collection::vec((any::<prop::sample::Index>(), 0usize..3), 0..3),
+            seed in any::<u64>(),
+        ) {
+            let mut rng = Rng::new(seed);
+            let mut x: Vec<f32> = (0..n).map(|i| if i % 7 == 0 { f32::MAX } else { rng.sym(1e30) }).collect();
+            for (at, kind) in &bad {
+                if n > 0 {
+                    x[at.index(n)] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][*kind];
+                }
+            }
+            prop_assert_eq!(first_non_finite(&x), x.iter().position(|v| !v.is_finite()));
         }
 
         /// Every length (the vector loops' tails included), on every instruction set: exactly the scalar sums.

@@ -40,6 +40,7 @@ use tract_onnx::tract_core::internal::{DimLike, EvalContext, ensure};
 
 pub use dwconv::{MAX_DIRECT_INPUTS, PupilConv, PupilDepthwiseConv, PupilDirectConv};
 pub use eltwise::PupilAdd;
+pub(crate) use eltwise::first_non_finite;
 pub use gemv::{PackedF32, WeightLayout};
 pub use gridconv::PupilGridConv;
 pub use matmul::PupilMatMul;
