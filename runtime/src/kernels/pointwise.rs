@@ -228,9 +228,8 @@ impl Pointwise {
         let channels = blocks.start * ROWS..(blocks.end * ROWS).min(self.c_out);
         let done = match simd {
             #[cfg(target_arch = "x86_64")]
-            Simd::Avx512 => {
-                // SAFETY: AVX-512F (`Simd::Avx512` is only chosen with it); `x` checked by the caller, the tile is
-                // inside `out` and ours.
+            Simd::Avx512 if super::avx512f() => {
+                // SAFETY: AVX-512F detected; `x` checked by the caller, the tile is inside `out` and ours.
                 unsafe { x86::avx512(self, x, out.ptr(), blocks, positions.clone()) }
             }
             #[cfg(target_arch = "x86_64")]
