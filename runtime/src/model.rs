@@ -539,14 +539,9 @@ impl Model {
     pub fn run_batch(&self, input: &[f32]) -> Result<Vec<f32>> {
         let per = self.example_len();
         let n = input.len() / per;
-        if n == 0 || !input.len().is_multiple_of(per) {
-            return Err(Error::InputLength {
-                input: self.inputs[0].name.clone(),
-                expected: per * n.max(1),
-                got: input.len(),
-                shape: std::iter::once(n.max(1)).chain(self.example_shape.iter().copied()).collect(),
-            });
-        }
+        // At least one whole example: anything else is named as the nearest count of examples below it (one for
+        // a buffer shorter than an example).
+        self.check_len(input, n.max(1))?;
         self.check_finite(input)?;
         let chunk = match self.options.batch {
             Batch::Fixed(b) => b,
