@@ -263,3 +263,53 @@ fn a_model_with_an_image_output_runs_and_returns_every_value() {
         }
     }
 }
+
+mod decode {
+    use proptest::prelude::*;
+    use prost::Message;
+    use pupil_runtime::model::decode_onnx;
+    use tract_onnx::pb;
+
+    fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..max)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// `decode_onnx` lends the input's runs of bytes to prost instead of copying them twice: every `bytes`
+        /// field (a tensor's raw data and strings, an attribute's string and strings) decodes to what prost's own
+        /// decoding of the same file gives, whatever their sizes and order.
+        #[test]
+        fn decoding_gives_what_prost_gives(
+            raws in proptest::collection::vec(bytes(3000), 1..5),
+            strings in proptest::collection::vec(bytes(40), 0..4),
+            s in bytes(64),
+        ) {
+            let initializer = raws
+                .iter()
+                .enumerate()
+                .map(|(i, raw)| pb::TensorProto {
+                    name: format!("t{i}"),
+                    dims: vec![raw.len() as i64],
+                    data_type: 2,
+                    raw_data: raw.clone(),
+                    string_data: strings.clone(),
+                    ..Default::default()
+                })
+                .collect();
+            let attribute = pb::AttributeProto { name: "a".into(), s: s.clone(), strings: strings.clone(), ..Default::default() };
+            let node = pb::NodeProto { op_type: "Identity".into(), attribute: vec![attribute], ..Default::default() };
+            let graph = pb::GraphProto { node: vec![node], initializer, ..Default::default() };
+            let file = pb::ModelProto { ir_version: 8, graph: Some(graph), ..Default::default() }.encode_to_vec();
+            let lent = decode_onnx(&file).unwrap();
+            let copied = pb::ModelProto::decode(&file[..]).unwrap();
+            prop_assert_eq!(&lent, &copied);
+            let graph = lent.graph.unwrap();
+            for (t, raw) in graph.initializer.iter().zip(&raws) {
+                prop_assert_eq!(&t.raw_data, raw);
+            }
+            prop_assert_eq!(&graph.node[0].attribute[0].s, &s);
+        }
+    }
+}
