@@ -186,8 +186,10 @@ fn a_product_over_many_rows_is_left_to_tract() {
     assert_eq!(replaced.len(), 2);
 }
 
-/// `[N, 1, 28, 28] → Flatten → Gemm`: tract folds the Flatten into the product (K over two axes); pupil's f32
-/// kernel still takes it, K = 784, through the model API, with 1 and 2 threads.
+/// `[N, 1, 28, 28] → Flatten → Gemm`: the model API replaces the dense layers before tract's declutter (the
+/// Flatten stays a reshape in front of the product); where the declutter ran first, it folds the Flatten into
+/// the product's weights (K over two axes), and pupil's f32 kernel takes that product too. K = 784 either way,
+/// tract's outputs either way, with 1 and 2 threads.
 #[test]
 fn the_model_api_runs_a_folded_flatten_on_pupils_matmul_with_its_threads() {
     let mut rng = zoo::Rng::new(8);
@@ -222,6 +224,22 @@ fn the_model_api_runs_a_folded_flatten_on_pupils_matmul_with_its_threads() {
         );
         assert_near(&fast.run(&input).unwrap(), &expected, &format!("{threads} threads"));
     }
+    // Decluttered first: the first product reads the image over two axes of K.
+    let mut m = tract_onnx::onnx().model_for_read(&mut &bytes[..]).unwrap();
+    m.set_input_fact(0, f32::fact([1, 1, 28, 28]).into()).unwrap();
+    let mut folded = m.into_typed().unwrap().into_decluttered().unwrap();
+    let rank_in = |model: &TypedModel| {
+        let first = model.nodes().iter().find(|n| n.op.name().contains("EinSum")).expect("a product");
+        model.outlet_fact(first.inputs[0]).unwrap().rank()
+    };
+    assert!(rank_in(&folded) > 2, "the declutter folds the Flatten: {folded}");
+    let replaced = kernels::accelerate(&mut folded, Acceleration::On).unwrap();
+    assert_eq!(
+        replaced.iter().map(|r| (r.op, r.k, r.n)).collect::<Vec<_>>(),
+        [("PupilMatMul", 784, 96), ("PupilMatMul", 96, 10)]
+    );
+    let image = Tensor::from_shape(&[1, 1, 28, 28], &input).unwrap();
+    assert_near(&run(&folded.into_optimized().unwrap(), &image, None), &expected, "decluttered first");
 }
 
 #[test]

@@ -147,8 +147,7 @@ pub(crate) fn following_constant<T: Datum + Copy, B: BinMiniOp>(
     if out.datum_type != T::datum_type() || &out.shape != shape {
         return Ok(None);
     }
-    let other = model.outlet_fact(next.inputs[1 - succ.slot])?;
-    let Some(b) = &other.konst else { return Ok(None) };
+    let Some(b) = constant(model, next.inputs[1 - succ.slot], 3)? else { return Ok(None) };
     if b.datum_type() != T::datum_type() {
         return Ok(None);
     }
@@ -161,6 +160,30 @@ pub(crate) fn following_constant<T: Datum + Copy, B: BinMiniOp>(
     }
     let v = b.try_as_plain_ram()?.as_slice::<T>()?.to_vec();
     Ok(Some((if v.len() == n { v } else { vec![v[0]; n] }, next.id)))
+}
+
+/// The value of `outlet` when it is known at load: its constant, or (before tract's declutter has folded the
+/// constants, where an ONNX `Gemm`'s bias is still a broadcast and a multiply by `beta`) the value of a node
+/// evaluated from small constants, up to `depth` nodes back. `None` when it depends on the input.
+pub(crate) fn constant(model: &TypedModel, outlet: OutletId, depth: usize) -> TractResult<Option<Arc<Tensor>>> {
+    /// Computed operands larger than this are left to tract's own constant folding.
+    const MAX_BYTES: usize = 1 << 16;
+    let fact = model.outlet_fact(outlet)?;
+    if let Some(k) = &fact.konst {
+        return Ok(Some(k.clone()));
+    }
+    let node = &model.nodes()[outlet.node];
+    if depth == 0 || node.inputs.is_empty() || fact.mem_size().to_usize().is_ok_and(|b| b > MAX_BYTES) {
+        return Ok(None);
+    }
+    let mut inputs = tvec![];
+    for &i in &node.inputs {
+        match constant(model, i, depth - 1)? {
+            Some(t) if t.len() * t.datum_type().size_of() <= MAX_BYTES => inputs.push(t.into_tvalue()),
+            _ => return Ok(None),
+        }
+    }
+    Ok(node.op.eval_out_of_plan(inputs).ok().flatten().map(|mut out| out.swap_remove(outlet.slot).into_arc_tensor()))
 }
 
 /// Builds the pupil operator for an f32 `EinSum` node with constant weights and at most [`MAX_ROWS`] rows, and

@@ -154,7 +154,7 @@ pub fn optimize_int8(
     let mut typed = model.into_typed()?;
     let mut replaced = vec![];
     if let Some(isa) = isa {
-        replaced = early_int8(&mut typed, isa)?;
+        replaced = early(&mut typed, isa)?;
         // tract's declutter without its `ChangeAxes` pass: pupil's operators take the weights in the axis order
         // the file has (`WeightLayout`, unit axes of 1×1 convolutions included), so moving axes first only copies
         // the weight constants once more (MobileNet's cold start 46 -> 21 ms, the int8 student's optimisation
@@ -178,15 +178,20 @@ pub fn optimize_int8(
 }
 
 /// Replaces, before tract's declutter, the quantized 1×1 convolutions over 1×1 inputs (an int8 student's fully
-/// connected layers) by [`PupilQMatMul`]: packed from the weight constants as the file has them, where the
-/// declutter would first copy each weight tensor twice to reshape it (a third of the int8 student's load).
-fn early_int8(model: &mut TypedModel, isa: Isa) -> TractResult<Vec<Replacement>> {
+/// connected layers) by [`PupilQMatMul`] and the f32 dense layers by [`PupilMatMul`] (their bias and ReLU
+/// folded in): packed from the weight constants as the file has them, where the declutter would first copy each
+/// weight tensor to reshape it (twice for the int8 student, a third of its load; once for an f32 layer after a
+/// `Flatten`, which the declutter folds into the weights).
+fn early(model: &mut TypedModel, isa: Isa) -> TractResult<Vec<Replacement>> {
     let mut replaced = vec![];
     for id in model.eval_order()? {
         let node = &model.nodes()[id];
         if let Some(op) = op::for_pointwise_qconv(model, node, isa)? {
             replaced.extend(Replacement::of(&op, &node.name));
             replace(model, id, Box::new(op), id, None)?;
+        } else if let Some((op, last)) = matmul::for_einsum(model, node, isa)? {
+            replaced.extend(Replacement::of(&op, &node.name));
+            replace(model, id, Box::new(op), last, None)?;
         }
     }
     Ok(replaced)
