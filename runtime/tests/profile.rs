@@ -163,6 +163,29 @@ fn operator_shares_sum_to_one_hundred_and_matmuls_name_their_kernel() {
     assert!(off.operators.is_none());
 }
 
+/// An int8 MLP from pupil's quantizer: its products run on pupil's integer kernel, and each names its
+/// instruction set and a geometry whose m × k × n is its multiply-accumulates.
+#[test]
+fn int8_products_name_their_kernel_and_geometry() {
+    let calibration: Vec<f32> = (0..64 * 128).map(|i| ((i * 37) % 101) as f32 / 101.0).collect();
+    let options = pupil_runtime::QuantizeOptions::default();
+    let (int8, _) =
+        pupil_runtime::quantize::quantize(&mlp_bytes(&[128, 64, 32, 10]), &options, Some(&calibration)).unwrap();
+    let model = Model::from_bytes(&int8, ModelOptions::default()).unwrap();
+    let r = model.profile(&quick()).unwrap();
+    let ops = r.operators.as_ref().unwrap();
+    let products: Vec<_> = ops.nodes.iter().filter(|n| n.op == "PupilQMatMul").collect();
+    assert_eq!(products.len(), 3, "{:#?}", ops.nodes);
+    for p in products {
+        let kernel = p.kernel.as_deref().unwrap_or_default();
+        assert!(kernel.starts_with("pupil ") && kernel.len() > 6, "{kernel:?}");
+        let g = p.geometry.as_deref().unwrap();
+        let dims: Vec<u64> = g.split(' ').map(|kv| kv.split('=').nth(1).unwrap().parse().unwrap()).collect();
+        assert_eq!(dims.len(), 3, "{g}");
+        assert_eq!(dims.iter().product::<u64>(), p.macs.unwrap(), "{g}");
+    }
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn memory_comes_from_the_os_on_linux() {

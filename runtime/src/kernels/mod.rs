@@ -102,8 +102,18 @@ pub struct Replacement {
 }
 
 impl Replacement {
+    /// The kernel family that runs the operator, for reports: `pupil` and the instruction set, the integer one
+    /// for the int8 operators (`pupil avx512vnni`), the f32 one for the others (`pupil avx512f`).
+    pub fn kernel(&self) -> String {
+        let isa = match self.op {
+            "PupilQMatMul" | "PupilQGridConv" => self.isa.name(),
+            _ => taps::Simd::for_isa(self.isa).name(),
+        };
+        format!("pupil {isa}")
+    }
+
     /// What pupil replaces `op` by, if anything.
-    fn of(op: &dyn TypedOp, node: &str) -> Option<Replacement> {
+    pub(crate) fn of(op: &dyn TypedOp, node: &str) -> Option<Replacement> {
         let any = op.as_op();
         let (op, (k, n), isa) = if let Some(o) = any.downcast_ref::<PupilQMatMul>() {
             ("PupilQMatMul", o.dims(), o.isa())

@@ -30,6 +30,16 @@ pub(crate) enum Simd {
 }
 
 impl Simd {
+    /// The instruction set's name in reports: `scalar`, `avx2_fma`, `avx512f`, `neon`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Simd::Scalar => "scalar",
+            Simd::Avx2Fma => "avx2_fma",
+            Simd::Avx512 => "avx512f",
+            Simd::Neon => "neon",
+        }
+    }
+
     /// The f32 kernels for an integer [`Isa`] level: AVX-512 VNNI → AVX-512F, AVX2 → AVX2 + FMA when the CPU has
     /// FMA (scalar otherwise), NEON / NEON dotprod → NEON.
     pub(crate) fn for_isa(isa: Isa) -> Simd {

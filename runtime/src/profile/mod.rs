@@ -187,9 +187,11 @@ pub struct OperatorProfile {
     /// tract operator (`OptMatMul`, `Max`, `Softmax`, ...).
     pub op: String,
     /// For matrix products: the micro-kernel(s) tract picked (e.g. `avx512_mmm_f32_32x12`), or pupil's f32
-    /// matrix-vector kernel (`pupil_gemv_f32_avx2_fma`, ...).
+    /// matrix-vector kernel (`pupil_gemv_f32_avx2_fma`, ...); for pupil's other operators, `pupil` and the
+    /// instruction set they run (`pupil avx512vnni` for the int8 ones, `pupil avx512f`, ...).
     pub kernel: Option<String>,
-    /// For matrix products: `m`, `k`, `n` at the profiled batch.
+    /// For matrix products: `m`, `k`, `n` at the profiled batch; for pupil's convolutions and pools, `k` (inputs
+    /// summed per output value) and `n` (output channels).
     pub geometry: Option<String>,
     /// Multiply-accumulates per run (`None` when tract's cost model does not say).
     pub macs: Option<u64>,

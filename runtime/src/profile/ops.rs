@@ -9,7 +9,7 @@ use tract_onnx::tract_core::ops::Cost;
 use tract_onnx::tract_core::ops::matmul::optimized::OptMatMul;
 
 use crate::error::{Error, Result};
-use crate::kernels::PupilMatMul;
+use crate::kernels::{PupilMatMul, Replacement};
 
 /// Static facts about one node of the optimised graph.
 pub(crate) struct NodeFacts {
@@ -65,7 +65,21 @@ pub(crate) fn node_facts(model: &TypedModel, batch: usize) -> Vec<NodeFacts> {
                             macs.filter(|_| k * n > 0).map(|c| format!("m={} k={k} n={n}", c / (k * n) as u64));
                         (Some(mm.kernel_name().to_string()), geometry)
                     }
-                    None => (None, None),
+                    // pupil's other operators: their kernels' instruction set, and K × N as `Replacement` counts them
+                    // (m for the int8 products, from the multiply-accumulates).
+                    None => match Replacement::of(node.op.as_ref(), &node.name) {
+                        Some(r) => {
+                            let geometry = match r.op {
+                                "PupilQMatMul" => macs
+                                    .filter(|_| r.k * r.n > 0)
+                                    .map(|c| format!("m={} k={} n={}", c / (r.k * r.n) as u64, r.k, r.n)),
+                                "PupilAdd" => None,
+                                _ => Some(format!("k={} n={}", r.k, r.n)),
+                            };
+                            (Some(r.kernel()), geometry)
+                        }
+                        None => (None, None),
+                    },
                 },
             };
             NodeFacts { name: node.name.clone(), op: node.op.name().to_string(), kernel, geometry, macs }
