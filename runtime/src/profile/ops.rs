@@ -57,29 +57,26 @@ pub(crate) fn node_facts(model: &TypedModel, batch: usize) -> Vec<NodeFacts> {
                     };
                     (Some(names.join(", ")), geometry)
                 }
-                None => match node.op_as::<PupilMatMul>() {
-                    // pupil's f32 matrix-vector kernel: m from the multiply-accumulates tract's cost model counts.
-                    Some(mm) => {
-                        let (k, n) = mm.dims();
-                        let geometry =
-                            macs.filter(|_| k * n > 0).map(|c| format!("m={} k={k} n={n}", c / (k * n) as u64));
-                        (Some(mm.kernel_name().to_string()), geometry)
+                // pupil's operators: the kernel that runs them (the f32 matrix-vector kernel's own name, else
+                // `pupil` and the instruction set) and K × N as `Replacement` counts them, with m for the matrix
+                // products from the multiply-accumulates tract's cost model counts.
+                None => match Replacement::of(node.op.as_ref(), &node.name) {
+                    Some(r) => {
+                        let (k, n) = (r.k, r.n);
+                        let geometry = match r.op {
+                            "PupilMatMul" | "PupilQMatMul" => {
+                                macs.filter(|_| k * n > 0).map(|c| format!("m={} k={k} n={n}", c / (k * n) as u64))
+                            }
+                            "PupilAdd" => None,
+                            _ => Some(format!("k={k} n={n}")),
+                        };
+                        let kernel = match node.op_as::<PupilMatMul>() {
+                            Some(mm) => mm.kernel_name().to_string(),
+                            None => r.kernel(),
+                        };
+                        (Some(kernel), geometry)
                     }
-                    // pupil's other operators: their kernels' instruction set, and K × N as `Replacement` counts them
-                    // (m for the int8 products, from the multiply-accumulates).
-                    None => match Replacement::of(node.op.as_ref(), &node.name) {
-                        Some(r) => {
-                            let geometry = match r.op {
-                                "PupilQMatMul" => macs
-                                    .filter(|_| r.k * r.n > 0)
-                                    .map(|c| format!("m={} k={} n={}", c / (r.k * r.n) as u64, r.k, r.n)),
-                                "PupilAdd" => None,
-                                _ => Some(format!("k={} n={}", r.k, r.n)),
-                            };
-                            (Some(r.kernel()), geometry)
-                        }
-                        None => (None, None),
-                    },
+                    None => (None, None),
                 },
             };
             NodeFacts { name: node.name.clone(), op: node.op.name().to_string(), kernel, geometry, macs }
