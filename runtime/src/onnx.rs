@@ -214,6 +214,27 @@ pub(crate) fn f32_data(t: &pb::TensorProto) -> Option<Vec<f32>> {
     if t.float_data.len() as i64 == n { Some(t.float_data.clone()) } else { None }
 }
 
+/// Integer values of an initializer (i8, u8, i32, i64; raw or typed data), as i64; `None` for other types or
+/// a length that does not match the dims.
+pub(crate) fn int_data(t: &pb::TensorProto) -> Option<Vec<i64>> {
+    let n: i64 = t.dims.iter().product();
+    let raw = &t.raw_data;
+    let v: Vec<i64> = match t.data_type {
+        dtype::I8 if !raw.is_empty() => raw.iter().map(|b| *b as i8 as i64).collect(),
+        dtype::U8 if !raw.is_empty() => raw.iter().map(|b| *b as i64).collect(),
+        dtype::I32 if !raw.is_empty() => {
+            raw.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect()
+        }
+        dtype::I64 if !raw.is_empty() => {
+            raw.chunks_exact(8).map(|c| i64::from_le_bytes(std::array::from_fn(|i| c[i]))).collect()
+        }
+        dtype::I8 | dtype::U8 | dtype::I32 => t.int32_data.iter().map(|v| *v as i64).collect(),
+        dtype::I64 => t.int64_data.clone(),
+        _ => return None,
+    };
+    (v.len() as i64 == n).then_some(v)
+}
+
 /// Encodes a model protobuf.
 pub fn encode(model: &pb::ModelProto) -> Vec<u8> {
     model.encode_to_vec()

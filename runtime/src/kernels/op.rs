@@ -439,33 +439,89 @@ fn build(
         params.push(v);
     }
     let [bias, a0, a_scale, b0, b_scale, c0, c_scale] = &params[..] else { unreachable!() };
-    let b_is_u8 = b_dt == DatumType::U8;
+    let q = QParams { bias, a0: a0[0], a_scale: a_scale[0], b0, b_scale, c0: c0[0], c_scale: c_scale[0] };
     let b_view = b.try_as_plain_ram()?;
-    let layout = if k_first { WeightLayout::KByN } else { WeightLayout::NByK };
-    // i8 weights are packed straight from the tensor; u8 ones are shifted to i8 first.
-    let packed = if b_is_u8 {
-        let shifted: Vec<i8> = b_view.as_slice::<u8>()?.iter().map(|&v| (v as i32 - 128) as i8).collect();
-        PackedI8::pack(k, n, &shifted, layout)
+    let weights = if b_dt == DatumType::U8 {
+        Weights::U8(b_view.as_slice::<u8>()?)
     } else {
-        PackedI8::pack(k, n, b_view.as_slice::<i8>()?, layout)
+        Weights::I8(b_view.as_slice::<i8>()?)
     };
-    let a0 = a0[0].round() as i32 + if a_dt == DatumType::I8 { 128 } else { 0 };
-    let b0: Vec<i32> = b0.iter().map(|v| v.round() as i32 - if b_is_u8 { 128 } else { 0 }).collect();
-    let scale: Vec<f32> = b_scale.iter().map(|bs| a_scale[0] * bs).collect();
-    let out_dt = out_fact.datum_type;
-    let columns = Columns::new(&packed, a0, (&b0, &scale, bias));
-    Ok(Some(PupilQMatMul {
-        packed: Arc::new(packed),
-        isa,
-        a_is_i8: a_dt == DatumType::I8,
-        c_scale: c_scale[0],
-        c0: c0[0],
-        out_dt,
-        out_shape: out_fact.shape.iter().cloned().collect(),
-        k_dims,
-        columns: Arc::new(columns),
-        dequantize: None,
-    }))
+    let layout = if k_first { WeightLayout::KByN } else { WeightLayout::NByK };
+    let shape = out_fact.shape.iter().cloned().collect();
+    Ok(Some(PupilQMatMul::new(isa, weights, layout, (k, n), k_dims, a_dt, &q, (out_fact.datum_type, shape))))
+}
+
+/// A quantized product's parameters as plain values (inputs 2..9 of tract's quantized `EinSum`): one value
+/// each, or one per output column for `bias`, `b0` and `b_scale`.
+pub(crate) struct QParams<'a> {
+    pub bias: &'a [f32],
+    pub a0: f32,
+    pub a_scale: f32,
+    pub b0: &'a [f32],
+    pub b_scale: &'a [f32],
+    pub c0: f32,
+    pub c_scale: f32,
+}
+
+/// Constant weights of a quantized product.
+pub(crate) enum Weights<'a> {
+    I8(&'a [i8]),
+    /// Shifted to i8 (and their zero point by −128) when packed.
+    U8(&'a [u8]),
+}
+
+impl PupilQMatMul {
+    /// The operator for `weights` (`[K, N]` or `[N, K]` as `layout` says) and activations of type `a_dt` (u8 or
+    /// i8) over their trailing `k_dims` axes, requantized with `q`, its output of type and shape `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        isa: Isa,
+        weights: Weights,
+        layout: WeightLayout,
+        (k, n): (usize, usize),
+        k_dims: usize,
+        a_dt: DatumType,
+        q: &QParams,
+        (out_dt, out_shape): (DatumType, TVec<TDim>),
+    ) -> PupilQMatMul {
+        // i8 weights are packed straight from the tensor; u8 ones are shifted to i8 first.
+        let (packed, b_is_u8) = match weights {
+            Weights::U8(w) => {
+                let shifted: Vec<i8> = w.iter().map(|&v| (v as i32 - 128) as i8).collect();
+                (PackedI8::pack(k, n, &shifted, layout), true)
+            }
+            Weights::I8(w) => (PackedI8::pack(k, n, w, layout), false),
+        };
+        let a0 = q.a0.round() as i32 + if a_dt == DatumType::I8 { 128 } else { 0 };
+        let b0: Vec<i32> = q.b0.iter().map(|v| v.round() as i32 - if b_is_u8 { 128 } else { 0 }).collect();
+        let scale: Vec<f32> = q.b_scale.iter().map(|bs| q.a_scale * bs).collect();
+        let columns = Columns::new(&packed, a0, (&b0, &scale, q.bias));
+        PupilQMatMul {
+            packed: Arc::new(packed),
+            isa,
+            a_is_i8: a_dt == DatumType::I8,
+            c_scale: q.c_scale,
+            c0: q.c0,
+            out_dt,
+            out_shape,
+            k_dims,
+            columns: Arc::new(columns),
+            dequantize: None,
+        }
+    }
+
+    /// This i32 product followed by `(sum + bias) as f32 · scale` per column (one value, or one per column),
+    /// its f32 output of shape `out_shape`; `None` when it does not write i32.
+    pub(crate) fn dequantized(&self, bias: Vec<i32>, scale: Vec<f32>, out_shape: TVec<TDim>) -> Option<PupilQMatMul> {
+        if self.out_dt != DatumType::I32 || self.dequantize.is_some() {
+            return None;
+        }
+        let mut new = self.clone();
+        new.dequantize = Some(Arc::new(Dequantize { bias, scale }));
+        new.out_dt = DatumType::F32;
+        new.out_shape = out_shape;
+        Some(new)
+    }
 }
 
 /// Folds into every [`PupilQMatMul`] with i32 sums the dequantization that alone reads them: an optional
@@ -499,10 +555,8 @@ pub(crate) fn fold_dequantize(model: &mut TypedModel) -> TractResult<usize> {
             continue;
         }
         let Some((scale, mul)) = following_constant::<f32, Mul>(model, cast, n, 0)? else { continue };
-        let mut new = op.clone();
-        new.dequantize = Some(Arc::new(Dequantize { bias, scale }));
-        new.out_dt = DatumType::F32;
-        new.out_shape = model.outlet_fact(OutletId::new(mul, 0))?.shape.iter().cloned().collect();
+        let shape = model.outlet_fact(OutletId::new(mul, 0))?.shape.iter().cloned().collect();
+        let Some(new) = op.dequantized(bias, scale, shape) else { continue };
         let mut patch = TypedModelPatch::default();
         let inputs = patch.taps(model, &node.inputs)?;
         let out = patch.wire_node(&*node.name, new, &inputs)?[0];

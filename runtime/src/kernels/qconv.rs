@@ -20,21 +20,7 @@ use std::sync::Arc;
 
 use tract_onnx::pb;
 
-use crate::onnx::dtype;
-
-fn ints(t: &pb::TensorProto) -> Option<Vec<i64>> {
-    let n: i64 = t.dims.iter().product();
-    let v: Vec<i64> = match t.data_type {
-        dtype::I8 if !t.raw_data.is_empty() => t.raw_data.iter().map(|b| *b as i8 as i64).collect(),
-        dtype::U8 if !t.raw_data.is_empty() => t.raw_data.iter().map(|b| *b as i64).collect(),
-        dtype::I32 if !t.raw_data.is_empty() => {
-            t.raw_data.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64).collect()
-        }
-        dtype::I8 | dtype::U8 | dtype::I32 => t.int32_data.iter().map(|v| *v as i64).collect(),
-        _ => return None,
-    };
-    (v.len() as i64 == n).then_some(v)
-}
+use crate::onnx::{dtype, int_data as ints};
 
 /// One value per output channel from a scalar or a `[m]` vector.
 fn per_channel<T: Copy>(v: Vec<T>, m: usize) -> Option<Vec<T>> {
