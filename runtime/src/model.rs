@@ -297,17 +297,26 @@ impl Model {
     ) -> Result<Model> {
         catch_panic("loading model", || {
             // Only `info()` needs the hash: it is computed on another core during the load and after it.
-            let (mut model, digest) = Digest::during(bytes, || Self::build_inner(bytes, card, options, clock))?;
+            let (mut model, digest) = Digest::during(bytes, || Self::build_inner(bytes, card, options, clock, true))?;
             model.digest = Some(digest);
             Ok(model)
         })
     }
 
+    /// Loads `bytes` through tract's parse and passes even where [`crate::kernels::int8_mlp`] would read the
+    /// graph itself: what that path must match.
+    #[cfg(test)]
+    pub(crate) fn from_bytes_through_tract(bytes: &[u8], options: ModelOptions) -> Result<Model> {
+        Self::build_inner(bytes, None, options, crate::profile::LoadClock::start(), false)
+    }
+
+    /// `use_direct`: int8 MLPs are read straight from the protobuf ([`crate::kernels::int8_mlp`]).
     fn build_inner(
         bytes: &[u8],
         card: Option<(String, String)>,
         options: ModelOptions,
         mut clock: crate::profile::LoadClock,
+        use_direct: bool,
     ) -> Result<Model> {
         if options.threads == 0 {
             return Err(Error::Options { reason: "threads must be at least 1, got 0".into() });
@@ -391,31 +400,17 @@ impl Model {
         }
 
         clock.stats.decode_ms = clock.lap();
-        let mut proto = proto;
-        let rewrite = if crate::kernels::Acceleration::current() == crate::kernels::Acceleration::Off {
-            crate::kernels::qconv::Rewrite::default()
-        } else {
-            crate::kernels::qconv::to_f32_convolutions(&mut proto)
-        };
-        let mut model = tract_onnx::onnx().model_for_proto_model(&proto).map_err(|e| invalid(format!("{e:#}")))?;
-        let batch_dim: TDim = match options.batch {
-            Batch::Fixed(b) => b.to_dim(),
-            Batch::Symbolic => model.symbols.sym("N").to_dim(),
-        };
-        let dims: TVec<TDim> = std::iter::once(batch_dim).chain(example_shape.iter().map(|d| d.to_dim())).collect();
-        model
-            .set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), dims))
+        let accel = crate::kernels::Acceleration::current();
+        let direct = crate::kernels::int8_mlp(graph, &input.name, &example_shape, options.batch, accel, use_direct)
             .map_err(|e| invalid(format!("{e:#}")))?;
-        clock.stats.analyse_ms = clock.lap();
-        let (typed, replaced) =
-            crate::kernels::optimize_int8(model, crate::kernels::Acceleration::current(), &rewrite.int8)
-                .map_err(|e| invalid(format!("{e:#}")))?;
-        // The int8 convolutions left on pupil's f32 kernels: the rewritten ones no integer kernel took.
-        let on_int8 = |conv: &str| {
-            replaced.iter().any(|r| r.op == "PupilQGridConv" && (r.node == conv || r.node == format!("{conv}.einsum")))
+        let (typed, int8_convolutions_on_f32) = match direct {
+            Some(typed) => {
+                // No tract parse or analysis: the chain was read from the protobuf.
+                clock.stats.analyse_ms = 0.0;
+                (typed, vec![])
+            }
+            None => Self::through_tract(proto, &example_shape, options.batch, accel, &mut clock)?,
         };
-        let int8_convolutions_on_f32: Vec<String> =
-            rewrite.nodes.into_iter().zip(&rewrite.convs).filter(|(_, conv)| !on_int8(conv)).map(|(n, _)| n).collect();
         clock.stats.optimise_ms = clock.lap();
         let out_fact = typed.output_fact(0).map_err(|e| invalid(format!("{e:#}")))?;
         // Values per example: the output's axes after the batch axis (a classifier's `[n, classes]`, an image's
@@ -456,6 +451,41 @@ impl Model {
             load_stats: clock.finish(),
             int8_convolutions_on_f32,
         })
+    }
+
+    /// tract's parse, analysis and optimisation with pupil's kernels in them ([`crate::kernels::optimize_int8`]):
+    /// the typed graph and the int8 convolutions left on f32 kernels. Laps `clock` after the analysis.
+    fn through_tract(
+        mut proto: tract_onnx::pb::ModelProto,
+        example_shape: &[usize],
+        batch: Batch,
+        accel: crate::kernels::Acceleration,
+        clock: &mut crate::profile::LoadClock,
+    ) -> Result<(TypedModel, Vec<String>)> {
+        let rewrite = if accel == crate::kernels::Acceleration::Off {
+            crate::kernels::qconv::Rewrite::default()
+        } else {
+            crate::kernels::qconv::to_f32_convolutions(&mut proto)
+        };
+        let mut model = tract_onnx::onnx().model_for_proto_model(&proto).map_err(|e| invalid(format!("{e:#}")))?;
+        let batch_dim: TDim = match batch {
+            Batch::Fixed(b) => b.to_dim(),
+            Batch::Symbolic => model.symbols.sym("N").to_dim(),
+        };
+        let dims: TVec<TDim> = std::iter::once(batch_dim).chain(example_shape.iter().map(|d| d.to_dim())).collect();
+        model
+            .set_input_fact(0, InferenceFact::dt_shape(f32::datum_type(), dims))
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        clock.stats.analyse_ms = clock.lap();
+        let (typed, replaced) =
+            crate::kernels::optimize_int8(model, accel, &rewrite.int8).map_err(|e| invalid(format!("{e:#}")))?;
+        // The int8 convolutions left on pupil's f32 kernels: the rewritten ones no integer kernel took.
+        let on_int8 = |conv: &str| {
+            replaced.iter().any(|r| r.op == "PupilQGridConv" && (r.node == conv || r.node == format!("{conv}.einsum")))
+        };
+        let on_f32 =
+            rewrite.nodes.into_iter().zip(&rewrite.convs).filter(|(_, conv)| !on_int8(conv)).map(|(n, _)| n).collect();
+        Ok((typed, on_f32))
     }
 
     /// Facts about the file: hash, size, operators, parameters.

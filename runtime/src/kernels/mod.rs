@@ -13,6 +13,7 @@
 //! [`requant`]) or in the int8 convolution's output loop. Also tunes tract's aarch64 CPU detection on Android, where tract cannot see the core kind.
 
 mod channels_last;
+mod direct;
 mod dwblocks;
 mod dwconv;
 mod eltwise;
@@ -185,6 +186,25 @@ pub fn optimize_int8(
         op::fold_dequantize(&mut typed)?;
     }
     Ok((typed.into_optimized()?, replaced))
+}
+
+/// The typed graph of an int8 MLP read straight from the protobuf ([`direct`]: no tract parse or passes), with
+/// pupil's kernels for `accel`; `None` when they are off, `enabled` is false (tests comparing with tract's
+/// path), or the graph is not the chain [`direct`] reads.
+pub(crate) fn int8_mlp(
+    graph: &tract_onnx::pb::GraphProto,
+    input: &str,
+    example_shape: &[usize],
+    batch: crate::model::Batch,
+    accel: Acceleration,
+    enabled: bool,
+) -> TractResult<Option<TypedModel>> {
+    if !enabled {
+        return Ok(None);
+    }
+    let Some(isa) = isa_for(accel)? else { return Ok(None) };
+    tune_tract_for_cpu();
+    direct::int8_mlp(graph, input, example_shape, batch, isa)
 }
 
 /// Replaces, before tract's declutter, the quantized 1×1 convolutions over 1×1 inputs (an int8 student's fully
