@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 
 use sha2::{Digest as _, Sha256};
 
-/// Bytes hashed between two looks at the stop flag.
+/// Bytes hashed between two looks at the stop flag (and, while the load runs, per hold of the lock).
 const CHUNK: usize = 64 * 1024;
 
 /// sha256 of some bytes as lowercase hex.
@@ -28,67 +28,92 @@ pub(crate) struct Digest {
     cancel: Arc<AtomicBool>,
 }
 
+/// What the hashing thread reads, and how far it got.
+struct Progress {
+    hasher: Sha256,
+    /// Bytes of the source hashed so far.
+    done: usize,
+    /// The thread has finished the hash (all the lent bytes hashed before the load ended).
+    finished: bool,
+    source: Source,
+}
+
+enum Source {
+    /// The caller's bytes, lent for the duration of [`Digest::during`], which replaces them (under the
+    /// [`Progress`] lock) before it returns or unwinds.
+    Lent(Lent),
+    /// The bytes not hashed yet when the load ended, copied (the hash goes on from `done`).
+    Owned(Arc<[u8]>),
+    /// The load failed: nothing more to hash.
+    Revoked,
+}
+
+/// The hashing thread's state and the flag that asks it to let the loader take the lock.
+struct Shared {
+    progress: Mutex<Progress>,
+    handing: AtomicBool,
+}
+
+/// `bytes` of [`Source::Lent`] as a pointer and a length.
+struct Lent {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the pointer is only read by the hashing thread while it holds the `Progress` lock and the source is
+// still `Lent`, i.e. while `Digest::during`'s borrow of the bytes is alive (see `Revoke`).
+unsafe impl Send for Lent {}
+
+/// Takes the lent bytes back from the hashing thread when [`Digest::during`] ends, however it ends.
+struct Revoke<'a>(&'a Mutex<Progress>);
+
+impl Drop for Revoke<'_> {
+    fn drop(&mut self) {
+        let mut p = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if matches!(p.source, Source::Lent(_)) {
+            p.source = Source::Revoked;
+        }
+    }
+}
+
 impl Digest {
-    /// Runs `load` while another thread hashes `bytes`. When `load` succeeds first, the bytes not hashed yet
-    /// are copied and the thread goes on with them, detached: only [`Digest::hex`] waits for it. Where no
+    /// Runs `load` while another thread hashes `bytes`. The load never waits for that thread (it may not even
+    /// have started: a new thread often first runs after its parent blocks): when `load` succeeds, the bytes
+    /// not hashed yet are copied and handed to the thread, and only [`Digest::hex`] waits for it. Where no
     /// thread can be started the hash is computed in line, after `load`.
     pub(crate) fn during<T, E>(bytes: &[u8], load: impl FnOnce() -> Result<T, E>) -> Result<(T, Digest), E> {
-        let stop = AtomicBool::new(false);
-        std::thread::scope(|scope| {
-            let hasher = std::thread::Builder::new().name("pupil-sha256".into()).spawn_scoped(scope, || {
-                let mut hasher = Sha256::new();
-                let mut done = 0;
-                for chunk in bytes.chunks(CHUNK) {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    hasher.update(chunk);
-                    done += chunk.len();
-                }
-                (hasher, done)
-            });
-            let loaded = load();
-            stop.store(true, Ordering::Relaxed);
-            let (hasher, done) = match hasher {
-                Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                Err(_) => (Sha256::new(), 0),
-            };
-            let loaded = loaded?;
-            Ok((loaded, Digest::finish(hasher, &bytes[done..])))
-        })
-    }
-
-    /// The hash of what `hasher` has seen followed by `rest`, finished on a detached thread (in line where
-    /// none can be started).
-    fn finish(hasher: Sha256, rest: &[u8]) -> Digest {
+        let lent = Source::Lent(Lent { ptr: bytes.as_ptr(), len: bytes.len() });
+        let progress = Progress { hasher: Sha256::new(), done: 0, finished: false, source: lent };
+        let shared = Arc::new(Shared { progress: Mutex::new(progress), handing: AtomicBool::new(false) });
         let cancel = Arc::new(AtomicBool::new(false));
-        let ready = |hasher: Sha256, rest: &[u8]| {
-            let mut hasher = hasher;
-            hasher.update(rest);
-            Digest {
-                hex: OnceLock::from(hex(hasher.finalize().as_slice())),
-                pending: Mutex::new(None),
-                cancel: cancel.clone(),
+        let (thread_shared, stop) = (shared.clone(), cancel.clone());
+        let revoke = Revoke(&shared.progress);
+        let spawned =
+            std::thread::Builder::new().name("pupil-sha256".into()).spawn(move || hash(&thread_shared, &stop));
+        let Ok(handle) = spawned else {
+            drop(revoke);
+            let loaded = load()?;
+            let digest = Digest { hex: OnceLock::from(sha256_hex(bytes)), pending: Mutex::new(None), cancel };
+            return Ok((loaded, digest));
+        };
+        let loaded = match load() {
+            Ok(v) => v,
+            Err(e) => {
+                cancel.store(true, Ordering::Relaxed);
+                return Err(e);
             }
         };
-        if rest.is_empty() {
-            return ready(hasher, rest);
-        }
-        let rest: Arc<[u8]> = Arc::from(rest);
-        let (mut state, bytes, stop) = (hasher.clone(), rest.clone(), cancel.clone());
-        let spawned = std::thread::Builder::new().name("pupil-sha256".into()).spawn(move || {
-            for chunk in bytes.chunks(CHUNK) {
-                if stop.load(Ordering::Relaxed) {
-                    return String::new();
-                }
-                state.update(chunk);
+        // The thread lets go of the lock between chunks; `handing` keeps it from taking it straight back.
+        shared.handing.store(true, Ordering::Release);
+        {
+            let mut p = shared.progress.lock().unwrap_or_else(PoisonError::into_inner);
+            if !p.finished {
+                p.source = Source::Owned(Arc::from(&bytes[p.done..]));
             }
-            hex(state.finalize().as_slice())
-        });
-        match spawned {
-            Ok(handle) => Digest { hex: OnceLock::new(), pending: Mutex::new(Some(handle)), cancel },
-            Err(_) => ready(hasher, &rest),
         }
+        shared.handing.store(false, Ordering::Release);
+        drop(revoke);
+        Ok((loaded, Digest { hex: OnceLock::new(), pending: Mutex::new(Some(handle)), cancel }))
     }
 
     /// The sha256 as lowercase hex, waiting for the hashing thread the first time.
@@ -104,6 +129,46 @@ impl Digest {
 impl Drop for Digest {
     fn drop(&mut self) {
         self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The hashing thread: the lent bytes a chunk at a time under the lock, then the copied rest; an empty string
+/// when the load failed or the digest was dropped unread.
+fn hash(shared: &Shared, cancel: &AtomicBool) -> String {
+    loop {
+        while shared.handing.load(Ordering::Acquire) {
+            std::thread::yield_now();
+        }
+        let mut p = shared.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        if cancel.load(Ordering::Relaxed) {
+            return String::new();
+        }
+        let rest = match &p.source {
+            Source::Lent(lent) => {
+                let (at, len) = (p.done, lent.len);
+                let n = CHUNK.min(len - at);
+                // SAFETY: `Source::Lent` under the lock: `during` still borrows the `len` bytes at `ptr`.
+                let chunk = unsafe { std::slice::from_raw_parts(lent.ptr.add(at), n) };
+                p.hasher.update(chunk);
+                p.done += n;
+                if p.done == len {
+                    p.finished = true;
+                    return hex(std::mem::take(&mut p.hasher).finalize().as_slice());
+                }
+                continue;
+            }
+            Source::Owned(rest) => rest.clone(),
+            Source::Revoked => return String::new(),
+        };
+        let mut hasher = std::mem::take(&mut p.hasher);
+        drop(p);
+        for chunk in rest.chunks(CHUNK) {
+            if cancel.load(Ordering::Relaxed) {
+                return String::new();
+            }
+            hasher.update(chunk);
+        }
+        return hex(hasher.finalize().as_slice());
     }
 }
 
