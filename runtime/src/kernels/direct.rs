@@ -147,6 +147,19 @@ impl<'a> Chain<'a> {
         self.inits.get(name.as_str()).copied()
     }
 
+    /// Integer input `i` of `node` (of ONNX type `dt`, one value or one per column of `n`) as f32s; `[0.0]` when
+    /// the input is absent.
+    fn column_ints(&self, node: &pb::NodeProto, i: usize, dt: i32, n: usize) -> Option<Vec<f32>> {
+        if node.input.get(i).is_none_or(|name| name.is_empty()) {
+            return Some(vec![0.0]);
+        }
+        let t = self.init(node, i)?;
+        if t.data_type != dt {
+            return None;
+        }
+        per_column(int_data(t)?.iter().map(|&v| v as f32).collect(), n)
+    }
+
     /// The steps from `input` to the graph's output, or `None` when the graph is anything else.
     fn layers(&self, input: &str, example_shape: &[usize]) -> Option<Vec<Layer<'a>>> {
         let mut layers = vec![];
@@ -207,17 +220,8 @@ impl<'a> Chain<'a> {
         if x_qdt != a_qdt {
             return None;
         }
-        let b0 = per_column(int_data(self.init(node, 5)?)?.iter().map(|&v| v as f32).collect(), n)?;
-        let bias = match node.input.get(8).filter(|b| !b.is_empty()) {
-            Some(_) => {
-                let b = self.init(node, 8)?;
-                if b.data_type != dtype::I32 {
-                    return None;
-                }
-                per_column(int_data(b)?.iter().map(|&v| v as f32).collect(), n)?
-            }
-            None => vec![0.0],
-        };
+        let b0 = self.column_ints(node, 5, dtype::I8, n)?;
+        let bias = self.column_ints(node, 8, dtype::I32, n)?;
         let q = Params {
             bias,
             a0: a0 as f32,
@@ -253,16 +257,7 @@ impl<'a> Chain<'a> {
             }
             None => 0,
         };
-        let b0 = match node.input.get(3).filter(|z| !z.is_empty()) {
-            Some(_) => {
-                let z = self.init(node, 3)?;
-                if z.data_type != dtype::I8 {
-                    return None;
-                }
-                per_column(int_data(z)?.iter().map(|&v| v as f32).collect(), n)?
-            }
-            None => vec![0.0],
-        };
+        let b0 = self.column_ints(node, 3, dtype::I8, n)?;
         let mut next = self.next(&node.output[0])?;
         let mut bias = vec![0i32; n];
         if next.op_type == "Add" && next.attribute.is_empty() && next.input.len() == 2 {
