@@ -212,7 +212,7 @@ impl<'a> Chain<'a> {
         let w = self.init(node, 3)?;
         let [n, wk, 1, 1] = w.dims[..] else { return None };
         let n = usize::try_from(n).ok()?;
-        if wk != k as i64 || w.data_type != dtype::I8 || w.raw_data.len() != n * k {
+        if wk != k as i64 || w.data_type != dtype::I8 || n.checked_mul(k) != Some(w.raw_data.len()) {
             return None;
         }
         let (a0, x_qdt) = zero_point(self.init(node, 2)?)?;
@@ -244,7 +244,11 @@ impl<'a> Chain<'a> {
         let w = self.init(node, 1)?;
         let [wk, n] = w.dims[..] else { return None };
         let n = usize::try_from(n).ok()?;
-        if wk != k as i64 || w.data_type != dtype::I8 || w.raw_data.len() != n * k || node.input.len() > 4 {
+        if wk != k as i64
+            || w.data_type != dtype::I8
+            || n.checked_mul(k) != Some(w.raw_data.len())
+            || node.input.len() > 4
+        {
             return None;
         }
         let a0 = match node.input.get(2).filter(|z| !z.is_empty()) {
@@ -331,7 +335,8 @@ fn reshaped(dims: &[usize], spec: &[i64]) -> Option<Vec<usize>> {
         return None;
     }
     let rest: Vec<usize> = rest.iter().map(|&d| usize::try_from(d).ok().filter(|&d| d > 0)).collect::<Option<_>>()?;
-    (rest.iter().product::<usize>() == dims.iter().product::<usize>()).then_some(rest)
+    let values = |d: &[usize]| d.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    (values(&rest).is_some() && values(&rest) == values(dims)).then_some(rest)
 }
 
 fn has_attr(node: &pb::NodeProto, name: &str) -> bool {
