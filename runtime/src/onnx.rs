@@ -235,6 +235,15 @@ pub(crate) fn int_data(t: &pb::TensorProto) -> Option<Vec<i64>> {
     (v.len() as i64 == n).then_some(v)
 }
 
+/// One value per output channel from a scalar or a `[m]` vector (a quantization parameter's values).
+pub(crate) fn per_channel<T: Copy>(v: Vec<T>, m: usize) -> Option<Vec<T>> {
+    match v.len() {
+        1 => Some(vec![v[0]; m]),
+        n if n == m => Some(v),
+        _ => None,
+    }
+}
+
 /// Encodes a model protobuf.
 pub fn encode(model: &pb::ModelProto) -> Vec<u8> {
     model.encode_to_vec()

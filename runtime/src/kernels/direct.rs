@@ -16,7 +16,7 @@ use super::op::{PupilQMatMul, QParams, Weights};
 use super::qgemv::Isa;
 use super::requant::PupilQuantize;
 use crate::model::Batch;
-use crate::onnx::{dtype, f32_data, int_data};
+use crate::onnx::{dtype, f32_data, int_data, per_channel};
 
 /// The typed graph of an int8 MLP whose single input is `input` (f32, `[batch, example_shape..]`); `None` when
 /// `graph` is not such a chain.
@@ -49,15 +49,6 @@ pub(crate) fn int8_mlp(
             }
             Layer::Dense { name, weights, layout, k, n, q, out_dt, dequantize } => {
                 let out_shape = tvec![batch.clone(), n.to_dim()];
-                let q = QParams {
-                    bias: &q.bias,
-                    a0: q.a0,
-                    a_scale: q.a_scale,
-                    b0: &q.b0,
-                    b_scale: &q.b_scale,
-                    c0: q.c0,
-                    c_scale: q.c_scale,
-                };
                 let mut op = PupilQMatMul::new(isa, weights, layout, (k, n), k_dims, a_dt, &q, (out_dt, out_shape));
                 if let Some((bias, scale)) = dequantize {
                     let Some(d) = op.dequantized(bias, scale, tvec![batch.clone(), n.to_dim()]) else {
@@ -87,21 +78,10 @@ enum Layer<'a> {
         layout: WeightLayout,
         k: usize,
         n: usize,
-        q: Params,
+        q: QParams,
         out_dt: DatumType,
         dequantize: Option<(Vec<i32>, Vec<f32>)>,
     },
-}
-
-/// [`QParams`], owned.
-struct Params {
-    bias: Vec<f32>,
-    a0: f32,
-    a_scale: f32,
-    b0: Vec<f32>,
-    b_scale: Vec<f32>,
-    c0: f32,
-    c_scale: f32,
 }
 
 /// The graph's nodes by the tensors they read, and its initializers.
@@ -147,8 +127,8 @@ impl<'a> Chain<'a> {
         self.inits.get(name.as_str()).copied()
     }
 
-    /// Integer input `i` of `node` (of ONNX type `dt`, one value or one per column of `n`) as f32s; `[0.0]` when
-    /// the input is absent.
+    /// Integer input `i` of `node` (of ONNX type `dt`, one value or one per column of `n`) as `n` f32s; `[0.0]`
+    /// when the input is absent.
     fn column_ints(&self, node: &pb::NodeProto, i: usize, dt: i32, n: usize) -> Option<Vec<f32>> {
         if node.input.get(i).is_none_or(|name| name.is_empty()) {
             return Some(vec![0.0]);
@@ -157,7 +137,7 @@ impl<'a> Chain<'a> {
         if t.data_type != dt {
             return None;
         }
-        per_column(int_data(t)?.iter().map(|&v| v as f32).collect(), n)
+        per_channel(int_data(t)?.iter().map(|&v| v as f32).collect(), n)
     }
 
     /// The steps from `input` to the graph's output, or `None` when the graph is anything else.
@@ -173,7 +153,7 @@ impl<'a> Chain<'a> {
                     dims = reshaped(&dims, &int_data(self.init(node, 1)?)?)?;
                 }
                 ("QuantizeLinear", dtype::F32) if attrs_are(node, &[("axis", 1)]) && layers.is_empty() => {
-                    let scale = one(&f32_data(self.init(node, 1)?)?)?;
+                    let scale = one(f32_data(self.init(node, 1)?)?)?;
                     let (zero_point, qdt) = match node.input.get(2).filter(|z| !z.is_empty()) {
                         Some(_) => zero_point(self.init(node, 2)?)?,
                         None => (0, dtype::U8),
@@ -222,14 +202,14 @@ impl<'a> Chain<'a> {
         }
         let b0 = self.column_ints(node, 5, dtype::I8, n)?;
         let bias = self.column_ints(node, 8, dtype::I32, n)?;
-        let q = Params {
+        let q = QParams {
             bias,
             a0: a0 as f32,
-            a_scale: one(&f32_data(self.init(node, 1)?)?)?,
+            a_scale: one(f32_data(self.init(node, 1)?)?)?,
             b0,
-            b_scale: per_column(f32_data(self.init(node, 4)?)?, n)?,
+            b_scale: per_channel(f32_data(self.init(node, 4)?)?, n)?,
             c0: c0 as f32,
-            c_scale: one(&f32_data(self.init(node, 6)?)?)?,
+            c_scale: one(f32_data(self.init(node, 6)?)?)?,
         };
         let out_dt = if out_qdt == dtype::U8 { DatumType::U8 } else { DatumType::I8 };
         let weights = Weights::I8(bytemuck::cast_slice(&w.raw_data));
@@ -266,13 +246,10 @@ impl<'a> Chain<'a> {
         let mut bias = vec![0i32; n];
         if next.op_type == "Add" && next.attribute.is_empty() && next.input.len() == 2 {
             let b = self.init(next, 1)?;
-            if b.data_type != dtype::I32 || !(b.dims.is_empty() || b.dims == [n as i64] || b.dims == [1]) {
+            if b.data_type != dtype::I32 || !column_shaped(b, n) {
                 return None;
             }
-            bias = per_column(int_data(b)?.iter().map(|&v| v as i32).collect(), n)?;
-            if bias.len() == 1 {
-                bias = vec![bias[0]; n];
-            }
+            bias = per_channel(int_data(b)?.iter().map(|&v| v as i32).collect(), n)?;
             next = self.next(&next.output[0])?;
         }
         if next.op_type != "Cast" || !attrs_are(next, &[("to", dtype::F32 as i64)]) || !has_attr(next, "to") {
@@ -283,14 +260,11 @@ impl<'a> Chain<'a> {
             return None;
         }
         let s = self.init(mul, 1)?;
-        if !(s.dims.is_empty() || s.dims == [n as i64] || s.dims == [1]) {
+        if !column_shaped(s, n) {
             return None;
         }
-        let mut scale = per_column(f32_data(s)?, n)?;
-        if scale.len() == 1 {
-            scale = vec![scale[0]; n];
-        }
-        let q = Params { bias: vec![0.0], a0: a0 as f32, a_scale: 1.0, b0, b_scale: vec![1.0], c0: 0.0, c_scale: 1.0 };
+        let scale = per_channel(f32_data(s)?, n)?;
+        let q = QParams { bias: vec![0.0], a0: a0 as f32, a_scale: 1.0, b0, b_scale: vec![1.0], c0: 0.0, c_scale: 1.0 };
         let weights = Weights::I8(bytemuck::cast_slice(&w.raw_data));
         let layer = Layer::Dense {
             name: &node.name,
@@ -307,16 +281,13 @@ impl<'a> Chain<'a> {
 }
 
 /// The one value of a scalar (or one-element) parameter.
-fn one<T: Copy>(v: &[T]) -> Option<T> {
-    match v {
-        [x] => Some(*x),
-        _ => None,
-    }
+fn one<T: Copy>(v: Vec<T>) -> Option<T> {
+    Some(per_channel(v, 1)?[0])
 }
 
-/// A parameter with one value, or one per column (`n`).
-fn per_column<T>(v: Vec<T>, n: usize) -> Option<Vec<T>> {
-    (v.len() == 1 || v.len() == n).then_some(v)
+/// Whether a parameter broadcast against `[batch, n]` keeps that shape: a scalar, `[1]` or `[n]`.
+fn column_shaped(t: &pb::TensorProto, n: usize) -> bool {
+    t.dims.is_empty() || t.dims == [n as i64] || t.dims == [1]
 }
 
 /// The value and ONNX type (u8 or i8) of a scalar zero point.
@@ -324,7 +295,7 @@ fn zero_point(t: &pb::TensorProto) -> Option<(i32, i32)> {
     if !matches!(t.data_type, dtype::U8 | dtype::I8) {
         return None;
     }
-    Some((i32::try_from(one(&int_data(t)?)?).ok()?, t.data_type))
+    Some((i32::try_from(one(int_data(t)?)?).ok()?, t.data_type))
 }
 
 /// The shape after the batch axis of a `Reshape` of `[batch, dims..]` to `spec`, when it keeps the batch axis

@@ -438,7 +438,7 @@ fn build(
         }
         params.push(v);
     }
-    let [bias, a0, a_scale, b0, b_scale, c0, c_scale] = &params[..] else { unreachable!() };
+    let Ok([bias, a0, a_scale, b0, b_scale, c0, c_scale]) = <[Vec<f32>; 7]>::try_from(params) else { unreachable!() };
     let q = QParams { bias, a0: a0[0], a_scale: a_scale[0], b0, b_scale, c0: c0[0], c_scale: c_scale[0] };
     let b_view = b.try_as_plain_ram()?;
     let weights = if b_dt == DatumType::U8 {
@@ -453,12 +453,12 @@ fn build(
 
 /// A quantized product's parameters as plain values (inputs 2..9 of tract's quantized `EinSum`): one value
 /// each, or one per output column for `bias`, `b0` and `b_scale`.
-pub(crate) struct QParams<'a> {
-    pub bias: &'a [f32],
+pub(crate) struct QParams {
+    pub bias: Vec<f32>,
     pub a0: f32,
     pub a_scale: f32,
-    pub b0: &'a [f32],
-    pub b_scale: &'a [f32],
+    pub b0: Vec<f32>,
+    pub b_scale: Vec<f32>,
     pub c0: f32,
     pub c_scale: f32,
 }
@@ -495,7 +495,7 @@ impl PupilQMatMul {
         let a0 = q.a0.round() as i32 + if a_dt == DatumType::I8 { 128 } else { 0 };
         let b0: Vec<i32> = q.b0.iter().map(|v| v.round() as i32 - if b_is_u8 { 128 } else { 0 }).collect();
         let scale: Vec<f32> = q.b_scale.iter().map(|bs| q.a_scale * bs).collect();
-        let columns = Columns::new(&packed, a0, (&b0, &scale, q.bias));
+        let columns = Columns::new(&packed, a0, (&b0, &scale, &q.bias));
         PupilQMatMul {
             packed: Arc::new(packed),
             isa,

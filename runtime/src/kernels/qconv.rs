@@ -20,16 +20,7 @@ use std::sync::Arc;
 
 use tract_onnx::pb;
 
-use crate::onnx::{dtype, int_data as ints};
-
-/// One value per output channel from a scalar or a `[m]` vector.
-fn per_channel<T: Copy>(v: Vec<T>, m: usize) -> Option<Vec<T>> {
-    match v.len() {
-        1 => Some(vec![v[0]; m]),
-        n if n == m => Some(v),
-        _ => None,
-    }
-}
+use crate::onnx::{dtype, int_data as ints, per_channel};
 
 /// The int8 form of one rewritten `QLinearConv`: u8 activations, symmetric i8 weights.
 #[derive(Debug, Clone, PartialEq)]
