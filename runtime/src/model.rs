@@ -401,8 +401,12 @@ impl Model {
 
         clock.stats.decode_ms = clock.lap();
         let accel = crate::kernels::Acceleration::current();
-        let direct = crate::kernels::int8_mlp(graph, &input.name, &example_shape, options.batch, accel, use_direct)
-            .map_err(|e| invalid(format!("{e:#}")))?;
+        let direct = if use_direct {
+            crate::kernels::int8_mlp(graph, &input.name, &example_shape, options.batch, accel)
+                .map_err(|e| invalid(format!("{e:#}")))?
+        } else {
+            None
+        };
         let (typed, int8_convolutions_on_f32) = match direct {
             Some(typed) => {
                 // No tract parse or analysis: the chain was read from the protobuf.

@@ -189,19 +189,14 @@ pub fn optimize_int8(
 }
 
 /// The typed graph of an int8 MLP read straight from the protobuf ([`direct`]: no tract parse or passes), with
-/// pupil's kernels for `accel`; `None` when they are off, `enabled` is false (tests comparing with tract's
-/// path), or the graph is not the chain [`direct`] reads.
+/// pupil's kernels for `accel`; `None` when they are off or the graph is not the chain [`direct`] reads.
 pub(crate) fn int8_mlp(
     graph: &tract_onnx::pb::GraphProto,
     input: &str,
     example_shape: &[usize],
     batch: crate::model::Batch,
     accel: Acceleration,
-    enabled: bool,
 ) -> TractResult<Option<TypedModel>> {
-    if !enabled {
-        return Ok(None);
-    }
     let Some(isa) = isa_for(accel)? else { return Ok(None) };
     tune_tract_for_cpu();
     direct::int8_mlp(graph, input, example_shape, batch, isa)
