@@ -83,7 +83,7 @@ impl PupilQMatMul {
             row: vec![0; p.k_padded()],
             acc: vec![0; p.n_padded()],
             values: vec![0.0; n],
-            sums: vec![0; n],
+            sums: vec![0; if self.dequantize.is_some() { n } else { 0 }],
         });
         let Scratch { row, acc, values, sums } = &mut scratch;
         let (cols, simd) = (&*self.columns, Simd::for_isa(self.isa));
@@ -536,6 +536,8 @@ impl PupilQMatMul {
         }
         let mut new = self.clone();
         new.dequantize = Some(Arc::new(Dequantize { bias, scale }));
+        // Its buffers differ (the sums the dequantization reads): not shared with this operator's.
+        new.scratch = Arc::new(Kept::new());
         new.out_dt = DatumType::F32;
         new.out_shape = out_shape;
         Some(new)
