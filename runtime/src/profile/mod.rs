@@ -22,6 +22,7 @@
 
 pub mod memory;
 mod ops;
+pub mod roofline;
 pub mod stats;
 
 use std::collections::BTreeMap;

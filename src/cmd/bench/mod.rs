@@ -1,7 +1,8 @@
 //! `pupil bench`: pupil against ONNX Runtime on the same ONNX files, same thread count, in one run,
 //! interleaved in short turns (each after a pause and a wait until the previous contender's worker threads park):
-//! p50/p90 latency at batch 1, the ratio pupil/ORT, and cold start. Also `--generate DIR`
-//! to write the benchmark suite (MLPs, CNN, MobileNet-style CNN, f32 and int8).
+//! p50/p90 latency at batch 1, the ratio pupil/ORT, cold start, and at one thread the memory roofline (one core
+//! reading the model's parameter bytes, timed in the same turns). Also `--generate DIR` to write the benchmark
+//! suite (MLPs, CNN, MobileNet-style CNN, f32 and int8).
 
 mod ort_backend;
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use pupil_runtime::kernels::{Acceleration, pupil_nodes, zoo};
+use pupil_runtime::profile::roofline;
 use pupil_runtime::{Model, ModelOptions};
 use serde::Serialize;
 
@@ -77,6 +79,29 @@ struct Latency {
     cold_ms: f64,
 }
 
+/// Latency percentiles of a timed contender that has no cold start.
+#[derive(Debug, Clone, Serialize)]
+struct Spread {
+    p50_us: f64,
+    p90_us: f64,
+}
+
+/// How close pupil runs to the memory limit of one core (see [`pupil_runtime::profile::roofline`]).
+#[derive(Debug, Clone, Serialize)]
+struct Roofline {
+    /// The model's parameter bytes: what a batch-1 run of a dense model reads once.
+    parameter_bytes: u64,
+    /// One core reading that many bytes from an L2-resident buffer (the "L2-bandwidth bound").
+    l2_read: Spread,
+    /// One core reading them from a buffer of their own size (where the weights live: L2 when they fit, else
+    /// L3 or memory): no batch-1 run of a dense model can be faster.
+    own_read: Spread,
+    /// pupil p50 / `l2_read` p50.
+    ratio_pupil_l2_read: f64,
+    /// pupil p50 / `own_read` p50.
+    ratio_pupil_own_read: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 struct Row {
     model: String,
@@ -97,6 +122,8 @@ struct Row {
     max_abs_diff_vs_ort: Option<f32>,
     /// Largest |pupil − tract| over the outputs of one input.
     max_abs_diff_vs_tract: f32,
+    /// The memory roofline, measured at 1 thread only (a one-core bound).
+    roofline: Option<Roofline>,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,6 +138,19 @@ struct Report {
     /// Cold starts per contender (the median is reported).
     cold_loads: u32,
     rows: Vec<Row>,
+}
+
+/// A timed contender of [`bench_one`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    /// tract alone (pupil's kernels off).
+    Tract,
+    Pupil,
+    Ort,
+    /// The roofline's L2 read.
+    L2Read,
+    /// The roofline's read from a buffer of the parameters' size.
+    OwnRead,
 }
 
 /// The longest a turn waits, after its pause, for the other threads of this process to park.
@@ -161,11 +201,12 @@ fn is_int8(name: &str) -> bool {
 }
 
 /// The generated suite: f32 models and their int8 variants from pupil's quantizer (static, per-channel,
-/// calibrated on 64 random inputs in `[0, 1)`); the plain `QLinearMatMul` MLPs when the quantizer refuses.
-fn generated() -> anyhow::Result<Vec<Entry>> {
+/// calibrated on 64 random inputs in `[0, 1)`); the plain `QLinearMatMul` MLPs when the quantizer refuses. Only
+/// the models whose name contains `only` (all with `None`), so a narrowed run quantizes nothing it drops.
+fn generated(only: Option<&str>) -> anyhow::Result<Vec<Entry>> {
     let mut v = vec![];
     let standin = zoo::suite_int8_standin();
-    for m in zoo::suite_f32() {
+    for m in zoo::suite_f32().into_iter().filter(|m| only.is_none_or(|o| m.name.contains(o))) {
         let int8 = match quantized(&m.bytes) {
             Ok(bytes) => Some(Entry {
                 name: m.name.clone(),
@@ -220,7 +261,7 @@ fn from_dir(dir: &Path) -> anyhow::Result<Vec<Entry>> {
 fn generate(dir: &Path) -> anyhow::Result<i32> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut t = table(&["file", "size", "source"]);
-    for e in generated()? {
+    for e in generated(None)? {
         let suffix = if e.precision == "int8" { ".int8" } else { "" };
         let path = dir.join(format!("{}{suffix}.onnx", e.name));
         pupil_runtime::onnx::write_atomic(&path, &e.bytes)?;
@@ -308,46 +349,64 @@ fn bench_one(e: &Entry, threads: usize, args: &Args, use_ort: bool, input_seed: 
         c[c.len() / 2]
     });
 
-    for _ in 0..args.warmup {
-        tract.run(&input)?;
-        pupil.run(&input)?;
-        if let Some(o) = ort.as_mut() {
-            o.run(&input).map_err(anyhow::Error::msg)?;
-        }
+    // The timed contenders, in turn order: tract, pupil, ORT, then at one thread the two roofline readers.
+    let parameter_bytes: u64 = pupil.info().parameter_bytes.values().sum();
+    let readers = (threads == 1).then(|| {
+        [
+            roofline::Reader::from_l2(parameter_bytes as usize),
+            roofline::Reader::from_own_buffer(parameter_bytes as usize),
+        ]
+    });
+    let mut timed = vec![Who::Tract, Who::Pupil];
+    if ort.is_some() {
+        timed.push(Who::Ort);
     }
-    let mut times: [Vec<Duration>; 3] = Default::default();
-    let settle = Duration::from_millis(args.settle_ms);
-    let mut run = |who: usize| -> anyhow::Result<()> {
+    if readers.is_some() {
+        timed.extend([Who::L2Read, Who::OwnRead]);
+    }
+    let mut run = |who: Who| -> anyhow::Result<()> {
         match who {
-            0 => drop(tract.run(&input)?),
-            1 => drop(pupil.run(&input)?),
-            _ => {
+            Who::Tract => drop(tract.run(&input)?),
+            Who::Pupil => drop(pupil.run(&input)?),
+            Who::Ort => {
                 if let Some(o) = ort.as_mut() {
                     drop(o.run(&input).map_err(anyhow::Error::msg)?)
+                }
+            }
+            Who::L2Read | Who::OwnRead => {
+                if let Some([l2, own]) = &readers {
+                    std::hint::black_box(if who == Who::L2Read { l2.run() } else { own.run() });
                 }
             }
         }
         Ok(())
     };
+    for _ in 0..args.warmup {
+        for &who in &timed {
+            run(who)?;
+        }
+    }
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); timed.len()];
+    let settle = Duration::from_millis(args.settle_ms);
     let mut turn = 0;
     let mut parked = Vec::new();
-    while times[..contenders].iter().any(|t| t.len() < args.runs) {
+    while times.iter().any(|t| t.len() < args.runs) {
         // Rotate who goes first so no contender always runs on a cache warmed by the same neighbour.
-        for slot in 0..contenders {
-            let who = (slot + turn) % contenders;
-            let left = args.runs - times[who].len();
+        for slot in 0..timed.len() {
+            let i = (slot + turn) % timed.len();
+            let left = args.runs - times[i].len();
             if left == 0 {
                 continue;
             }
             if !settle.is_zero() {
                 std::thread::sleep(settle);
                 parked.push(wait_until_others_park(PARK_WAIT_CAP));
-                run(who)?;
+                run(timed[i])?;
             }
             for _ in 0..args.burst.min(left) {
                 let t0 = Instant::now();
-                run(who)?;
-                times[who].push(t0.elapsed());
+                run(timed[i])?;
+                times[i].push(t0.elapsed());
             }
         }
         turn += 1;
@@ -355,6 +414,7 @@ fn bench_one(e: &Entry, threads: usize, args: &Args, use_ort: bool, input_seed: 
     for t in times.iter_mut() {
         t.sort();
     }
+    let times_of = |who: Who| timed.iter().position(|&w| w == who).map(|i| times[i].as_slice());
     let turns_after_unparked = parked.iter().filter(|&&p| p == Some(false)).count();
     if turns_after_unparked > 0 {
         tracing::warn!(
@@ -369,9 +429,20 @@ fn bench_one(e: &Entry, threads: usize, args: &Args, use_ort: bool, input_seed: 
         p90_us: percentile(t, 0.9),
         cold_ms: cold.as_secs_f64() * 1e3,
     };
-    let tract_l = lat(&times[0], tract_cold);
-    let pupil_l = lat(&times[1], pupil_cold);
-    let ort_l = ort.as_ref().map(|_| lat(&times[2], ort_cold));
+    let tract_l = lat(times_of(Who::Tract).unwrap_or_default(), tract_cold);
+    let pupil_l = lat(times_of(Who::Pupil).unwrap_or_default(), pupil_cold);
+    let ort_l = times_of(Who::Ort).map(|t| lat(t, ort_cold));
+    let spread = |t: &[Duration]| Spread { p50_us: percentile(t, 0.5), p90_us: percentile(t, 0.9) };
+    let roofline = times_of(Who::L2Read).zip(times_of(Who::OwnRead)).map(|(l2, own)| {
+        let (l2_read, own_read) = (spread(l2), spread(own));
+        Roofline {
+            parameter_bytes,
+            ratio_pupil_l2_read: pupil_l.p50_us / l2_read.p50_us,
+            ratio_pupil_own_read: pupil_l.p50_us / own_read.p50_us,
+            l2_read,
+            own_read,
+        }
+    });
     Ok(Row {
         model: e.name.clone(),
         precision: e.precision,
@@ -381,6 +452,7 @@ fn bench_one(e: &Entry, threads: usize, args: &Args, use_ort: bool, input_seed: 
         ratio_tract_ort: ort_l.as_ref().map(|o| tract_l.p50_us / o.p50_us),
         max_abs_diff_vs_ort: out_ort.as_ref().map(|o| max_abs_diff(&out_pupil, o)),
         max_abs_diff_vs_tract: max_abs_diff(&out_pupil, &out_tract),
+        roofline,
         tract: tract_l,
         pupil: pupil_l,
         ort: ort_l,
@@ -400,7 +472,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let mut entries = match &args.models {
         Some(dir) => from_dir(dir)?,
         None => {
-            let mut v = generated()?;
+            let mut v = generated(args.only.as_deref())?;
             let students = Path::new("models");
             if students.is_dir() {
                 v.extend(from_dir(students)?);
@@ -491,7 +563,44 @@ fn markdown(r: &Report) -> String {
             row.max_abs_diff_vs_ort.map(|d| format!("{d:.2e}")).unwrap_or_else(na),
         ));
     }
+    let roofline: Vec<_> = roofline_rows(r).collect();
+    if !roofline.is_empty() {
+        s.push_str(&format!("\n{ROOFLINE_TITLE}\n\n| {} |\n", ROOFLINE_COLUMNS.join(" | ")));
+        s.push_str(&format!("|{}\n", "---|".repeat(ROOFLINE_COLUMNS.len())));
+        for cells in roofline {
+            s.push_str(&format!("| {} |\n", cells.join(" | ")));
+        }
+    }
     s
+}
+
+const ROOFLINE_TITLE: &str = "Memory roofline, 1 thread: one core reading the model's parameter bytes in the same turns, from an \
+     L2-resident buffer and from a buffer of their own size (where the weights live)";
+
+const ROOFLINE_COLUMNS: [&str; 7] = [
+    "model",
+    "prec",
+    "parameters",
+    "L2 read p50 µs",
+    "own-size read p50 µs",
+    "pupil / L2 read",
+    "pupil / own-size read",
+];
+
+/// The cells of the roofline table, one row per 1-thread row.
+fn roofline_rows(r: &Report) -> impl Iterator<Item = Vec<String>> + '_ {
+    r.rows.iter().filter_map(|row| {
+        let f = row.roofline.as_ref()?;
+        Some(vec![
+            row.model.clone(),
+            row.precision.to_string(),
+            crate::output::bytes(f.parameter_bytes),
+            us(f.l2_read.p50_us),
+            us(f.own_read.p50_us),
+            format!("{:.2}", f.ratio_pupil_l2_read),
+            format!("{:.2}", f.ratio_pupil_own_read),
+        ])
+    })
 }
 
 fn header(r: &Report) -> String {
@@ -550,5 +659,13 @@ fn terminal_table(r: &Report) -> String {
     }
     let mut s = header(r);
     s.push_str(&t.to_string());
+    let roofline: Vec<_> = roofline_rows(r).collect();
+    if !roofline.is_empty() {
+        let mut t = table(&ROOFLINE_COLUMNS);
+        for cells in roofline {
+            t.add_row(cells);
+        }
+        s.push_str(&format!("\n{ROOFLINE_TITLE}\n{t}"));
+    }
     s
 }
