@@ -75,6 +75,8 @@ pub struct ModelInfo {
 pub struct Model {
     plan: Arc<TypedRunnableModel>,
     states: Mutex<Vec<TypedSimpleState>>,
+    /// The input tensor of the last run, reused by the next (one run at a time; a concurrent one makes its own).
+    input: crate::kernels::scratch::KeptTensor,
     /// [`ModelInfo`] but the hash, which `digest` finishes after the load.
     unhashed_info: ModelInfo,
     info: OnceLock<ModelInfo>,
@@ -442,6 +444,7 @@ impl Model {
         Ok(Model {
             plan,
             states: Mutex::new(vec![]),
+            input: crate::kernels::scratch::KeptTensor::new(),
             unhashed_info: info,
             info: OnceLock::new(),
             digest: None,
@@ -585,15 +588,29 @@ impl Model {
 
     /// Runs exactly `n` examples in one plan execution and returns the first output, flat `[n, classes]`.
     fn run_chunk(&self, input: &[f32], n: usize) -> Result<Vec<f32>> {
-        let shape: Vec<usize> = std::iter::once(n).chain(self.example_shape.iter().copied()).collect();
-        let tensor = Tensor::from_shape(&shape, input).map_err(|e| Error::Inference { reason: format!("{e:#}") })?;
+        let shape: TVec<usize> = std::iter::once(n).chain(self.example_shape.iter().copied()).collect();
+        let inference = |e: TractError| Error::Inference { reason: format!("{e:#}") };
+        if input.len() != shape.iter().product::<usize>() {
+            return Err(Error::Inference {
+                reason: format!(
+                    "expected {} input values for {n} examples, got {}",
+                    shape.iter().product::<usize>(),
+                    input.len()
+                ),
+            });
+        }
+        // SAFETY: every value is written just below (`input` has the tensor's length, checked above).
+        let mut tensor = unsafe { self.input.take(DatumType::F32, &shape) }.map_err(inference)?;
+        crate::kernels::scratch::exclusive(&mut tensor)
+            .and_then(|t| t.try_as_plain_ram_mut()?.as_slice_mut::<f32>().map(|s| s.copy_from_slice(input)))
+            .map_err(inference)?;
         let state = self.states.lock().ok().and_then(|mut s| s.pop());
         let mut state = match state {
             Some(s) => s,
             None => TypedSimpleState::new(&self.plan).map_err(|e| Error::Inference { reason: format!("{e:#}") })?,
         };
         let result = catch_panic("running model", || {
-            state.run(tvec![tensor.into_tvalue()]).map_err(|e| Error::Inference { reason: format!("{e:#}") })
+            state.run(tvec![self.input.hand_on(tensor)]).map_err(|e| Error::Inference { reason: format!("{e:#}") })
         });
         let outputs = result?;
         if let Ok(mut states) = self.states.lock() {
@@ -624,6 +641,10 @@ impl Model {
             Batch::Fixed(b) => b,
             Batch::Symbolic => 256,
         };
+        if n <= chunk && (n == chunk || self.options.batch == Batch::Symbolic) {
+            // One plan run: its output is the result, with no second copy.
+            return self.run_chunk(input, n);
+        }
         let mut out = Vec::with_capacity(n * self.classes);
         for start in (0..n).step_by(chunk) {
             let take = chunk.min(n - start);

@@ -47,6 +47,9 @@ impl EvalOp for PupilAdd {
     fn eval(&self, _ctx: &EvalContext, mut inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (b, a) = (inputs.pop(), inputs.pop());
         let (Some(a), Some(b)) = (a, b) else { bail!("PupilAdd takes two inputs") };
+        // Written into whichever operand no one else holds (f32 addition commutes exactly): a producer that keeps
+        // its output for its next run (`KeptTensor`) still holds one of them.
+        let (a, b) = if !a.is_exclusive() && b.is_exclusive() { (b, a) } else { (a, b) };
         ensure!(
             a.datum_type() == DatumType::F32 && b.datum_type() == DatumType::F32 && a.shape() == b.shape(),
             "PupilAdd expects two f32 tensors of one shape, got {:?} {:?} and {:?} {:?}",
@@ -55,7 +58,7 @@ impl EvalOp for PupilAdd {
             b.datum_type(),
             b.shape()
         );
-        // The first operand's buffer when no one else holds it (tract hands over the last use), else a copy.
+        // That operand's buffer when no one else holds it (tract hands over the last use), else a copy.
         let mut out = a.into_tensor();
         {
             let mut dst = out.try_as_plain_ram_mut()?;

@@ -14,6 +14,7 @@ use super::dwconv::following_clamp;
 use super::gemv::{PackedF32, WeightLayout};
 use super::op::{ProductLayout, product_layout};
 use super::qgemv::Isa;
+use super::scratch::{KeptTensor, exclusive};
 use super::taps::Simd;
 
 /// Products with more rows than this are left to tract, whose matrix-matrix kernels are better there.
@@ -29,6 +30,8 @@ pub struct PupilMatMul {
     out_shape: TVec<TDim>,
     /// How many trailing axes of the activations make up K (more than one when tract folded a Flatten in).
     k_dims: usize,
+    /// The output tensor, reused by the next run once its consumers dropped it.
+    output: Arc<KeptTensor>,
 }
 
 impl PartialEq for PupilMatMul {
@@ -85,15 +88,15 @@ impl EvalOp for PupilMatMul {
         let m: usize = shape[..split].iter().product();
         let out_shape = super::output_shape("PupilMatMul", &self.out_shape, ctx, m * self.packed.n())?;
         // SAFETY: `product` writes all m × n values.
-        let mut out = unsafe { Tensor::uninitialized::<f32>(&out_shape)? };
+        let mut out = unsafe { self.output.take(DatumType::F32, &out_shape)? };
         let view = a.try_as_plain_ram()?;
         let executor = tract_linalg::multithread::current_tract_executor();
         {
-            let mut out_plain = out.try_as_plain_ram_mut()?;
+            let mut out_plain = exclusive(&mut out)?.try_as_plain_ram_mut()?;
             let o = out_plain.as_slice_mut::<f32>()?;
             self.packed.product(self.isa, view.as_slice::<f32>()?, m, self.clamp, o, &executor)?;
         }
-        Ok(tvec!(out.into_tvalue()))
+        Ok(tvec!(self.output.hand_on(out)))
     }
     op_out_of_plan!();
 }
@@ -224,5 +227,6 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
     let layout = if k_first { WeightLayout::KByN } else { WeightLayout::NByK };
     let packed = PackedF32::pack(k, n, w, layout, bias.as_deref());
     let out_shape = model.outlet_fact(OutletId::new(last, 0))?.shape.iter().cloned().collect();
-    Ok(Some((PupilMatMul { packed: Arc::new(packed), isa, clamp: (lo, hi), out_shape, k_dims }, last)))
+    let output = Arc::new(KeptTensor::new());
+    Ok(Some((PupilMatMul { packed: Arc::new(packed), isa, clamp: (lo, hi), out_shape, k_dims, output }, last)))
 }

@@ -30,7 +30,7 @@ pub mod qgemv;
 mod qgridconv;
 pub mod requant;
 mod rowconv;
-mod scratch;
+pub(crate) mod scratch;
 mod taps;
 mod team;
 mod winograd;

@@ -8,7 +8,7 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 
 use super::gemv::WeightLayout;
 use super::qgemv::{Isa, PANEL, PackedI8};
-use super::scratch::Kept;
+use super::scratch::{Kept, KeptTensor, exclusive};
 use super::taps::Simd;
 use tract_linalg::multithread::Executor;
 
@@ -37,6 +37,8 @@ pub struct PupilQMatMul {
     /// The buffers of one run, kept for the next (a copy of the operator shares them): at batch 1 the allocator
     /// took about a tenth of the int8 800-800 MLP's run when each run made its own.
     scratch: Arc<Kept<Scratch>>,
+    /// The output tensor, reused by the next run once its consumers dropped it.
+    output: Arc<KeptTensor>,
 }
 
 /// One run's buffers: the activation row (K padded), the integer sums (N padded), the rounded values and, for a
@@ -310,7 +312,7 @@ impl EvalOp for PupilQMatMul {
         let m: usize = shape[..split].iter().product();
         let out_shape = super::output_shape("PupilQMatMul", &self.out_shape, ctx, m * self.packed.n())?;
         // SAFETY: every element is written by `compute` below (m × n values).
-        let mut out = unsafe { Tensor::uninitialized_dt(self.out_dt, &out_shape)? };
+        let mut out = unsafe { self.output.take(self.out_dt, &out_shape)? };
         let view = a.try_as_plain_ram()?;
         let bytes: &[u8] = if a.datum_type().unquantized() == DatumType::I8 {
             let s = view.as_slice::<i8>()?;
@@ -319,8 +321,8 @@ impl EvalOp for PupilQMatMul {
         } else {
             view.as_slice::<u8>()?
         };
-        self.compute(bytes, m, &mut out)?;
-        Ok(tvec!(out.into_tvalue()))
+        self.compute(bytes, m, exclusive(&mut out)?)?;
+        Ok(tvec!(self.output.hand_on(out)))
     }
     op_out_of_plan!();
 }
@@ -525,6 +527,7 @@ impl PupilQMatMul {
             columns: Arc::new(columns),
             dequantize: None,
             scratch: Arc::new(Kept::new()),
+            output: Arc::new(KeptTensor::new()),
         }
     }
 
@@ -538,6 +541,7 @@ impl PupilQMatMul {
         new.dequantize = Some(Arc::new(Dequantize { bias, scale }));
         // Its buffers differ (the sums the dequantization reads): not shared with this operator's.
         new.scratch = Arc::new(Kept::new());
+        new.output = Arc::new(KeptTensor::new());
         new.out_dt = DatumType::F32;
         new.out_shape = out_shape;
         Some(new)

@@ -21,6 +21,7 @@ use super::dwconv::following_clamp;
 use super::dwconv::{PupilDepthwiseConv, PupilDirectConv};
 use super::qgemv::Isa;
 use super::qgridconv::PupilQGridConv;
+use super::scratch::{KeptTensor, exclusive};
 use super::taps::Simd;
 
 /// The axis methods of a `TypedOp` that maps every value to the value at the same place: any axis change
@@ -177,7 +178,7 @@ impl TypedOp for PupilRequant {
 /// A `QuantizeLinear` of f32 values to `u8` / `i8` (where the int8 layer after it reads integers: the input of
 /// an int8 dense layer) on the vector loops of [`Stage::Grid`]: `clamp(round_ties_even(x · mul) + zq, qmin, qmax)`,
 /// tract's definition, which tract runs one value at a time (8 µs of the int8 CNN's 66, for 3 136 values).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct PupilQuantize {
     /// The grid stage with `scale` 1: its values are the integers themselves, held exactly in f32.
     stage: Stage,
@@ -185,6 +186,14 @@ pub struct PupilQuantize {
     out_dt: DatumType,
     isa: Isa,
     simd: Simd,
+    /// The output tensor, reused by the next run once its consumers dropped it.
+    output: Arc<KeptTensor>,
+}
+
+impl PartialEq for PupilQuantize {
+    fn eq(&self, other: &Self) -> bool {
+        (self.stage, self.out_dt, self.isa) == (other.stage, other.out_dt, other.isa)
+    }
 }
 
 impl Eq for PupilQuantize {}
@@ -198,7 +207,13 @@ impl PupilQuantize {
             other => bail!("PupilQuantize writes u8 or i8, not {other:?}"),
         };
         ensure!(range == want, "PupilQuantize to {out_dt:?}: expected the range {want:?}, got {range:?}");
-        Ok(PupilQuantize { stage: Stage::grid(mul, zq, range, 1.0, 0), out_dt, isa, simd: Simd::for_isa(isa) })
+        Ok(PupilQuantize {
+            stage: Stage::grid(mul, zq, range, 1.0, 0),
+            out_dt,
+            isa,
+            simd: Simd::for_isa(isa),
+            output: Arc::new(KeptTensor::new()),
+        })
     }
     pub fn isa(&self) -> Isa {
         self.isa
@@ -298,18 +313,18 @@ impl EvalOp for PupilQuantize {
         let input = &inputs[0];
         ensure!(input.datum_type() == DatumType::F32, "PupilQuantize expects f32, got {:?}", input.datum_type());
         // SAFETY: `run` writes every output value, and every bit pattern is a valid u8 / i8.
-        let mut out = unsafe { Tensor::uninitialized_dt(self.out_dt, input.shape())? };
+        let mut out = unsafe { self.output.take(self.out_dt, input.shape())? };
         let src = input.try_as_plain_ram()?;
         let xs = src.as_slice::<f32>()?;
         {
-            let mut dst = out.try_as_plain_ram_mut()?;
+            let mut dst = exclusive(&mut out)?.try_as_plain_ram_mut()?;
             match self.out_dt.unquantized() {
                 DatumType::U8 => self.run(xs, dst.as_slice_mut::<u8>()?),
                 DatumType::I8 => self.run(xs, dst.as_slice_mut::<i8>()?),
                 other => bail!("PupilQuantize cannot write {other:?}"),
             }
         }
-        Ok(tvec!(out.into_tvalue()))
+        Ok(tvec!(self.output.hand_on(out)))
     }
     op_out_of_plan!();
 }
