@@ -355,13 +355,14 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn gemv_avx2(p: &PackedI8, a: &[u8], Part { first, panels, out }: Part) {
         let quads = p.kp / 4;
-        // Each activation quad as four i16, repeated: the multiplier for a 16-byte chunk (4 columns × 4 k).
-        let aq: Vec<i64> = (0..quads)
-            .map(|q| {
-                let v = |j: usize| a[q * 4 + j] as u64;
-                (v(0) | v(1) << 16 | v(2) << 32 | v(3) << 48) as i64
-            })
-            .collect();
+        // Each activation quad as four i16, repeated: the multiplier for a 16-byte chunk (4 columns × 4 k), in
+        // this thread's buffer (no allocation once warm).
+        let mut aq = QUADS.take();
+        aq.clear();
+        aq.extend((0..quads).map(|q| {
+            let v = |j: usize| a[q * 4 + j] as u64;
+            (v(0) | v(1) << 16 | v(2) << 32 | v(3) << 48) as i64
+        }));
         // SAFETY (whole body): pointers stay inside `p.data`, `aq` and `out`, as checked by the caller.
         unsafe {
             for (panel, out) in (first..first + panels).zip(out.chunks_exact_mut(PANEL)) {
@@ -385,6 +386,12 @@ mod x86 {
                 }
             }
         }
+        QUADS.set(aq);
+    }
+
+    thread_local! {
+        /// [`gemv_avx2`]'s activation quads, kept per thread between calls.
+        static QUADS: std::cell::Cell<Vec<i64>> = const { std::cell::Cell::new(Vec::new()) };
     }
 }
 
@@ -429,11 +436,12 @@ mod arm {
     #[target_feature(enable = "neon,dotprod")]
     pub(super) unsafe fn gemv_dotprod(p: &PackedI8, a: &[u8], Part { first, panels, out }: Part) {
         let quads = p.kp / 4;
-        let shifted: Vec<i32> = (0..quads)
-            .map(|q| {
-                i32::from_le_bytes([a[q * 4] ^ 0x80, a[q * 4 + 1] ^ 0x80, a[q * 4 + 2] ^ 0x80, a[q * 4 + 3] ^ 0x80])
-            })
-            .collect();
+        // In this thread's buffer (no allocation once warm).
+        let mut shifted = SHIFTED.take();
+        shifted.clear();
+        shifted.extend((0..quads).map(|q| {
+            i32::from_le_bytes([a[q * 4] ^ 0x80, a[q * 4 + 1] ^ 0x80, a[q * 4 + 2] ^ 0x80, a[q * 4 + 3] ^ 0x80])
+        }));
         // SAFETY (whole body): pointers stay inside `p.data`, `shifted` and `out`, as checked by the caller.
         unsafe {
             for (panel, out) in (first..first + panels).zip(out.chunks_exact_mut(PANEL)) {
@@ -464,5 +472,11 @@ mod arm {
                 }
             }
         }
+        SHIFTED.set(shifted);
+    }
+
+    thread_local! {
+        /// [`gemv_dotprod`]'s shifted activation quads, kept per thread between calls.
+        static SHIFTED: std::cell::Cell<Vec<i32>> = const { std::cell::Cell::new(Vec::new()) };
     }
 }
