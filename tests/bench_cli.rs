@@ -1,13 +1,10 @@
 //! `pupil bench` end to end on one generated model: the report's rows, the agreement of pupil with tract (and
 //! ONNX Runtime when installed), the memory roofline at one thread, and clear errors for bad options.
 
-use std::process::{Command, Output};
+mod common;
 
+use common::pupil;
 use serde_json::Value;
-
-fn pupil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pupil")).args(args).output().expect("run pupil")
-}
 
 fn f(v: &Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or_else(|| panic!("{key} is not a number in {v}"))
@@ -15,7 +12,7 @@ fn f(v: &Value, key: &str) -> f64 {
 
 #[test]
 fn bench_reports_pupil_tract_ort_and_the_memory_roofline_side_by_side() {
-    let out = pupil(&[
+    let (code, out, err) = pupil(&[
         "bench",
         "--only",
         "mlp-784-800",
@@ -31,8 +28,8 @@ fn bench_reports_pupil_tract_ort_and_the_memory_roofline_side_by_side() {
         "0",
         "--json",
     ]);
-    assert!(out.status.success(), "bench failed: {}", String::from_utf8_lossy(&out.stderr));
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(code, 0, "bench failed: {err}");
+    let report: Value = serde_json::from_str(&out).expect("JSON report");
     let rows = report["rows"].as_array().expect("rows");
     let key = |r: &Value| (r["precision"].as_str().unwrap().to_string(), r["threads"].as_u64().unwrap());
     let mut keys: Vec<_> = rows.iter().map(key).collect();
@@ -80,12 +77,10 @@ fn bench_reports_pupil_tract_ort_and_the_memory_roofline_side_by_side() {
 
 #[test]
 fn bench_names_a_bad_thread_count_and_run_count() {
-    let out = pupil(&["bench", "--threads", "0", "--no-ort"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = pupil(&["bench", "--threads", "0", "--no-ort"]);
+    assert_ne!(code, 0);
     assert!(err.contains("--threads needs counts of at least 1, got [0]"), "{err}");
-    let out = pupil(&["bench", "--runs", "0", "--no-ort"]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, _, err) = pupil(&["bench", "--runs", "0", "--no-ort"]);
+    assert_ne!(code, 0);
     assert!(err.contains("--runs and --burst must be at least 1, got 0 and 4"), "{err}");
 }

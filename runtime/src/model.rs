@@ -590,13 +590,10 @@ impl Model {
     fn run_chunk(&self, input: &[f32], n: usize) -> Result<Vec<f32>> {
         let shape: TVec<usize> = std::iter::once(n).chain(self.example_shape.iter().copied()).collect();
         let inference = |e: TractError| Error::Inference { reason: format!("{e:#}") };
-        if input.len() != shape.iter().product::<usize>() {
+        let len: usize = shape.iter().product();
+        if input.len() != len {
             return Err(Error::Inference {
-                reason: format!(
-                    "expected {} input values for {n} examples, got {}",
-                    shape.iter().product::<usize>(),
-                    input.len()
-                ),
+                reason: format!("expected {len} input values for {n} examples, got {}", input.len()),
             });
         }
         // SAFETY: every value is written just below (`input` has the tensor's length, checked above).
@@ -607,20 +604,15 @@ impl Model {
         let state = self.states.lock().ok().and_then(|mut s| s.pop());
         let mut state = match state {
             Some(s) => s,
-            None => TypedSimpleState::new(&self.plan).map_err(|e| Error::Inference { reason: format!("{e:#}") })?,
+            None => TypedSimpleState::new(&self.plan).map_err(inference)?,
         };
-        let result = catch_panic("running model", || {
-            state.run(tvec![self.input.hand_on(tensor)]).map_err(|e| Error::Inference { reason: format!("{e:#}") })
-        });
+        let result = catch_panic("running model", || state.run(tvec![self.input.hand_on(tensor)]).map_err(inference));
         let outputs = result?;
         if let Ok(mut states) = self.states.lock() {
             states.push(state);
         }
-        let out = outputs[0].cast_to::<f32>().map_err(|e| Error::Inference { reason: format!("{e:#}") })?;
-        let out = out
-            .try_as_plain_ram()
-            .and_then(|v| v.as_slice::<f32>().map(|s| s.to_vec()))
-            .map_err(|e| Error::Inference { reason: format!("{e:#}") })?;
+        let out = outputs[0].cast_to::<f32>().map_err(inference)?;
+        let out = out.try_as_plain_ram().and_then(|v| v.as_slice::<f32>().map(|s| s.to_vec())).map_err(inference)?;
         if out.len() != n * self.classes {
             return Err(Error::Inference {
                 reason: format!("expected {} output values for {n} examples, got {}", n * self.classes, out.len()),

@@ -373,11 +373,9 @@ fn bench_one(e: &Entry, threads: usize, args: &Args, use_ort: bool, input_seed: 
                     drop(o.run(&input).map_err(anyhow::Error::msg)?)
                 }
             }
-            Who::L2Read | Who::OwnRead => {
-                if let Some([l2, own]) = &readers {
-                    std::hint::black_box(if who == Who::L2Read { l2.run() } else { own.run() });
-                }
-            }
+            // `Reader::run` keeps its loads alive itself.
+            Who::L2Read => drop(readers.as_ref().map(|[l2, _]| l2.run())),
+            Who::OwnRead => drop(readers.as_ref().map(|[_, own]| own.run())),
         }
         Ok(())
     };
@@ -424,15 +422,14 @@ fn bench_one(e: &Entry, threads: usize, args: &Args, use_ort: bool, input_seed: 
             parked.len()
         );
     }
-    let lat = |t: &[Duration], cold: Duration| Latency {
-        p50_us: percentile(t, 0.5),
-        p90_us: percentile(t, 0.9),
-        cold_ms: cold.as_secs_f64() * 1e3,
+    let spread = |t: &[Duration]| Spread { p50_us: percentile(t, 0.5), p90_us: percentile(t, 0.9) };
+    let lat = |t: &[Duration], cold: Duration| {
+        let Spread { p50_us, p90_us } = spread(t);
+        Latency { p50_us, p90_us, cold_ms: cold.as_secs_f64() * 1e3 }
     };
     let tract_l = lat(times_of(Who::Tract).unwrap_or_default(), tract_cold);
     let pupil_l = lat(times_of(Who::Pupil).unwrap_or_default(), pupil_cold);
     let ort_l = times_of(Who::Ort).map(|t| lat(t, ort_cold));
-    let spread = |t: &[Duration]| Spread { p50_us: percentile(t, 0.5), p90_us: percentile(t, 0.9) };
     let roofline = times_of(Who::L2Read).zip(times_of(Who::OwnRead)).map(|(l2, own)| {
         let (l2_read, own_read) = (spread(l2), spread(own));
         Roofline {
