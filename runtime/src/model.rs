@@ -312,7 +312,8 @@ impl Model {
         Self::build_inner(bytes, None, options, crate::profile::LoadClock::start(), false)
     }
 
-    /// `use_direct`: int8 MLPs are read straight from the protobuf ([`crate::kernels::int8_mlp`]).
+    /// `use_direct`: MLPs are read straight from the protobuf ([`crate::kernels::int8_mlp`],
+    /// [`crate::kernels::f32_mlp`]).
     fn build_inner(
         bytes: &[u8],
         card: Option<(String, String)>,
@@ -404,8 +405,12 @@ impl Model {
         clock.stats.decode_ms = clock.lap();
         let accel = crate::kernels::Acceleration::current();
         let direct = if use_direct {
-            crate::kernels::int8_mlp(graph, &input.name, &example_shape, options.batch, accel)
-                .map_err(|e| invalid(format!("{e:#}")))?
+            let (name, batch) = (&input.name, options.batch);
+            match crate::kernels::int8_mlp(graph, name, &example_shape, batch, accel) {
+                Ok(None) => crate::kernels::f32_mlp(graph, name, &example_shape, batch, accel),
+                other => other,
+            }
+            .map_err(|e| invalid(format!("{e:#}")))?
         } else {
             None
         };

@@ -1,17 +1,20 @@
-//! int8 MLPs built straight from the ONNX protobuf, without tract's parse and graph passes: the chain pupil's
-//! quantizer writes for a dense student, `[Flatten] → QuantizeLinear → (Reshape → QLinearConv 1×1 → Reshape)* →
-//! MatMulInteger → [Add] → Cast → Mul`, becomes a [`PupilQuantize`] and one [`PupilQMatMul`] per layer (the last
-//! with its dequantization folded in), the same operators with the same parameters `optimize` ends with, so the
-//! same outputs bit for bit. tract's parse copies every initializer and its type inference and declutter cost
-//! about half of such a model's cold start; here the weights are read once, by the packing. Any other graph (an
-//! extra operator, a parameter that is not a constant, a shape the chain does not keep) is left to tract.
+//! int8 and f32 MLPs built straight from the ONNX protobuf, without tract's parse and graph passes: the chain
+//! pupil's quantizer writes for a dense student, `[Flatten] → QuantizeLinear → (Reshape → QLinearConv 1×1 →
+//! Reshape)* → MatMulInteger → [Add] → Cast → Mul`, becomes a [`PupilQuantize`] and one [`PupilQMatMul`] per
+//! layer (the last with its dequantization folded in); an f32 one, `[Flatten] → (Gemm → [Relu])*` at a fixed
+//! batch of at most [`MAX_ROWS`] rows, one [`PupilMatMul`] per layer (bias and ReLU folded in). These are the
+//! operators with the parameters `optimize` ends with, so the same outputs bit for bit. tract's parse copies
+//! every initializer and its type inference and declutter cost about half of such a model's cold start; here
+//! the weights are read once, by the packing. Any other graph (an extra operator, a parameter that is not a
+//! constant, a shape the chain does not keep) is left to tract.
 
 use std::collections::HashMap;
 
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
-use super::gemv::WeightLayout;
+use super::gemv::{PackedF32, WeightLayout};
+use super::matmul::{MAX_ROWS, PupilMatMul};
 use super::op::{PupilQMatMul, QParams, Weights};
 use super::qgemv::Isa;
 use super::requant::PupilQuantize;
@@ -64,6 +67,48 @@ pub(crate) fn int8_mlp(
     }
     model.select_output_outlets(&[x])?;
     Ok(Some(model))
+}
+
+/// The typed graph of an f32 MLP whose single input is `input` (f32, `[batch, example_shape..]`) at a fixed
+/// batch of at most [`MAX_ROWS`] rows; `None` for another batch or when `graph` is not such a chain.
+pub(crate) fn f32_mlp(
+    graph: &pb::GraphProto,
+    input: &str,
+    example_shape: &[usize],
+    batch: Batch,
+    isa: Isa,
+) -> TractResult<Option<TypedModel>> {
+    let Batch::Fixed(rows @ 1..=MAX_ROWS) = batch else { return Ok(None) };
+    let Some(layers) = Chain::new(graph).and_then(|g| g.f32_layers(input, example_shape)) else { return Ok(None) };
+    let mut model = TypedModel::default();
+    let shape: TVec<TDim> = std::iter::once(rows).chain(example_shape.iter().copied()).map(|d| d.to_dim()).collect();
+    let mut x = model.add_source(input, f32::fact(&shape))?;
+    // The trailing axes of the current tensor that make up one example: the input's, then one per layer.
+    let mut k_dims = example_shape.len();
+    for (i, F32Dense { name, weights, layout, k, n, bias, clamp }) in layers.into_iter().enumerate() {
+        let packed = PackedF32::pack(k, n, &weights, layout, bias.as_deref());
+        let op = PupilMatMul::new(packed, isa, clamp, tvec![rows.to_dim(), n.to_dim()], k_dims);
+        let name = if name.is_empty() || model.nodes().iter().any(|n| n.name == name) {
+            format!("dense{i}")
+        } else {
+            name.to_string()
+        };
+        x = model.wire_node(name, op, &[x])?[0];
+        k_dims = 1;
+    }
+    model.select_output_outlets(&[x])?;
+    Ok(Some(model))
+}
+
+/// One f32 layer: `clamp(x · W + bias)`, `W` as `layout` says.
+struct F32Dense<'a> {
+    name: &'a str,
+    weights: Vec<f32>,
+    layout: WeightLayout,
+    k: usize,
+    n: usize,
+    bias: Option<Vec<f32>>,
+    clamp: (f32, f32),
 }
 
 /// One step of the chain.
@@ -182,6 +227,71 @@ impl<'a> Chain<'a> {
             cur = out;
         }
         None
+    }
+
+    /// The f32 layers from `input` to the graph's output, or `None` when the graph is anything else.
+    fn f32_layers(&self, input: &str, example_shape: &[usize]) -> Option<Vec<F32Dense<'a>>> {
+        let mut layers = vec![];
+        // The current tensor and its shape after the batch axis.
+        let (mut cur, mut dims) = (input.to_string(), example_shape.to_vec());
+        while let Some(node) = self.next(&cur) {
+            match node.op_type.as_str() {
+                "Flatten" if attrs_are(node, &[("axis", 1)]) => dims = vec![dims.iter().product()],
+                "Gemm" => {
+                    let [k] = dims[..] else { return None };
+                    let (mut layer, out) = self.gemm(node, k)?;
+                    cur = out;
+                    if let Some(relu) = self.next(&cur).filter(|r| r.op_type == "Relu" && r.attribute.is_empty()) {
+                        layer.clamp = (0.0, f32::INFINITY);
+                        cur = relu.output[0].clone();
+                    }
+                    dims = vec![layer.n];
+                    layers.push(layer);
+                    continue;
+                }
+                _ => return None,
+            }
+            cur = node.output[0].clone();
+        }
+        (!layers.is_empty() && self.graph.output[0].name == cur).then_some(layers)
+    }
+
+    /// A `Gemm` of the `[batch, k]` activations by constant f32 weights (`alpha = beta = 1`, `A` not
+    /// transposed, `B` either way), with a constant bias of one value or one per column, and its output.
+    fn gemm(&self, node: &'a pb::NodeProto, k: usize) -> Option<(F32Dense<'a>, String)> {
+        let mut trans_b = false;
+        for a in &node.attribute {
+            match a.name.as_str() {
+                "alpha" | "beta" if a.f == 1.0 => {}
+                "transA" if a.i == 0 => {}
+                "transB" if a.i == 0 || a.i == 1 => trans_b = a.i == 1,
+                _ => return None,
+            }
+        }
+        if !(2..=3).contains(&node.input.len()) {
+            return None;
+        }
+        let w = self.init(node, 1)?;
+        let [rows, cols] = w.dims[..] else { return None };
+        let (wk, n) = if trans_b { (cols, rows) } else { (rows, cols) };
+        let n = usize::try_from(n).ok().filter(|&n| n > 0)?;
+        let weights = f32_data(w)?;
+        if wk != k as i64 || k == 0 || weights.len() != k * n {
+            return None;
+        }
+        let bias = match node.input.get(2).filter(|c| !c.is_empty()) {
+            Some(_) => {
+                let c = self.init(node, 2)?;
+                if !(column_shaped(c, n) || c.dims == [1, n as i64]) {
+                    return None;
+                }
+                Some(per_channel(f32_data(c)?, n)?)
+            }
+            None => None,
+        };
+        let layout = if trans_b { WeightLayout::NByK } else { WeightLayout::KByN };
+        let clamp = (f32::NEG_INFINITY, f32::INFINITY);
+        Some((F32Dense { name: &node.name, weights, layout, k, n, bias, clamp }, node.output[0].clone()))
     }
 
     /// A `QLinearConv` over `[k, 1, 1]` inputs of type `a_qdt`, and its output type.
@@ -344,11 +454,11 @@ mod tests {
         quantize(&mlp(sizes, seed).to_bytes(), options, Some(&calibration)).unwrap().0
     }
 
-    /// Whether `model` was read by [`int8_mlp`]: only its operators, no tract ones.
+    /// Whether `model` was read by [`int8_mlp`] or [`f32_mlp`]: only their operators, no tract ones.
     fn read_directly(model: &Model) -> bool {
         model.typed_model().nodes().iter().skip(1).all(|n| {
             let op = n.op.as_op();
-            op.is::<PupilQMatMul>() || op.is::<PupilQuantize>()
+            op.is::<PupilQMatMul>() || op.is::<PupilQuantize>() || op.is::<PupilMatMul>()
         })
     }
 
@@ -357,6 +467,7 @@ mod tests {
         let direct = Model::from_bytes(bytes, options.clone()).unwrap();
         let tract = Model::from_bytes_through_tract(bytes, options).unwrap();
         assert!(read_directly(&direct), "{what}: not read directly");
+        assert_eq!(direct.load_stats().analyse_ms, 0.0, "{what}: tract analysed it");
         assert_eq!(direct.classes(), tract.classes(), "{what}");
         let mut rng = Rng::new(rows as u64);
         let len = direct.example_len() * rows;
@@ -481,5 +592,102 @@ mod tests {
 
         // The f32 model.
         assert!(!read(&graph_of(&mlp(&[10, 8, 4], 3).to_bytes())), "an f32 MLP");
+    }
+
+    #[test]
+    fn an_f32_mlp_read_directly_computes_what_tract_s_path_computes() {
+        for sizes in [vec![24, 40, 33, 7], vec![12, 5], vec![30, 20, 20, 11]] {
+            let bytes = mlp(&sizes, 5).to_bytes();
+            for batch in [Batch::Fixed(1), Batch::Fixed(3), Batch::Fixed(MAX_ROWS)] {
+                let rows = if let Batch::Fixed(b) = batch { b } else { unreachable!() };
+                let options = ModelOptions { batch, ..Default::default() };
+                assert_same_outputs(&bytes, options, rows, &format!("f32 {sizes:?}, {batch:?}"));
+            }
+            let two = ModelOptions { threads: 2, ..Default::default() };
+            assert_same_outputs(&bytes, two, 1, &format!("f32 {sizes:?}, 2 threads"));
+            // tract's GEMM is better for many rows, and a symbolic batch may be many.
+            for batch in [Batch::Fixed(MAX_ROWS + 1), Batch::Symbolic] {
+                let model = Model::from_bytes(&bytes, ModelOptions { batch, ..Default::default() }).unwrap();
+                assert!(model.load_stats().analyse_ms > 0.0, "f32 {sizes:?}, {batch:?}: read directly");
+            }
+        }
+    }
+
+    #[test]
+    fn the_shipped_f32_student_and_teacher_are_read_directly() {
+        for name in ["mnist-student", "mnist-teacher"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../models/{name}.onnx"));
+            let bytes = std::fs::read(path).unwrap();
+            assert_same_outputs(&bytes, ModelOptions::default(), 1, name);
+            let model = Model::from_bytes(&bytes, ModelOptions::default()).unwrap();
+            // Source and the three layers (the Flatten folded into the first, the ReLUs into their layers).
+            assert_eq!(model.typed_model().nodes().len(), 4, "{name}");
+            assert_eq!(model.load_stats().analyse_ms, 0.0, "{name}: no tract analysis");
+        }
+    }
+
+    fn f32_read(proto: &pb::ModelProto) -> bool {
+        let graph = proto.graph.as_ref().unwrap();
+        let shape = [graph_input_len(graph)];
+        f32_mlp(graph, "input", &shape, Batch::Fixed(1), Isa::best()).unwrap().is_some()
+    }
+
+    #[test]
+    fn any_other_f32_graph_is_left_to_tract() {
+        let proto = graph_of(&mlp(&[10, 8, 4], 3).to_bytes());
+        assert!(f32_read(&proto), "the unchanged chain is read");
+        let edit = |what: &str, f: &dyn Fn(&mut pb::GraphProto)| {
+            let mut p = proto.clone();
+            f(p.graph.as_mut().unwrap());
+            assert!(!f32_read(&p), "{what}");
+            // Where tract loads it, tract analysed it.
+            let model = Model::from_bytes(&crate::onnx::encode(&p), ModelOptions::default());
+            if let Ok(model) = model {
+                assert!(model.load_stats().analyse_ms > 0.0, "{what}: read directly");
+            }
+        };
+        let first = |g: &pb::GraphProto| g.node.iter().position(|n| n.op_type == "Gemm").unwrap();
+        for (name, f, i) in [("alpha", 0.5, 0), ("beta", 2.0, 0), ("transA", 0.0, 1)] {
+            edit(&format!("{name} = {f} {i}"), &|g| {
+                let at = first(g);
+                g.node[at].attribute.push(pb::AttributeProto { name: name.into(), f, i, ..Default::default() });
+            });
+        }
+        edit("a Sigmoid after the first layer", &|g| {
+            let at = first(g);
+            let out = g.node[at].output[0].clone();
+            g.node[at].output[0] = "pre_sigmoid".into();
+            let sigmoid = pb::NodeProto {
+                op_type: "Sigmoid".into(),
+                input: vec!["pre_sigmoid".into()],
+                output: vec![out],
+                ..Default::default()
+            };
+            g.node.insert(at + 1, sigmoid);
+        });
+        edit("a bias the caller may feed", &|g| {
+            let bias = g.node[first(g)].input[2].clone();
+            let mut fed = pb::ValueInfoProto { name: bias, ..Default::default() };
+            fed.r#type = g.input[0].r#type.clone();
+            g.input.push(fed);
+        });
+        edit("weights of the wrong width", &|g| {
+            let w = g.node[first(g)].input[1].clone();
+            let t = g.initializer.iter_mut().find(|t| t.name == w).unwrap();
+            t.dims.swap(0, 1);
+        });
+        let mut twice = proto.clone();
+        let g = twice.graph.as_mut().unwrap();
+        let hidden = g.node[first(g)].output[0].clone();
+        g.node.push(pb::NodeProto {
+            op_type: "Identity".into(),
+            input: vec![hidden],
+            output: vec!["spy".into()],
+            ..Default::default()
+        });
+        assert!(!f32_read(&twice), "a tensor with two readers");
+        // The int8 model is not an f32 chain.
+        let int8 = graph_of(&int8_mlp_bytes(&[10, 8, 4], 3, &QuantizeOptions::default()));
+        assert!(!f32_read(&int8), "an int8 MLP");
     }
 }

@@ -42,6 +42,13 @@ impl PartialEq for PupilMatMul {
 impl Eq for PupilMatMul {}
 
 impl PupilMatMul {
+    /// The operator for the packed weights (bias folded in) over the activations' trailing `k_dims` axes, its
+    /// sums clamped to `clamp` (`(lo, hi)`, ±∞ for none), its output of shape `out_shape`.
+    pub(crate) fn new(packed: PackedF32, isa: Isa, clamp: (f32, f32), out_shape: TVec<TDim>, k_dims: usize) -> Self {
+        let output = Arc::new(KeptTensor::new());
+        PupilMatMul { packed: Arc::new(packed), isa, clamp, out_shape, k_dims, output }
+    }
+
     /// The kernel's instruction set.
     pub fn isa(&self) -> Isa {
         self.isa
@@ -227,6 +234,5 @@ pub(crate) fn for_einsum(model: &TypedModel, node: &TypedNode, isa: Isa) -> Trac
     let layout = if k_first { WeightLayout::KByN } else { WeightLayout::NByK };
     let packed = PackedF32::pack(k, n, w, layout, bias.as_deref());
     let out_shape = model.outlet_fact(OutletId::new(last, 0))?.shape.iter().cloned().collect();
-    let output = Arc::new(KeptTensor::new());
-    Ok(Some((PupilMatMul { packed: Arc::new(packed), isa, clamp: (lo, hi), out_shape, k_dims, output }, last)))
+    Ok(Some((PupilMatMul::new(packed, isa, (lo, hi), out_shape, k_dims), last)))
 }

@@ -202,6 +202,20 @@ pub(crate) fn int8_mlp(
     direct::int8_mlp(graph, input, example_shape, batch, isa)
 }
 
+/// The typed graph of an f32 MLP at a fixed batch of a few rows read straight from the protobuf ([`direct`]),
+/// with pupil's kernels for `accel`; `None` when they are off or the graph is not the chain [`direct`] reads.
+pub(crate) fn f32_mlp(
+    graph: &tract_onnx::pb::GraphProto,
+    input: &str,
+    example_shape: &[usize],
+    batch: crate::model::Batch,
+    accel: Acceleration,
+) -> TractResult<Option<TypedModel>> {
+    let Some(isa) = isa_for(accel)? else { return Ok(None) };
+    tune_tract_for_cpu();
+    direct::f32_mlp(graph, input, example_shape, batch, isa)
+}
+
 /// Replaces, before tract's declutter, the quantized 1×1 convolutions over 1×1 inputs (an int8 student's fully
 /// connected layers) by [`PupilQMatMul`] and the f32 dense layers by [`PupilMatMul`] (their bias and ReLU
 /// folded in): packed from the weight constants as the file has them, where the declutter would first copy each
