@@ -8,6 +8,7 @@
 //! the weights are read once, by the packing. Any other graph (an extra operator, a parameter that is not a
 //! constant, a shape the chain does not keep) is left to tract.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use tract_onnx::pb;
@@ -103,7 +104,7 @@ pub(crate) fn f32_mlp(
 /// One f32 layer: `clamp(x · W + bias)`, `W` as `layout` says.
 struct F32Dense<'a> {
     name: &'a str,
-    weights: Vec<f32>,
+    weights: Cow<'a, [f32]>,
     layout: WeightLayout,
     k: usize,
     n: usize,
@@ -275,7 +276,7 @@ impl<'a> Chain<'a> {
         let [rows, cols] = w.dims[..] else { return None };
         let (wk, n) = if trans_b { (cols, rows) } else { (rows, cols) };
         let n = usize::try_from(n).ok().filter(|&n| n > 0)?;
-        let weights = f32_data(w)?;
+        let weights = f32_values(w)?;
         if wk != k as i64 || k == 0 || weights.len() != k * n {
             return None;
         }
@@ -388,6 +389,19 @@ impl<'a> Chain<'a> {
         };
         Some((layer, mul.output[0].clone()))
     }
+}
+
+/// The values of an f32 initializer: its raw bytes read in place where they are aligned for f32 (a little-endian
+/// CPU, as the file's), else a copy; `None` for another type.
+fn f32_values(t: &pb::TensorProto) -> Option<Cow<'_, [f32]>> {
+    if t.data_type == dtype::F32
+        && cfg!(target_endian = "little")
+        && !t.raw_data.is_empty()
+        && let Ok(v) = bytemuck::try_cast_slice::<u8, f32>(&t.raw_data)
+    {
+        return Some(Cow::Borrowed(v));
+    }
+    f32_data(t).map(Cow::Owned)
 }
 
 /// The one value of a scalar (or one-element) parameter.
@@ -605,6 +619,14 @@ mod tests {
             }
             let two = ModelOptions { threads: 2, ..Default::default() };
             assert_same_outputs(&bytes, two, 1, &format!("f32 {sizes:?}, 2 threads"));
+            // The parameters as typed values instead of raw bytes (read by a copy instead of in place).
+            let mut typed = graph_of(&bytes);
+            for t in &mut typed.graph.as_mut().unwrap().initializer {
+                t.float_data = f32_data(t).unwrap();
+                t.raw_data.clear();
+            }
+            let typed = crate::onnx::encode(&typed);
+            assert_same_outputs(&typed, ModelOptions::default(), 1, &format!("f32 {sizes:?}, float_data"));
             // tract's GEMM is better for many rows, and a symbolic batch may be many.
             for batch in [Batch::Fixed(MAX_ROWS + 1), Batch::Symbolic] {
                 let model = Model::from_bytes(&bytes, ModelOptions { batch, ..Default::default() }).unwrap();
