@@ -305,15 +305,14 @@ impl Model {
         })
     }
 
-    /// Loads `bytes` through tract's parse and passes even where [`crate::kernels::int8_mlp`] would read the
+    /// Loads `bytes` through tract's parse and passes even where [`crate::kernels::direct_mlp`] would read the
     /// graph itself: what that path must match.
     #[cfg(test)]
     pub(crate) fn from_bytes_through_tract(bytes: &[u8], options: ModelOptions) -> Result<Model> {
         Self::build_inner(bytes, None, options, crate::profile::LoadClock::start(), false)
     }
 
-    /// `use_direct`: MLPs are read straight from the protobuf ([`crate::kernels::int8_mlp`],
-    /// [`crate::kernels::f32_mlp`]).
+    /// `use_direct`: MLPs are read straight from the protobuf ([`crate::kernels::direct_mlp`]).
     fn build_inner(
         bytes: &[u8],
         card: Option<(String, String)>,
@@ -405,12 +404,8 @@ impl Model {
         clock.stats.decode_ms = clock.lap();
         let accel = crate::kernels::Acceleration::current();
         let direct = if use_direct {
-            let (name, batch) = (&input.name, options.batch);
-            match crate::kernels::int8_mlp(graph, name, &example_shape, batch, accel) {
-                Ok(None) => crate::kernels::f32_mlp(graph, name, &example_shape, batch, accel),
-                other => other,
-            }
-            .map_err(|e| invalid(format!("{e:#}")))?
+            crate::kernels::direct_mlp(graph, &input.name, &example_shape, options.batch, accel)
+                .map_err(|e| invalid(format!("{e:#}")))?
         } else {
             None
         };

@@ -553,6 +553,21 @@ mod tests {
         }
     }
 
+    /// `proto` with the output of its first `op_type` node read by one more node.
+    fn read_twice(proto: &pb::ModelProto, op_type: &str) -> pb::ModelProto {
+        let mut twice = proto.clone();
+        let g = twice.graph.as_mut().unwrap();
+        let hidden = g.node.iter().find(|n| n.op_type == op_type).unwrap().output[0].clone();
+        let spy = pb::NodeProto {
+            op_type: "Identity".into(),
+            input: vec![hidden],
+            output: vec!["spy".into()],
+            ..Default::default()
+        };
+        g.node.push(spy);
+        twice
+    }
+
     #[test]
     fn any_other_graph_is_left_to_tract() {
         let bytes = int8_mlp_bytes(&[10, 8, 4], 3, &QuantizeOptions::default());
@@ -593,16 +608,7 @@ mod tests {
         assert!(!read(&wide), "a 3×3 convolution");
 
         // The hidden layer's output read twice.
-        let mut twice = proto.clone();
-        let g = twice.graph.as_mut().unwrap();
-        let hidden = g.node.iter().find(|n| n.op_type == "QLinearConv").unwrap().output[0].clone();
-        g.node.push(pb::NodeProto {
-            op_type: "Identity".into(),
-            input: vec![hidden],
-            output: vec!["spy".into()],
-            ..Default::default()
-        });
-        assert!(!read(&twice), "a tensor with two readers");
+        assert!(!read(&read_twice(&proto, "QLinearConv")), "a tensor with two readers");
 
         // The f32 model.
         assert!(!read(&graph_of(&mlp(&[10, 8, 4], 3).to_bytes())), "an f32 MLP");
@@ -698,16 +704,7 @@ mod tests {
             let t = g.initializer.iter_mut().find(|t| t.name == w).unwrap();
             t.dims.swap(0, 1);
         });
-        let mut twice = proto.clone();
-        let g = twice.graph.as_mut().unwrap();
-        let hidden = g.node[first(g)].output[0].clone();
-        g.node.push(pb::NodeProto {
-            op_type: "Identity".into(),
-            input: vec![hidden],
-            output: vec!["spy".into()],
-            ..Default::default()
-        });
-        assert!(!f32_read(&twice), "a tensor with two readers");
+        assert!(!f32_read(&read_twice(&proto, "Gemm")), "a tensor with two readers");
         // The int8 model is not an f32 chain.
         let int8 = graph_of(&int8_mlp_bytes(&[10, 8, 4], 3, &QuantizeOptions::default()));
         assert!(!f32_read(&int8), "an int8 MLP");

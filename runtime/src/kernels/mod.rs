@@ -188,9 +188,10 @@ pub fn optimize_int8(
     Ok((typed.into_optimized()?, replaced))
 }
 
-/// The typed graph of an int8 MLP read straight from the protobuf ([`direct`]: no tract parse or passes), with
-/// pupil's kernels for `accel`; `None` when they are off or the graph is not the chain [`direct`] reads.
-pub(crate) fn int8_mlp(
+/// The typed graph of an MLP read straight from the protobuf ([`direct`]: no tract parse or passes), with
+/// pupil's kernels for `accel`: the int8 chain pupil's quantizer writes, or an f32 one at a fixed batch of a few
+/// rows; `None` when the kernels are off or the graph is neither.
+pub(crate) fn direct_mlp(
     graph: &tract_onnx::pb::GraphProto,
     input: &str,
     example_shape: &[usize],
@@ -199,21 +200,10 @@ pub(crate) fn int8_mlp(
 ) -> TractResult<Option<TypedModel>> {
     let Some(isa) = isa_for(accel)? else { return Ok(None) };
     tune_tract_for_cpu();
-    direct::int8_mlp(graph, input, example_shape, batch, isa)
-}
-
-/// The typed graph of an f32 MLP at a fixed batch of a few rows read straight from the protobuf ([`direct`]),
-/// with pupil's kernels for `accel`; `None` when they are off or the graph is not the chain [`direct`] reads.
-pub(crate) fn f32_mlp(
-    graph: &tract_onnx::pb::GraphProto,
-    input: &str,
-    example_shape: &[usize],
-    batch: crate::model::Batch,
-    accel: Acceleration,
-) -> TractResult<Option<TypedModel>> {
-    let Some(isa) = isa_for(accel)? else { return Ok(None) };
-    tune_tract_for_cpu();
-    direct::f32_mlp(graph, input, example_shape, batch, isa)
+    match direct::int8_mlp(graph, input, example_shape, batch, isa)? {
+        Some(model) => Ok(Some(model)),
+        None => direct::f32_mlp(graph, input, example_shape, batch, isa),
+    }
 }
 
 /// Replaces, before tract's declutter, the quantized 1×1 convolutions over 1×1 inputs (an int8 student's fully
