@@ -194,7 +194,7 @@ impl<'a> Chain<'a> {
         while let Some(node) = self.next(&cur) {
             let out = node.output[0].clone();
             match (node.op_type.as_str(), dt) {
-                ("Flatten", _) if attrs_are(node, &[("axis", 1)]) => dims = vec![dims.iter().product()],
+                ("Flatten", _) if attrs_are(node, &[("axis", 1)]) => dims = vec![values(&dims)?],
                 ("Reshape", _) if attrs_are(node, &[("allowzero", 0)]) && node.input.len() == 2 => {
                     dims = reshaped(&dims, &int_data(self.init(node, 1)?)?)?;
                 }
@@ -237,7 +237,7 @@ impl<'a> Chain<'a> {
         let (mut cur, mut dims) = (input.to_string(), example_shape.to_vec());
         while let Some(node) = self.next(&cur) {
             match node.op_type.as_str() {
-                "Flatten" if attrs_are(node, &[("axis", 1)]) => dims = vec![dims.iter().product()],
+                "Flatten" if attrs_are(node, &[("axis", 1)]) => dims = vec![values(&dims)?],
                 "Gemm" => {
                     let [k] = dims[..] else { return None };
                     let (mut layer, out) = self.gemm(node, k)?;
@@ -277,7 +277,7 @@ impl<'a> Chain<'a> {
         let (wk, n) = if trans_b { (cols, rows) } else { (rows, cols) };
         let n = usize::try_from(n).ok().filter(|&n| n > 0)?;
         let weights = f32_values(w)?;
-        if wk != k as i64 || k == 0 || weights.len() != k * n {
+        if wk != k as i64 || k == 0 || k.checked_mul(n) != Some(weights.len()) {
             return None;
         }
         let bias = match node.input.get(2).filter(|c| !c.is_empty()) {
@@ -430,8 +430,12 @@ fn reshaped(dims: &[usize], spec: &[i64]) -> Option<Vec<usize>> {
         return None;
     }
     let rest: Vec<usize> = rest.iter().map(|&d| usize::try_from(d).ok().filter(|&d| d > 0)).collect::<Option<_>>()?;
-    let values = |d: &[usize]| d.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     (values(&rest).is_some() && values(&rest) == values(dims)).then_some(rest)
+}
+
+/// The number of values of a shape, `None` when it overflows `usize` (a graph pupil's chains cannot hold).
+fn values(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
 }
 
 fn has_attr(node: &pb::NodeProto, name: &str) -> bool {
