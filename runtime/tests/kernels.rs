@@ -41,8 +41,45 @@ fn gemv_case() -> impl Strategy<Value = (usize, usize, Vec<u8>, Vec<i8>)> {
     })
 }
 
+/// [`gemv_case`] with whole quads of activations zeroed (the quads the VNNI kernel skips): none, all, or each
+/// with a drawn probability, so that the live quads come in runs, alone, first, last, and in odd counts.
+fn sparse_gemv_case() -> impl Strategy<Value = (usize, usize, Vec<u8>, Vec<i8>)> {
+    (gemv_case(), prop_oneof![Just(0.0f64), Just(1.0f64), 0.0f64..1.0], proptest::collection::vec(0.0f64..1.0, 50))
+        .prop_map(|((k, n, mut a, w), dead, draws)| {
+            for (quad, draw) in a.chunks_mut(4).zip(draws.iter().cycle()) {
+                if *draw < dead {
+                    quad.fill(0);
+                }
+            }
+            (k, n, a, w)
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Zero quads are skipped, not mis-summed: every kernel still gives the exact sums, over whole products and
+    /// over any range of panels.
+    #[test]
+    fn activations_with_zero_quads_give_the_exact_sums(
+        (k, n, a, w) in sparse_gemv_case(), cut in any::<(prop::sample::Index, prop::sample::Index)>(),
+    ) {
+        let expected = reference(&a, &w, k, n);
+        for (isa, got) in run_all_isas(&a, &w, k, n) {
+            prop_assert_eq!(&got, &expected, "isa {} k {} n {}", isa, k, n);
+        }
+        let p = PackedI8::from_row_major(k, n, &w);
+        let mut padded = a.clone();
+        padded.resize(p.k_padded(), 0);
+        let (x, y) = (cut.0.index(p.panels() + 1), cut.1.index(p.panels() + 1));
+        let panels = x.min(y)..x.max(y);
+        for isa in Isa::available() {
+            let mut part = vec![i32::MIN; panels.len() * 16];
+            p.gemv_panels(isa, &padded, panels.clone(), &mut part);
+            let whole = &expected[(panels.start * 16).min(n)..(panels.end * 16).min(n)];
+            prop_assert_eq!(&part[..whole.len()], whole, "isa {} panels {:?}", isa, panels);
+        }
+    }
 
     #[test]
     fn every_isa_matches_the_scalar_reference((k, n, a, w) in gemv_case()) {
