@@ -6,9 +6,10 @@
 //! streams the weights exactly once and in order. `K` is padded to a multiple of 4 and `N` to a multiple of
 //! [`PANEL`] with zero weights, which contribute nothing to any sum.
 //!
-//! The VNNI kernel skips every quad of 4 activations that are all zero (a ReLU layer's outputs and a digit's
+//! The SIMD kernels skip every quad of 4 activations that are all zero (a ReLU layer's outputs and a digit's
 //! blank pixels, which quantize to 0 when the zero point is 0): their products are zero, so the sums stay
-//! exact, and their 64-byte weight rows are never read. Half of a trained MLP's hidden units are often zero;
+//! exact, and their 64-byte weight rows are never read (dotprod's `udot` reads the weights as `w + 128` and
+//! takes `128 · Σ a` back, which a zero quad leaves unchanged). Half of a trained MLP's hidden units are often zero;
 //! the int8 student's second layer skips about 60% of its quads on the benchmark's input (more on real digits,
 //! whose blank pixels also spare most of the first layer's weights).
 
@@ -407,20 +408,21 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn gemv_avx2(p: &PackedI8, a: &[u8], Part { first, panels, out }: Part) {
         let quads = p.kp / 4;
-        // Each activation quad as four i16, repeated: the multiplier for a 16-byte chunk (4 columns × 4 k), in
-        // this thread's buffer (no allocation once warm).
+        // Each live activation quad as four i16, repeated: the multiplier for a 16-byte chunk (4 columns × 4 k),
+        // in this thread's buffer (no allocation once warm).
+        // Only the live quads (not all zero), with their index: the others add nothing.
         let mut aq = QUADS.take();
         aq.clear();
-        aq.extend((0..quads).map(|q| {
-            let v = |j: usize| a[q * 4 + j] as u64;
-            (v(0) | v(1) << 16 | v(2) << 32 | v(3) << 48) as i64
+        aq.extend(a.chunks_exact(4).enumerate().filter(|(_, b)| *b != [0; 4]).map(|(q, b)| {
+            let v = |j: usize| b[j] as u64;
+            (q, (v(0) | v(1) << 16 | v(2) << 32 | v(3) << 48) as i64)
         }));
         // SAFETY (whole body): pointers stay inside `p.data`, `aq` and `out`, as checked by the caller.
         unsafe {
             for (panel, out) in (first..first + panels).zip(out.chunks_exact_mut(PANEL)) {
                 let base = p.data.as_ptr().add(panel * quads * PANEL * 4);
                 let mut acc = [_mm256_setzero_si256(); 4];
-                for (q, &aq) in aq.iter().enumerate() {
+                for &(q, aq) in aq.iter() {
                     let av = _mm256_set1_epi64x(aq);
                     let o = base.add(q * 64);
                     for (chunk, acc) in acc.iter_mut().enumerate() {
@@ -443,7 +445,7 @@ mod x86 {
 
     thread_local! {
         /// [`gemv_avx2`]'s activation quads, kept per thread between calls.
-        static QUADS: std::cell::Cell<Vec<i64>> = const { std::cell::Cell::new(Vec::new()) };
+        static QUADS: std::cell::Cell<Vec<(usize, i64)>> = const { std::cell::Cell::new(Vec::new()) };
     }
 }
 
@@ -455,15 +457,24 @@ mod arm {
     #[target_feature(enable = "neon")]
     pub(super) unsafe fn gemv_neon(p: &PackedI8, a: &[u8], Part { first, panels, out }: Part) {
         let quads = p.kp / 4;
-        // SAFETY (whole body): pointers stay inside `p.data`, `a` and `out`, as checked by the caller.
+        // The live quads (not all zero), in this thread's buffer: the others add nothing.
+        let mut live = LIVE.take();
+        live.clear();
+        live.extend(
+            a.chunks_exact(4)
+                .enumerate()
+                .map(|(q, b)| (q, <[u8; 4]>::try_from(b).unwrap_or_default()))
+                .filter(|(_, quad)| *quad != [0; 4]),
+        );
+        // SAFETY (whole body): pointers stay inside `p.data`, `live` and `out`, as checked by the caller.
         unsafe {
             for (panel, out) in (first..first + panels).zip(out.chunks_exact_mut(PANEL)) {
                 let base = p.data.as_ptr().add(panel * quads * PANEL * 4);
                 // One accumulator per column: lanes hold the 4 k of a quad, summed at the end.
                 let mut acc = [vdupq_n_s32(0); PANEL];
-                for q in 0..quads {
+                for &(q, b) in live.iter() {
                     let a4 = vreinterpret_s16_u16(vget_low_u16(vmovl_u8(vld1_u8(
-                        [a[q * 4], a[q * 4 + 1], a[q * 4 + 2], a[q * 4 + 3], 0, 0, 0, 0].as_ptr(),
+                        [b[0], b[1], b[2], b[3], 0, 0, 0, 0].as_ptr(),
                     ))));
                     let o = base.add(q * 64);
                     for chunk in 0..4 {
@@ -482,30 +493,39 @@ mod arm {
                 }
             }
         }
+        LIVE.set(live);
     }
 
-    /// `sdot` works on i8 × i8: the activations are shifted to `a - 128` and `128 · colsum` is added back.
+    /// `udot` multiplies u8 × u8: the weights are read as `w + 128` (their sign bit flipped) and `128 · Σ a`
+    /// is taken back from every sum. An all-zero quad adds nothing to either, so only the live quads are read.
     #[target_feature(enable = "neon,dotprod")]
     pub(super) unsafe fn gemv_dotprod(p: &PackedI8, a: &[u8], Part { first, panels, out }: Part) {
         let quads = p.kp / 4;
-        // In this thread's buffer (no allocation once warm).
-        let mut shifted = SHIFTED.take();
-        shifted.clear();
-        shifted.extend((0..quads).map(|q| {
-            i32::from_le_bytes([a[q * 4] ^ 0x80, a[q * 4 + 1] ^ 0x80, a[q * 4 + 2] ^ 0x80, a[q * 4 + 3] ^ 0x80])
-        }));
-        // SAFETY (whole body): pointers stay inside `p.data`, `shifted` and `out`, as checked by the caller.
+        // The live quads (index, 4 bytes as one u32) in this thread's buffer (no allocation once warm).
+        let mut live = LIVE.take();
+        live.clear();
+        let mut total = 0i32;
+        for (q, b) in a.chunks_exact(4).enumerate() {
+            let quad: [u8; 4] = b.try_into().unwrap_or_default();
+            if quad != [0; 4] {
+                live.push((q, quad));
+                total += quad.iter().map(|&x| x as i32).sum::<i32>();
+            }
+        }
+        let correction = total.wrapping_mul(128);
+        // SAFETY (whole body): pointers stay inside `p.data`, `live` and `out`, as checked by the caller.
         unsafe {
+            let flip = vdupq_n_u8(0x80);
             for (panel, out) in (first..first + panels).zip(out.chunks_exact_mut(PANEL)) {
                 let base = p.data.as_ptr().add(panel * quads * PANEL * 4);
-                let mut acc = [vdupq_n_s32(0); 4];
-                for (q, &s) in shifted.iter().enumerate() {
-                    let av = vreinterpretq_s8_s32(vdupq_n_s32(s));
+                let mut acc = [vdupq_n_u32(0); 4];
+                for &(q, b) in live.iter() {
+                    let av = vreinterpretq_u8_u32(vdupq_n_u32(u32::from_le_bytes(b)));
                     let o = base.add(q * 64);
                     for (chunk, acc) in acc.iter_mut().enumerate() {
-                        let w = vld1q_s8(o.add(chunk * 16));
+                        let w = veorq_u8(vld1q_u8(o.add(chunk * 16) as *const u8), flip);
                         std::arch::asm!(
-                            "sdot {acc:v}.4s, {w:v}.16b, {a:v}.16b",
+                            "udot {acc:v}.4s, {w:v}.16b, {a:v}.16b",
                             acc = inout(vreg) *acc,
                             w = in(vreg) w,
                             a = in(vreg) av,
@@ -514,21 +534,19 @@ mod arm {
                     }
                 }
                 for (chunk, acc) in acc.iter().enumerate() {
-                    let mut lanes = [0i32; 4];
-                    vst1q_s32(lanes.as_mut_ptr(), *acc);
+                    let mut lanes = [0u32; 4];
+                    vst1q_u32(lanes.as_mut_ptr(), *acc);
                     for (c, lane) in lanes.iter().enumerate() {
-                        let col = panel * PANEL + chunk * 4 + c;
-                        let colsum = p.colsum.get(col).copied().unwrap_or(0);
-                        out[chunk * 4 + c] = lane + 128 * colsum;
+                        out[chunk * 4 + c] = (*lane as i32).wrapping_sub(correction);
                     }
                 }
             }
         }
-        SHIFTED.set(shifted);
+        LIVE.set(live);
     }
 
     thread_local! {
-        /// [`gemv_dotprod`]'s shifted activation quads, kept per thread between calls.
-        static SHIFTED: std::cell::Cell<Vec<i32>> = const { std::cell::Cell::new(Vec::new()) };
+        /// The NEON kernels' live activation quads (index, bytes), kept per thread between calls.
+        static LIVE: std::cell::Cell<Vec<(usize, [u8; 4])>> = const { std::cell::Cell::new(Vec::new()) };
     }
 }
