@@ -63,8 +63,41 @@ proptest! {
     }
 }
 
+/// [`case`] with activations zeroed (the ones the kernels skip): none, all, or each with a drawn probability.
+fn sparse_case() -> impl Strategy<Value = Case> {
+    (case(), prop_oneof![Just(0.0f64), Just(1.0f64), 0.0f64..1.0], proptest::collection::vec(0.0f64..1.0, 64)).prop_map(
+        |((k, n, m, mut a, w, bias), dead, draws)| {
+            for (x, draw) in a.iter_mut().zip(draws.iter().cycle()) {
+                if *draw < dead {
+                    *x = 0.0;
+                }
+            }
+            (k, n, m, a, w, bias)
+        },
+    )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Zero activations are skipped, not mis-summed: the definition's sums on every ISA and thread count, and the
+    /// same bits at 1 and 2 threads.
+    #[test]
+    fn zero_activations_give_the_definition_s_sums((k, n, m, a, w, bias) in sparse_case()) {
+        let p = PackedF32::from_row_major(k, n, &w, bias.as_deref());
+        for isa in Isa::available() {
+            let mut one = vec![f32::NAN; m * n];
+            p.product(isa, &a, m, (f32::NEG_INFINITY, f32::INFINITY), &mut one, &Executor::SingleThread).unwrap();
+            let mut two = vec![f32::NAN; m * n];
+            p.product(isa, &a, m, (f32::NEG_INFINITY, f32::INFINITY), &mut two, &Executor::multithread(2)).unwrap();
+            prop_assert_eq!(&one, &two, "{} k {} n {}", isa, k, n);
+            for (i, row) in a.chunks(k).enumerate() {
+                let want = gemv::reference(row, &w, n, bias.as_deref());
+                let scale = magnitudes(row, &w, n, bias.as_deref());
+                assert_close(&one[i * n..(i + 1) * n], &want, &scale, &format!("{isa}, k {k} n {n} row {i}"));
+            }
+        }
+    }
 
     /// A transposed `[N, K]` matrix (ONNX `Gemm` with `transB`) packs to exactly the panels of the same matrix
     /// given `[K, N]`.
@@ -77,14 +110,36 @@ proptest! {
     }
 }
 
+/// A zero activation is not skipped when a weight is not finite: `0 · ∞` is NaN, as in the definition.
+#[test]
+fn a_zero_activation_times_an_infinite_weight_is_nan() {
+    let (k, n) = (6, 20);
+    let mut w: Vec<f32> = (0..k * n).map(|i| (i % 7) as f32 - 3.0).collect();
+    w[2 * n + 17] = f32::INFINITY;
+    let a = [1.0, 0.5, 0.0, -2.0, 0.0, 0.25];
+    let want = gemv::reference(&a, &w, n, None);
+    assert!(want[17].is_nan() && want.iter().filter(|v| v.is_nan()).count() == 1);
+    let p = PackedF32::from_row_major(k, n, &w, None);
+    for isa in Isa::available() {
+        let mut out = vec![0.0; n];
+        p.product(isa, &a, 1, (f32::NEG_INFINITY, f32::INFINITY), &mut out, &Executor::SingleThread).unwrap();
+        // NaN, or −∞ once through the clamp (`f32::max` drops a NaN); skipping the zero would leave a finite sum.
+        assert!(!out[17].is_finite(), "{isa}: {}", out[17]);
+        for j in (0..n).filter(|&j| j != 17) {
+            assert_eq!(out[j], want[j], "{isa} column {j}");
+        }
+    }
+}
+
 /// Big enough to be split across threads (past `MIN_SPLIT_MACS`), odd so the last share ends mid-panel; with a
-/// ReLU-like clamp.
+/// ReLU-like clamp, and half of the activations zero (a ReLU layer's output), which the kernels skip.
 #[test]
 fn a_product_split_across_threads_equals_the_single_threaded_one() {
     let mut rng = zoo::Rng::new(5);
     let (k, n) = (2053, 1031);
     assert!(2 * k * n >= gemv::MIN_SPLIT_MACS);
-    let a: Vec<f32> = (0..2 * k).map(|_| rng.sym(1.0)).collect();
+    let a: Vec<f32> = (0..2 * k).map(|_| rng.sym(1.0).max(0.0)).collect();
+    assert!(a.iter().filter(|&&x| x == 0.0).count() > k / 2);
     let w: Vec<f32> = (0..k * n).map(|_| rng.sym(0.1)).collect();
     let bias: Vec<f32> = (0..n).map(|_| rng.sym(0.5)).collect();
     let p = PackedF32::from_row_major(k, n, &w, Some(&bias));

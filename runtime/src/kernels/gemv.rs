@@ -9,6 +9,11 @@
 //! each activation is loaded once for four panels, and the four streams of weights keep more memory requests
 //! in flight than one (the 1200-1200 MLP at 1 thread 147 → 130 µs, the student 67 → 62 µs, p50 of runs in turns
 //! after 3 ms pauses, interleaved in one process).
+//!
+//! Zero activations are skipped ([`Live`]): each row's non-zero values are listed once per product, with their
+//! weight rows' offsets, and the kernels read only those rows (a ReLU layer's zeros, often half of them or more,
+//! and a digit's blank pixels add nothing). The sums are the same terms in a different grouping; weights that are
+//! not all finite keep every activation (`0 · ∞` is NaN).
 
 use tract_linalg::multithread::Executor;
 use tract_onnx::tract_core::internal::{TractResult, ensure};
@@ -53,6 +58,8 @@ pub struct PackedF32 {
     data: Pages<f32>,
     /// Bias per column, padded to the panels (zeros when there is none).
     bias: Vec<f32>,
+    /// Every weight is finite: zero activations can be skipped (`0 · ∞` would be NaN).
+    finite: bool,
 }
 
 impl std::fmt::Debug for PackedF32 {
@@ -116,7 +123,7 @@ impl PackedF32 {
         if let Some(b) = bias {
             padded[..n].copy_from_slice(&b[..n]);
         }
-        PackedF32 { k, n, data, bias: padded }
+        PackedF32 { k, n, data, bias: padded, finite: w.iter().all(|v| v.is_finite()) }
     }
 
     /// Packs a row-major `[K, N]` matrix.
@@ -134,11 +141,16 @@ impl PackedF32 {
         self.n.div_ceil(PANEL)
     }
 
-    /// `out[j] = clamp(Σ_k a[k] · w[k][first + j] + bias[first + j], lo, hi)` for the columns `first ..
-    /// first + out.len()`, where `first` is a multiple of [`GROUP`] panels and the range within `N`.
-    pub(crate) fn gemv_cols(&self, simd: Simd, a: &[f32], first: usize, clamp: (f32, f32), out: &mut [f32]) {
-        assert!(a.len() == self.k && first.is_multiple_of(GROUP * PANEL) && first + out.len() <= self.n);
+    /// `out[j] = clamp(Σ_i a[i] · w[k_i][first + j] + bias[first + j], lo, hi)` for the columns `first ..
+    /// first + out.len()`, where `first` is a multiple of [`GROUP`] panels and the range within `N`: `a` holds a
+    /// row's kept activations and `offs` their weight rows' offsets in a panel, `k_i · PANEL` (see [`Live`]).
+    fn gemv_cols(&self, simd: Simd, live: &Live, row: usize, first: usize, clamp: (f32, f32), out: &mut [f32]) {
         let (k, p0) = (self.k, first / PANEL);
+        // The kernels read `PANEL` weights at each offset of each panel, unchecked: `Live` keeps its offsets below
+        // `K · PANEL` for the `K` it was made for.
+        assert!(live.k == k && row < live.rows());
+        assert!(first.is_multiple_of(GROUP * PANEL) && first + out.len() <= self.n);
+        let (a, offs) = live.row(row);
         let clamped = |o: &mut [f32], acc: &[f32]| {
             for (o, v) in o.iter_mut().zip(acc) {
                 *o = v.max(clamp.0).min(clamp.1);
@@ -155,6 +167,7 @@ impl PackedF32 {
             group(
                 simd,
                 a,
+                offs,
                 &self.data[p * k * PANEL..(p + GROUP) * k * PANEL],
                 &self.bias[p * PANEL..][..GROUP * PANEL],
                 &mut acc,
@@ -167,6 +180,7 @@ impl PackedF32 {
             panel(
                 simd,
                 a,
+                offs,
                 &self.data[p * k * PANEL..(p + 1) * k * PANEL],
                 &self.bias[p * PANEL..(p + 1) * PANEL],
                 &mut acc,
@@ -199,9 +213,26 @@ impl PackedF32 {
         let simd = Simd::for_isa(isa);
         let threads = super::team::threads(executor);
         let shares = if m * k * n >= MIN_SPLIT_MACS { threads.min(self.panels()) } else { 1 };
+        let mut live = LIVE.take();
+        live.keep(a, m, k, self.finite);
+        let result = self.product_live(simd, &live, shares, clamp, out, executor);
+        LIVE.set(live);
+        result
+    }
+
+    fn product_live(
+        &self,
+        simd: Simd,
+        live: &Live,
+        shares: usize,
+        clamp: (f32, f32),
+        out: &mut [f32],
+        executor: &Executor,
+    ) -> TractResult<()> {
+        let (n, m) = (self.n, live.rows());
         if shares <= 1 {
-            for (a, o) in a.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
-                self.gemv_cols(simd, a, 0, clamp, o);
+            for (row, o) in out.chunks_exact_mut(n).enumerate() {
+                self.gemv_cols(simd, live, row, 0, clamp, o);
             }
             return Ok(());
         }
@@ -216,58 +247,112 @@ impl PackedF32 {
             let last = ((part + 1) * per_chunk * PANEL).min(n);
             // SAFETY: chunk `c` alone writes columns `first..last` of row `row`, inside `out` (m × n).
             let o = unsafe { dst.part(row * n + first, last - first) };
-            self.gemv_cols(simd, &a[row * k..][..k], first, clamp, o);
+            self.gemv_cols(simd, live, row, first, clamp, o);
         });
         ensure!(ok, "a chunk of the f32 matrix-vector product panicked");
         Ok(())
     }
 }
 
-/// One panel: `acc[l] = Σ_k a[k] · w[k·16 + l] + bias[l]`.
-fn panel(simd: Simd, a: &[f32], w: &[f32], bias: &[f32], acc: &mut [f32; PANEL]) {
-    debug_assert!(w.len() == a.len() * PANEL && bias.len() == PANEL);
+/// The activations a product reads, row by row: with finite weights only the non-zero ones (a ReLU layer's
+/// zeros add nothing, and their weight rows are then never read), else all of them (`0 · ∞` is NaN). Each kept
+/// value comes with the offset of its weight row in a panel, `k · PANEL`: below `K · PANEL`, which the kernels'
+/// unchecked reads rely on. Kept per thread between products (no allocation once warm).
+#[derive(Default)]
+struct Live {
+    k: usize,
+    xs: Vec<f32>,
+    offs: Vec<usize>,
+    /// Row `r`'s values are `starts[r]..starts[r + 1]`.
+    starts: Vec<usize>,
+}
+
+impl Live {
+    /// Keeps the `m` rows of `K` values of `a` (`m · K` values): those that are not zero, or all.
+    fn keep(&mut self, a: &[f32], m: usize, k: usize, only_non_zero: bool) {
+        debug_assert_eq!(a.len(), m * k);
+        self.k = k;
+        if self.xs.len() < a.len() {
+            self.xs.resize(a.len(), 0.0);
+            self.offs.resize(a.len(), 0);
+        }
+        self.starts.clear();
+        self.starts.push(0);
+        let mut n = 0;
+        for row in 0..m {
+            // Branch-free (a ReLU's zeros fall at random): every value is written, and the next one overwrites it
+            // unless it is kept. `n` never passes the index being read.
+            for (kk, &x) in a[row * k..(row + 1) * k].iter().enumerate() {
+                self.xs[n] = x;
+                self.offs[n] = kk * PANEL;
+                n += usize::from(!only_non_zero || x != 0.0);
+            }
+            self.starts.push(n);
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.starts.len().saturating_sub(1)
+    }
+
+    /// Row `r`'s kept values and their weight rows' offsets.
+    fn row(&self, r: usize) -> (&[f32], &[usize]) {
+        let range = self.starts[r]..self.starts[r + 1];
+        (&self.xs[range.clone()], &self.offs[range])
+    }
+}
+
+thread_local! {
+    /// [`PackedF32::product`]'s kept activations, per thread.
+    static LIVE: std::cell::Cell<Live> = std::cell::Cell::new(Live::default());
+}
+
+/// One panel: `acc[l] = Σ_i a[i] · w[offs[i] + l] + bias[l]`.
+fn panel(simd: Simd, a: &[f32], offs: &[usize], w: &[f32], bias: &[f32], acc: &mut [f32; PANEL]) {
+    debug_assert!(offs.len() == a.len() && offs.iter().all(|&o| o + PANEL <= w.len()) && bias.len() == PANEL);
     match simd {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Simd::Avx512 is only chosen when the CPU has AVX-512F; lengths checked above.
-        Simd::Avx512 => unsafe { x86::panel_avx512(a, w, bias, acc) },
+        Simd::Avx512 => unsafe { x86::panel_avx512(a, offs, w, bias, acc) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Simd::Avx2Fma is only chosen when the CPU has AVX2 and FMA.
-        Simd::Avx2Fma => unsafe { x86::panel_avx2(a, w, bias, acc) },
+        Simd::Avx2Fma => unsafe { x86::panel_avx2(a, offs, w, bias, acc) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: Simd::Neon is only chosen when the CPU has NEON.
-        Simd::Neon => unsafe { arm::panel_neon(a, w, bias, acc) },
-        _ => panel_scalar(a, w, bias, acc),
+        Simd::Neon => unsafe { arm::panel_neon(a, offs, w, bias, acc) },
+        _ => panel_scalar(a, offs, w, bias, acc),
     }
 }
 
 /// [`GROUP`] consecutive panels (`w` holds their weights one panel after the other): `acc[16g + l]` is [`panel`]'s
 /// sum for panel `g` up to rounding (the order differs; a given panel always goes through the same one of the two,
 /// see [`GROUP`]).
-fn group(simd: Simd, a: &[f32], w: &[f32], bias: &[f32], acc: &mut [f32; GROUP * PANEL]) {
-    debug_assert!(w.len() == GROUP * a.len() * PANEL && bias.len() == GROUP * PANEL);
+fn group(simd: Simd, a: &[f32], offs: &[usize], w: &[f32], bias: &[f32], acc: &mut [f32; GROUP * PANEL]) {
+    let len = w.len() / GROUP;
+    debug_assert!(offs.len() == a.len() && offs.iter().all(|&o| o + PANEL <= len) && bias.len() == GROUP * PANEL);
     match simd {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Simd::Avx512 is only chosen when the CPU has AVX-512F; lengths checked above.
-        Simd::Avx512 => unsafe { x86::group_avx512(a, w, bias, acc) },
+        Simd::Avx512 => unsafe { x86::group_avx512(a, offs, w, bias, acc) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Simd::Avx2Fma is only chosen when the CPU has AVX2 and FMA.
-        Simd::Avx2Fma => unsafe { x86::group_avx2(a, w, bias, acc) },
+        Simd::Avx2Fma => unsafe { x86::group_avx2(a, offs, w, bias, acc) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: Simd::Neon is only chosen when the CPU has NEON.
-        Simd::Neon => unsafe { arm::group_neon(a, w, bias, acc) },
+        Simd::Neon => unsafe { arm::group_neon(a, offs, w, bias, acc) },
         _ => {
-            let len = a.len() * PANEL;
             for (g, acc) in acc.chunks_exact_mut(PANEL).enumerate() {
                 let acc: &mut [f32; PANEL] = acc.try_into().expect("a panel of sums");
-                panel_scalar(a, &w[g * len..(g + 1) * len], &bias[g * PANEL..(g + 1) * PANEL], acc);
+                panel_scalar(a, offs, &w[g * len..(g + 1) * len], &bias[g * PANEL..(g + 1) * PANEL], acc);
             }
         }
     }
 }
 
-fn panel_scalar(a: &[f32], w: &[f32], bias: &[f32], acc: &mut [f32; PANEL]) {
+fn panel_scalar(a: &[f32], offs: &[usize], w: &[f32], bias: &[f32], acc: &mut [f32; PANEL]) {
     *acc = [0f32; PANEL];
-    for (x, row) in a.iter().zip(w.chunks_exact(PANEL)) {
+    for (x, &o) in a.iter().zip(offs) {
+        let row = &w[o..o + PANEL];
         for (s, v) in acc.iter_mut().zip(row) {
             *s += x * v;
         }
@@ -284,21 +369,21 @@ mod x86 {
     use super::{GROUP, PANEL};
 
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn panel_avx512(a: &[f32], w: &[f32], bias: &[f32], acc: &mut [f32; PANEL]) {
+    pub(super) unsafe fn panel_avx512(a: &[f32], offs: &[usize], w: &[f32], bias: &[f32], acc: &mut [f32; PANEL]) {
         let k = a.len();
-        let (a, w) = (a.as_ptr(), w.as_ptr());
+        let (a, o, w) = (a.as_ptr(), offs.as_ptr(), w.as_ptr());
         let mut s = [_mm512_setzero_ps(); 4];
         let mut kk = 0;
-        // SAFETY: kk + 3 < k and w holds k·16 values.
+        // SAFETY: kk + 3 < k and every offset starts a row of w's 16 values (checked in `gemv_cols`).
         unsafe {
             while kk + 4 <= k {
                 for (u, s) in s.iter_mut().enumerate() {
-                    *s = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(kk + u)), _mm512_loadu_ps(w.add((kk + u) * PANEL)), *s);
+                    *s = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(kk + u)), _mm512_loadu_ps(w.add(*o.add(kk + u))), *s);
                 }
                 kk += 4;
             }
             while kk < k {
-                s[0] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(kk)), _mm512_loadu_ps(w.add(kk * PANEL)), s[0]);
+                s[0] = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(kk)), _mm512_loadu_ps(w.add(*o.add(kk))), s[0]);
                 kk += 1;
             }
             let t = _mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3]));
@@ -309,18 +394,24 @@ mod x86 {
     /// [`super::group`]: four streams of weights, one broadcast of each activation for all of them (16
     /// accumulators: panel × inputs `k mod 4`).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn group_avx512(a: &[f32], w: &[f32], bias: &[f32], acc: &mut [f32; GROUP * PANEL]) {
+    pub(super) unsafe fn group_avx512(
+        a: &[f32],
+        offs: &[usize],
+        w: &[f32],
+        bias: &[f32],
+        acc: &mut [f32; GROUP * PANEL],
+    ) {
         let k = a.len();
-        let (a, w, stride) = (a.as_ptr(), w.as_ptr(), k * PANEL);
+        let (a, o, w, stride) = (a.as_ptr(), offs.as_ptr(), w.as_ptr(), w.len() / GROUP);
         // s[4g + u]: panel g, inputs kk ≡ u (mod 4); the tail goes to u = 0.
         let mut s = [_mm512_setzero_ps(); 4 * GROUP];
         let mut kk = 0;
-        // SAFETY: kk + 3 < k, and w holds GROUP panels of k·16 values.
+        // SAFETY: kk + 3 < k, and every offset starts a row of each of w's GROUP panels (checked in `gemv_cols`).
         unsafe {
             while kk + 4 <= k {
                 for u in 0..4 {
                     let x = _mm512_set1_ps(*a.add(kk + u));
-                    let p = w.add((kk + u) * PANEL);
+                    let p = w.add(*o.add(kk + u));
                     for g in 0..GROUP {
                         s[4 * g + u] = _mm512_fmadd_ps(x, _mm512_loadu_ps(p.add(g * stride)), s[4 * g + u]);
                     }
@@ -329,7 +420,7 @@ mod x86 {
             }
             while kk < k {
                 let x = _mm512_set1_ps(*a.add(kk));
-                let p = w.add(kk * PANEL);
+                let p = w.add(*o.add(kk));
                 for g in 0..GROUP {
                     s[4 * g] = _mm512_fmadd_ps(x, _mm512_loadu_ps(p.add(g * stride)), s[4 * g]);
                 }
@@ -346,15 +437,21 @@ mod x86 {
     /// [`super::group`] on AVX2: 8 accumulators (panel × half), the inputs in order (16 ymm registers leave no
     /// room for a second set).
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn group_avx2(a: &[f32], w: &[f32], bias: &[f32], acc: &mut [f32; GROUP * PANEL]) {
+    pub(super) unsafe fn group_avx2(
+        a: &[f32],
+        offs: &[usize],
+        w: &[f32],
+        bias: &[f32],
+        acc: &mut [f32; GROUP * PANEL],
+    ) {
         let k = a.len();
-        let (a, w, stride) = (a.as_ptr(), w.as_ptr(), k * PANEL);
+        let (a, o, w, stride) = (a.as_ptr(), offs.as_ptr(), w.as_ptr(), w.len() / GROUP);
         let mut s = [_mm256_setzero_ps(); 2 * GROUP];
-        // SAFETY: kk < k, and w holds GROUP panels of k·16 values.
+        // SAFETY: kk < k, and every offset starts a row of each of w's GROUP panels (checked in `gemv_cols`).
         unsafe {
             for kk in 0..k {
                 let x = _mm256_set1_ps(*a.add(kk));
-                let p = w.add(kk * PANEL);
+                let p = w.add(*o.add(kk));
                 for g in 0..GROUP {
                     let q = p.add(g * stride);
                     s[2 * g] = _mm256_fmadd_ps(x, _mm256_loadu_ps(q), s[2 * g]);
@@ -369,17 +466,17 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn panel_avx2(a: &[f32], w: &[f32], bias: &[f32], acc: &mut [f32; PANEL]) {
+    pub(super) unsafe fn panel_avx2(a: &[f32], offs: &[usize], w: &[f32], bias: &[f32], acc: &mut [f32; PANEL]) {
         let k = a.len();
-        let (a, w) = (a.as_ptr(), w.as_ptr());
+        let (a, o, w) = (a.as_ptr(), offs.as_ptr(), w.as_ptr());
         let mut s = [_mm256_setzero_ps(); 8];
         let mut kk = 0;
-        // SAFETY: kk + 3 < k and w holds k·16 values.
+        // SAFETY: kk + 3 < k and every offset starts a row of w's 16 values (checked in `gemv_cols`).
         unsafe {
             while kk + 4 <= k {
                 for u in 0..4 {
                     let x = _mm256_set1_ps(*a.add(kk + u));
-                    let p = w.add((kk + u) * PANEL);
+                    let p = w.add(*o.add(kk + u));
                     s[2 * u] = _mm256_fmadd_ps(x, _mm256_loadu_ps(p), s[2 * u]);
                     s[2 * u + 1] = _mm256_fmadd_ps(x, _mm256_loadu_ps(p.add(8)), s[2 * u + 1]);
                 }
@@ -387,7 +484,7 @@ mod x86 {
             }
             while kk < k {
                 let x = _mm256_set1_ps(*a.add(kk));
-                let p = w.add(kk * PANEL);
+                let p = w.add(*o.add(kk));
                 s[0] = _mm256_fmadd_ps(x, _mm256_loadu_ps(p), s[0]);
                 s[1] = _mm256_fmadd_ps(x, _mm256_loadu_ps(p.add(8)), s[1]);
                 kk += 1;
@@ -408,17 +505,17 @@ mod arm {
     use super::{GROUP, PANEL};
 
     #[target_feature(enable = "neon")]
-    pub(super) unsafe fn panel_neon(a: &[f32], w: &[f32], bias: &[f32], acc: &mut [f32; PANEL]) {
+    pub(super) unsafe fn panel_neon(a: &[f32], offs: &[usize], w: &[f32], bias: &[f32], acc: &mut [f32; PANEL]) {
         let k = a.len();
-        let (a, w) = (a.as_ptr(), w.as_ptr());
+        let (a, o, w) = (a.as_ptr(), offs.as_ptr(), w.as_ptr());
         let mut s = [vdupq_n_f32(0.0); 8];
         let mut kk = 0;
-        // SAFETY: kk + 1 < k and w holds k·16 values.
+        // SAFETY: kk + 1 < k and every offset starts a row of w's 16 values (checked in `gemv_cols`).
         unsafe {
             while kk + 2 <= k {
                 for u in 0..2 {
                     let x = vdupq_n_f32(*a.add(kk + u));
-                    let p = w.add((kk + u) * PANEL);
+                    let p = w.add(*o.add(kk + u));
                     for q in 0..4 {
                         s[4 * u + q] = vfmaq_f32(s[4 * u + q], x, vld1q_f32(p.add(4 * q)));
                     }
@@ -427,7 +524,7 @@ mod arm {
             }
             while kk < k {
                 let x = vdupq_n_f32(*a.add(kk));
-                let p = w.add(kk * PANEL);
+                let p = w.add(*o.add(kk));
                 for (q, s) in s.iter_mut().enumerate().take(4) {
                     *s = vfmaq_f32(*s, x, vld1q_f32(p.add(4 * q)));
                 }
@@ -443,16 +540,22 @@ mod arm {
     /// [`super::group`] on NEON: 16 accumulators (panel × quarter), four activations loaded at once and each
     /// used from its lane (`fmla v, w, a[u]`), no broadcast.
     #[target_feature(enable = "neon")]
-    pub(super) unsafe fn group_neon(a: &[f32], w: &[f32], bias: &[f32], acc: &mut [f32; GROUP * PANEL]) {
+    pub(super) unsafe fn group_neon(
+        a: &[f32],
+        offs: &[usize],
+        w: &[f32],
+        bias: &[f32],
+        acc: &mut [f32; GROUP * PANEL],
+    ) {
         let k = a.len();
-        let (a, w, stride) = (a.as_ptr(), w.as_ptr(), k * PANEL);
+        let (a, o, w, stride) = (a.as_ptr(), offs.as_ptr(), w.as_ptr(), w.len() / GROUP);
         let mut s = [vdupq_n_f32(0.0); 4 * GROUP];
         let mut kk = 0;
-        // SAFETY: kk + 3 < k (or kk < k in the tail), and w holds GROUP panels of k·16 values.
+        // SAFETY: kk + 3 < k (or kk < k in the tail), and every offset starts a row of each of w's GROUP panels (checked in `gemv_cols`).
         unsafe {
             macro_rules! step {
                 ($x:expr, $u:literal) => {
-                    let p = w.add((kk + $u) * PANEL);
+                    let p = w.add(*o.add(kk + $u));
                     for g in 0..GROUP {
                         for q in 0..4 {
                             let v = vld1q_f32(p.add(g * stride + 4 * q));
