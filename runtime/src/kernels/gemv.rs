@@ -10,10 +10,10 @@
 //! in flight than one (the 1200-1200 MLP at 1 thread 147 → 130 µs, the student 67 → 62 µs, p50 of runs in turns
 //! after 3 ms pauses, interleaved in one process).
 //!
-//! Zero activations are skipped ([`Live`]): each row's non-zero values are listed once per product, with their
-//! weight rows' offsets, and the kernels read only those rows (a ReLU layer's zeros, often half of them or more,
-//! and a digit's blank pixels add nothing). The sums are the same terms in a different grouping; weights that are
-//! not all finite keep every activation (`0 · ∞` is NaN).
+//! Zero activations are skipped ([`Live`]): a row with at least one zero in 8 (a ReLU layer's output, a digit's
+//! blank pixels) has its non-zero values listed once per product, with their weight rows' offsets, and the kernels
+//! read only those rows. The sums are the same terms in a different grouping; weights that are not all finite
+//! keep every activation (`0 · ∞` is NaN).
 
 use tract_linalg::multithread::Executor;
 use tract_onnx::tract_core::internal::{TractResult, ensure};
@@ -60,6 +60,8 @@ pub struct PackedF32 {
     bias: Vec<f32>,
     /// Every weight is finite: zero activations can be skipped (`0 · ∞` would be NaN).
     finite: bool,
+    /// `k · PANEL` for every `k`: the weight rows' offsets in a panel when a row's activations are all read.
+    all_rows: Vec<usize>,
 }
 
 impl std::fmt::Debug for PackedF32 {
@@ -123,7 +125,8 @@ impl PackedF32 {
         if let Some(b) = bias {
             padded[..n].copy_from_slice(&b[..n]);
         }
-        PackedF32 { k, n, data, bias: padded, finite: w.iter().all(|v| v.is_finite()) }
+        let finite = w.iter().all(|v| v.is_finite());
+        PackedF32 { k, n, data, bias: padded, finite, all_rows: (0..k).map(|kk| kk * PANEL).collect() }
     }
 
     /// Packs a row-major `[K, N]` matrix.
@@ -143,14 +146,13 @@ impl PackedF32 {
 
     /// `out[j] = clamp(Σ_i a[i] · w[k_i][first + j] + bias[first + j], lo, hi)` for the columns `first ..
     /// first + out.len()`, where `first` is a multiple of [`GROUP`] panels and the range within `N`: `a` holds a
-    /// row's kept activations and `offs` their weight rows' offsets in a panel, `k_i · PANEL` (see [`Live`]).
-    fn gemv_cols(&self, simd: Simd, live: &Live, row: usize, first: usize, clamp: (f32, f32), out: &mut [f32]) {
+    /// row's activations as [`Live::row`] gives them: the values read and their weight rows' offsets in a panel.
+    fn gemv_cols(&self, simd: Simd, (a, offs): (&[f32], &[usize]), first: usize, clamp: (f32, f32), out: &mut [f32]) {
         let (k, p0) = (self.k, first / PANEL);
-        // The kernels read `PANEL` weights at each offset of each panel, unchecked: `Live` keeps its offsets below
-        // `K · PANEL` for the `K` it was made for.
-        assert!(live.k == k && row < live.rows());
+        // The kernels read `PANEL` weights at each offset of each panel, unchecked: `Live::row` only gives offsets
+        // `k · PANEL` below `K · PANEL` (its `K`, checked in `product_live`), one per value.
+        assert!(offs.len() == a.len() && a.len() <= k);
         assert!(first.is_multiple_of(GROUP * PANEL) && first + out.len() <= self.n);
-        let (a, offs) = live.row(row);
         let clamped = |o: &mut [f32], acc: &[f32]| {
             for (o, v) in o.iter_mut().zip(acc) {
                 *o = v.max(clamp.0).min(clamp.1);
@@ -215,14 +217,16 @@ impl PackedF32 {
         let shares = if m * k * n >= MIN_SPLIT_MACS { threads.min(self.panels()) } else { 1 };
         let mut live = LIVE.take();
         live.keep(a, m, k, self.finite);
-        let result = self.product_live(simd, &live, shares, clamp, out, executor);
+        let result = self.product_live(simd, a, &live, shares, clamp, out, executor);
         LIVE.set(live);
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn product_live(
         &self,
         simd: Simd,
+        a: &[f32],
         live: &Live,
         shares: usize,
         clamp: (f32, f32),
@@ -230,9 +234,11 @@ impl PackedF32 {
         executor: &Executor,
     ) -> TractResult<()> {
         let (n, m) = (self.n, live.rows());
+        ensure!(live.k == self.k && a.len() == m * self.k, "activations kept for another product");
+        let row = |r: usize| live.row(r, a, &self.all_rows);
         if shares <= 1 {
-            for (row, o) in out.chunks_exact_mut(n).enumerate() {
-                self.gemv_cols(simd, live, row, 0, clamp, o);
+            for (r, o) in out.chunks_exact_mut(n).enumerate() {
+                self.gemv_cols(simd, row(r), 0, clamp, o);
             }
             return Ok(());
         }
@@ -242,63 +248,71 @@ impl PackedF32 {
         let per_row = panels.div_ceil(per_chunk);
         let dst = super::team::Out::new(out);
         let ok = super::team::share(executor, m * per_row, &|c| {
-            let (row, part) = (c / per_row, c % per_row);
+            let (r, part) = (c / per_row, c % per_row);
             let first = part * per_chunk * PANEL;
             let last = ((part + 1) * per_chunk * PANEL).min(n);
-            // SAFETY: chunk `c` alone writes columns `first..last` of row `row`, inside `out` (m × n).
-            let o = unsafe { dst.part(row * n + first, last - first) };
-            self.gemv_cols(simd, live, row, first, clamp, o);
+            // SAFETY: chunk `c` alone writes columns `first..last` of row `r`, inside `out` (m × n).
+            let o = unsafe { dst.part(r * n + first, last - first) };
+            self.gemv_cols(simd, row(r), first, clamp, o);
         });
         ensure!(ok, "a chunk of the f32 matrix-vector product panicked");
         Ok(())
     }
 }
 
-/// The activations a product reads, row by row: with finite weights only the non-zero ones (a ReLU layer's
-/// zeros add nothing, and their weight rows are then never read), else all of them (`0 · ∞` is NaN). Each kept
-/// value comes with the offset of its weight row in a panel, `k · PANEL`: below `K · PANEL`, which the kernels'
-/// unchecked reads rely on. Kept per thread between products (no allocation once warm).
+/// The activations a product reads, row by row. A row with at least one zero in 8 (a ReLU layer's output, a
+/// digit's blank pixels) keeps only its non-zero values, listed with their weight rows' offsets in a panel
+/// (`k · PANEL`), so that only those rows are read; other rows are read whole, straight from the input (a list
+/// would cost a pass and spare little). With weights that are not all finite every value is read (`0 · ∞` is
+/// NaN). Kept per thread between products (no allocation once warm).
 #[derive(Default)]
 struct Live {
     k: usize,
     xs: Vec<f32>,
     offs: Vec<usize>,
-    /// Row `r`'s values are `starts[r]..starts[r + 1]`.
-    starts: Vec<usize>,
+    /// Per row: the range of `xs` / `offs` it keeps, or `None` when it is read whole.
+    rows: Vec<Option<std::ops::Range<usize>>>,
 }
 
 impl Live {
-    /// Keeps the `m` rows of `K` values of `a` (`m · K` values): those that are not zero, or all.
-    fn keep(&mut self, a: &[f32], m: usize, k: usize, only_non_zero: bool) {
+    /// Looks at the `m` rows of `K` values of `a` (`m · K` values); `skip` allows skipping zeros.
+    fn keep(&mut self, a: &[f32], m: usize, k: usize, skip: bool) {
         debug_assert_eq!(a.len(), m * k);
         self.k = k;
-        if self.xs.len() < a.len() {
-            self.xs.resize(a.len(), 0.0);
-            self.offs.resize(a.len(), 0);
-        }
-        self.starts.clear();
-        self.starts.push(0);
+        self.rows.clear();
         let mut n = 0;
         for row in 0..m {
+            let values = &a[row * k..(row + 1) * k];
+            if !skip || 8 * values.iter().filter(|&&x| x == 0.0).count() < k {
+                self.rows.push(None);
+                continue;
+            }
+            if self.xs.len() < n + k {
+                self.xs.resize(n + k, 0.0);
+                self.offs.resize(n + k, 0);
+            }
+            let start = n;
             // Branch-free (a ReLU's zeros fall at random): every value is written, and the next one overwrites it
-            // unless it is kept. `n` never passes the index being read.
-            for (kk, &x) in a[row * k..(row + 1) * k].iter().enumerate() {
+            // unless it is kept. `n` never passes `start` + the index being read.
+            for (kk, &x) in values.iter().enumerate() {
                 self.xs[n] = x;
                 self.offs[n] = kk * PANEL;
-                n += usize::from(!only_non_zero || x != 0.0);
+                n += usize::from(x != 0.0);
             }
-            self.starts.push(n);
+            self.rows.push(Some(start..n));
         }
     }
 
     fn rows(&self) -> usize {
-        self.starts.len().saturating_sub(1)
+        self.rows.len()
     }
 
-    /// Row `r`'s kept values and their weight rows' offsets.
-    fn row(&self, r: usize) -> (&[f32], &[usize]) {
-        let range = self.starts[r]..self.starts[r + 1];
-        (&self.xs[range.clone()], &self.offs[range])
+    /// Row `r`'s values to read and their weight rows' offsets: `all` is `k · PANEL` for every `k`.
+    fn row<'s>(&'s self, r: usize, a: &'s [f32], all: &'s [usize]) -> (&'s [f32], &'s [usize]) {
+        match &self.rows[r] {
+            Some(range) => (&self.xs[range.clone()], &self.offs[range.clone()]),
+            None => (&a[r * self.k..(r + 1) * self.k], &all[..self.k]),
+        }
     }
 }
 
