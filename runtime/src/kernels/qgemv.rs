@@ -509,7 +509,8 @@ mod arm {
             let quad: [u8; 4] = b.try_into().unwrap_or_default();
             if quad != [0; 4] {
                 live.push((q, quad));
-                total += quad.iter().map(|&x| x as i32).sum::<i32>();
+                // Modulo 2³², like the sums (a K past 8 M could wrap it); the difference comes out exact.
+                total = total.wrapping_add(quad.iter().map(|&x| x as i32).sum::<i32>());
             }
         }
         let correction = total.wrapping_mul(128);
