@@ -60,8 +60,6 @@ pub struct PackedF32 {
     bias: Vec<f32>,
     /// Every weight is finite: zero activations can be skipped (`0 · ∞` would be NaN).
     finite: bool,
-    /// `k · PANEL` for every `k`: the weight rows' offsets in a panel when a row's activations are all read.
-    all_rows: Vec<usize>,
 }
 
 impl std::fmt::Debug for PackedF32 {
@@ -126,7 +124,7 @@ impl PackedF32 {
             padded[..n].copy_from_slice(&b[..n]);
         }
         let finite = w.iter().all(|v| v.is_finite());
-        PackedF32 { k, n, data, bias: padded, finite, all_rows: (0..k).map(|kk| kk * PANEL).collect() }
+        PackedF32 { k, n, data, bias: padded, finite }
     }
 
     /// Packs a row-major `[K, N]` matrix.
@@ -235,7 +233,7 @@ impl PackedF32 {
     ) -> TractResult<()> {
         let (n, m) = (self.n, live.rows());
         ensure!(live.k == self.k && a.len() == m * self.k, "activations kept for another product");
-        let row = |r: usize| live.row(r, a, &self.all_rows);
+        let row = |r: usize| live.row(r, a);
         if shares <= 1 {
             for (r, o) in out.chunks_exact_mut(n).enumerate() {
                 self.gemv_cols(simd, row(r), 0, clamp, o);
@@ -262,14 +260,16 @@ impl PackedF32 {
 
 /// The activations a product reads, row by row. A row with at least one zero in 8 (a ReLU layer's output, a
 /// digit's blank pixels) keeps only its non-zero values, listed with their weight rows' offsets in a panel
-/// (`k · PANEL`), so that only those rows are read; other rows are read whole, straight from the input (a list
-/// would cost a pass and spare little). With weights that are not all finite every value is read (`0 · ∞` is
+/// (`k · PANEL`), so that only those rows are read; other rows are read whole, straight from the input with a
+/// fixed table of offsets (a list would cost a pass and spare little). With weights that are not all finite every value is read (`0 · ∞` is
 /// NaN). Kept per thread between products (no allocation once warm).
 #[derive(Default)]
 struct Live {
     k: usize,
     xs: Vec<f32>,
     offs: Vec<usize>,
+    /// `k · PANEL` for every `k` of the longest rows seen: the offsets of a row read whole.
+    all: Vec<usize>,
     /// Per row: the range of `xs` / `offs` it keeps, or `None` when it is read whole.
     rows: Vec<Option<std::ops::Range<usize>>>,
 }
@@ -279,6 +279,9 @@ impl Live {
     fn keep(&mut self, a: &[f32], m: usize, k: usize, skip: bool) {
         debug_assert_eq!(a.len(), m * k);
         self.k = k;
+        if self.all.len() < k {
+            self.all = (0..k).map(|kk| kk * PANEL).collect();
+        }
         self.rows.clear();
         let mut n = 0;
         for row in 0..m {
@@ -307,11 +310,11 @@ impl Live {
         self.rows.len()
     }
 
-    /// Row `r`'s values to read and their weight rows' offsets: `all` is `k · PANEL` for every `k`.
-    fn row<'s>(&'s self, r: usize, a: &'s [f32], all: &'s [usize]) -> (&'s [f32], &'s [usize]) {
+    /// Row `r` of `a` (the activations given to [`Live::keep`]): the values to read and their weight rows' offsets.
+    fn row<'s>(&'s self, r: usize, a: &'s [f32]) -> (&'s [f32], &'s [usize]) {
         match &self.rows[r] {
             Some(range) => (&self.xs[range.clone()], &self.offs[range.clone()]),
-            None => (&a[r * self.k..(r + 1) * self.k], &all[..self.k]),
+            None => (&a[r * self.k..(r + 1) * self.k], &self.all[..self.k]),
         }
     }
 }
