@@ -263,6 +263,16 @@ impl PackedI8 {
 }
 
 /// The panels a kernel computes: `panels` of them from `first`, their sums into `out` (16 per panel).
+/// The quads of `a` that hold a non-zero byte, with their index: the ones a kernel must read (an all-zero quad adds
+/// nothing to any sum). The VNNI kernel lists them with AVX-512 instead.
+#[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
+fn live_quads(a: &[u8]) -> impl Iterator<Item = (usize, [u8; 4])> + '_ {
+    a.chunks_exact(4)
+        .enumerate()
+        .map(|(q, b)| (q, <[u8; 4]>::try_from(b).unwrap_or_default()))
+        .filter(|(_, quad)| *quad != [0; 4])
+}
+
 struct Part<'a> {
     first: usize,
     panels: usize,
@@ -413,7 +423,7 @@ mod x86 {
         // Only the live quads (not all zero), with their index: the others add nothing.
         let mut aq = QUADS.take();
         aq.clear();
-        aq.extend(a.chunks_exact(4).enumerate().filter(|(_, b)| *b != [0; 4]).map(|(q, b)| {
+        aq.extend(super::live_quads(a).map(|(q, b)| {
             let v = |j: usize| b[j] as u64;
             (q, (v(0) | v(1) << 16 | v(2) << 32 | v(3) << 48) as i64)
         }));
@@ -460,12 +470,7 @@ mod arm {
         // The live quads (not all zero), in this thread's buffer: the others add nothing.
         let mut live = LIVE.take();
         live.clear();
-        live.extend(
-            a.chunks_exact(4)
-                .enumerate()
-                .map(|(q, b)| (q, <[u8; 4]>::try_from(b).unwrap_or_default()))
-                .filter(|(_, quad)| *quad != [0; 4]),
-        );
+        live.extend(super::live_quads(a));
         // SAFETY (whole body): pointers stay inside `p.data`, `live` and `out`, as checked by the caller.
         unsafe {
             for (panel, out) in (first..first + panels).zip(out.chunks_exact_mut(PANEL)) {
@@ -504,15 +509,9 @@ mod arm {
         // The live quads (index, 4 bytes as one u32) in this thread's buffer (no allocation once warm).
         let mut live = LIVE.take();
         live.clear();
-        let mut total = 0i32;
-        for (q, b) in a.chunks_exact(4).enumerate() {
-            let quad: [u8; 4] = b.try_into().unwrap_or_default();
-            if quad != [0; 4] {
-                live.push((q, quad));
-                // Modulo 2³², like the sums (a K past 8 M could wrap it); the difference comes out exact.
-                total = total.wrapping_add(quad.iter().map(|&x| x as i32).sum::<i32>());
-            }
-        }
+        live.extend(super::live_quads(a));
+        // Σ a modulo 2³², like the sums (a K past 8 M could wrap it); the difference comes out exact.
+        let total = live.iter().fold(0i32, |t, (_, quad)| t.wrapping_add(quad.iter().map(|&x| x as i32).sum()));
         let correction = total.wrapping_mul(128);
         // SAFETY (whole body): pointers stay inside `p.data`, `live` and `out`, as checked by the caller.
         unsafe {
