@@ -491,3 +491,72 @@ fn bad_input_is_refused_with_typed_errors() {
     );
     assert!(matches!(quantize(b"not a model", &options, None), Err(Error::NotOnnx { .. })));
 }
+
+/// Runs a model on `input` (symbolic batch) and returns the raw bits of its outputs.
+fn output_bits(bytes: &[u8], input: &[f32]) -> Vec<u32> {
+    let model = Model::from_bytes(bytes, ModelOptions::default().with_batch(Batch::Symbolic)).unwrap();
+    model.run_batch(input).unwrap().iter().map(|v| v.to_bits()).collect()
+}
+
+/// The int8 weights of `units` outputs × `k` inputs in `bytes` (the one initializer of that size), one vector of `k`
+/// per unit, whichever of `[M, K, ...]` and `[K, M]` layouts the quantizer wrote.
+fn unit_weights(bytes: &[u8], units: usize, k: usize) -> Vec<Vec<u8>> {
+    let proto = pupil_runtime::model::decode_onnx(bytes).unwrap();
+    let t = proto.graph.unwrap().initializer.into_iter().find(|t| t.raw_data.len() == units * k && t.data_type == 3);
+    let t = t.expect("an int8 initializer of the layer's size");
+    if t.dims[0] as usize == units {
+        t.raw_data.chunks(k).map(|c| c.to_vec()).collect()
+    } else {
+        (0..units).map(|u| (0..k).map(|i| t.raw_data[i * units + u]).collect()).collect()
+    }
+}
+
+#[test]
+fn hidden_units_sorted_by_zero_rate_give_the_same_outputs_bit_for_bit() {
+    let f32_bytes = mlp_f32();
+    let test = &data().test.0[..500 * 784];
+    let (kept, kept_report) =
+        quantize_checked(f32_bytes, &QuantizeOptions { order_units: false, ..Default::default() });
+    let (sorted, report) = quantize_checked(f32_bytes, &QuantizeOptions::default());
+    assert!(kept_report.unit_order.is_empty());
+    let tensors: Vec<(&str, usize)> = report.unit_order.iter().map(|u| (u.tensor.as_str(), u.units)).collect();
+    assert_eq!(tensors, [("relu0", 256), ("relu1", 128)]);
+    for u in &report.unit_order {
+        assert!(u.reordered && u.zero_quads_after > u.zero_quads_before, "{u:?}");
+    }
+    // The first layer's int8 weights are the same rows in another order, and the model computes the same bits.
+    let (mut a, mut b) = (unit_weights(&kept, 256, 784), unit_weights(&sorted, 256, 784));
+    assert_ne!(a, b);
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    assert_eq!(output_bits(&kept, test), output_bits(&sorted, test));
+}
+
+#[test]
+fn hidden_units_of_kn_weights_move_with_their_bias_and_the_next_layers_rows() {
+    // Gemm with `[K, N]` weights (no transB, like burn's export) → Relu → MatMul: every other hidden unit has a
+    // bias of -4 and is zero on nearly every image, so the model's own order leaves no quad all zero.
+    let (k, m, n) = (784usize, 48usize, 10usize);
+    let mut rng = Lcg(3);
+    let w1: Vec<f32> = (0..k * m).map(|_| rng.normal() * 0.05).collect();
+    let b1: Vec<f32> = (0..m).map(|u| if u % 2 == 0 { -4.0 } else { 0.1 + rng.next() }).collect();
+    let w2: Vec<f32> = (0..m * n).map(|_| rng.normal()).collect();
+    let mut g = pupil_runtime::onnx::GraphBuilder::new("kn");
+    let batch = pupil_runtime::spec::Dim::Symbol("N".into());
+    let x = g.input("input", &[batch.clone(), pupil_runtime::spec::Dim::Fixed(k)]);
+    let (w1n, b1n) = (g.init_f32("w1", &[k, m], &w1), g.init_f32("b1", &[m], &b1));
+    let w2n = g.init_f32("w2", &[m, n], &w2);
+    g.node("Gemm", &[&x, &w1n, &b1n], &["h"], &[]);
+    g.node("Relu", &["h"], &["h.relu"], &[]);
+    g.node("MatMul", &["h.relu", &w2n], &["logits"], &[]);
+    g.output("logits", &[batch, pupil_runtime::spec::Dim::Fixed(n)]);
+    let f32_bytes = g.to_bytes();
+    let (kept, _) = quantize_checked(&f32_bytes, &QuantizeOptions { order_units: false, ..Default::default() });
+    let (sorted, report) = quantize_checked(&f32_bytes, &QuantizeOptions::default());
+    let [u] = report.unit_order.as_slice() else { panic!("{:?}", report.unit_order) };
+    assert_eq!((u.tensor.as_str(), u.units, u.reordered), ("h.relu", m, true));
+    assert!(u.zero_quads_before < 0.05 && u.zero_quads_after > 0.45, "{u:?}");
+    let test = &data().test.0[..500 * 784];
+    assert_eq!(output_bits(&kept, test), output_bits(&sorted, test));
+}

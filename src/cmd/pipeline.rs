@@ -127,6 +127,8 @@ pub struct QuantizeSummary {
     pub integer_matmuls: usize,
     pub matmuls: usize,
     pub size_ratio: f64,
+    /// The hidden layers whose units the quantizer grouped by when they are zero.
+    pub unit_order: Vec<pupil_runtime::quantize::UnitOrder>,
 }
 
 #[derive(Debug, Serialize)]
@@ -190,6 +192,12 @@ impl Steps {
     fn done(&self, what: &str) {
         if !self.quiet {
             println!("      {what}  ({:.0} s so far)", self.started.elapsed().as_secs_f64());
+        }
+    }
+    /// One more line about the step just done.
+    fn note(&self, what: &str) {
+        if !self.quiet {
+            println!("      {what}");
         }
     }
 }
@@ -313,6 +321,14 @@ pub fn execute(args: &Args) -> anyhow::Result<Summary> {
         integer,
         qreport.kernels.len()
     ));
+    for u in qreport.unit_order.iter().filter(|u| u.reordered) {
+        steps.note(&format!(
+            "hidden units of `{}` grouped by when they are zero: quads of 4 all zero {:.1}% → {:.1}%",
+            u.tensor,
+            100.0 * u.zero_quads_before,
+            100.0 * u.zero_quads_after
+        ));
+    }
 
     // ---- 3. Parity + device bundle.
     let parity_dir = out.join("parity");
@@ -467,6 +483,7 @@ pub fn execute(args: &Args) -> anyhow::Result<Summary> {
             integer_matmuls: integer,
             matmuls: qreport.kernels.len(),
             size_ratio: qreport.size_ratio(),
+            unit_order: qreport.unit_order.clone(),
         },
         int8_agreement_with_student: gap(1),
         parity_passed: preport.passed,

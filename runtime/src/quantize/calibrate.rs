@@ -82,6 +82,19 @@ impl Runner {
     }
 }
 
+/// Runs the f32 model over `data` with the `wanted` tensors exposed and calls `f(name, values)` for each of them
+/// on every chunk of examples (the values of the chunk's examples one after another).
+pub fn visit(
+    proto: &pb::ModelProto,
+    example_shape: &[usize],
+    data: &[f32],
+    wanted: &[String],
+    mut f: impl FnMut(&str, &[f32]),
+) -> Result<()> {
+    let runner = Runner::new(proto, example_shape, wanted)?;
+    runner.for_each(data, |i, v| f(&runner.names[i], v))
+}
+
 /// Calibrated ranges for the `wanted` tensors.
 pub fn calibrate(
     proto: &pb::ModelProto,

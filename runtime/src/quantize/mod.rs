@@ -17,12 +17,14 @@
 pub mod arith;
 mod calibrate;
 mod kernels;
+mod reorder;
 mod transform;
 
 use serde::{Deserialize, Serialize};
 
 pub use arith::{ActivationType, QParams};
 pub use kernels::{KernelReport, kernel_report};
+pub use reorder::UnitOrder;
 
 use crate::error::{Error, Result};
 
@@ -87,6 +89,15 @@ pub struct QuantizeOptions {
     pub activations: ActivationType,
     /// Nodes to keep in f32, by node name or by the name of their output tensor.
     pub keep_float: Vec<String>,
+    /// Static mode: sort the hidden units between two fully connected layers (`Gemm → Relu → Gemm`) by how often
+    /// the calibration set leaves them at zero, so the int8 kernels skip them four at a time (the same outputs,
+    /// bit for bit). Default on.
+    #[serde(default = "yes")]
+    pub order_units: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for QuantizeOptions {
@@ -98,6 +109,7 @@ impl Default for QuantizeOptions {
             per_channel: true,
             activations: ActivationType::U8,
             keep_float: vec![],
+            order_units: true,
         }
     }
 }
@@ -219,6 +231,9 @@ pub struct QuantizeReport {
     /// Operators of the optimised tract graph that recompute something from constants on every run
     /// (e.g. a weight `DequantizeLinear` tract could not fold). Empty when all weights are pre-packed.
     pub per_run_constant_ops: Vec<String>,
+    /// The hidden layers whose units were sorted by how often they are zero (static mode, `order_units`).
+    #[serde(default)]
+    pub unit_order: Vec<UnitOrder>,
     pub warnings: Vec<String>,
 }
 
@@ -294,14 +309,14 @@ fn quantize_inner(
     let example_shape = transform::example_shape(graph)?;
     let example_len: usize = example_shape.iter().product();
 
-    let (new_proto, nodes, calibration_examples) = match options.mode {
+    let (new_proto, nodes, calibration_examples, unit_order) = match options.mode {
         Mode::F16 => {
             let (p, nodes) = transform::to_f16(&proto)?;
-            (p, nodes, 0)
+            (p, nodes, 0, vec![])
         }
         Mode::Dynamic => {
             let (p, nodes) = transform::quantize_graph(&proto, options, None)?;
-            (p, nodes, 0)
+            (p, nodes, 0, vec![])
         }
         Mode::Static => {
             let data = calibration.ok_or(QuantizeError::MissingCalibration)?;
@@ -321,8 +336,14 @@ fn quantize_inner(
             }
             let wanted = transform::tensors_to_calibrate(&proto, options);
             let ranges = calibrate::calibrate(&proto, &example_shape, data, &wanted, options)?;
-            let (p, nodes) = transform::quantize_graph(&proto, options, Some(&ranges))?;
-            (p, nodes, data.len() / example_len)
+            // The ranges stay those of the model's own order: a tensor's values are the same set in any order.
+            let (ordered, unit_order) = if options.order_units {
+                reorder::order_units(&proto, &example_shape, data, &ranges, options)?
+            } else {
+                (proto.clone(), vec![])
+            };
+            let (p, nodes) = transform::quantize_graph(&ordered, options, Some(&ranges))?;
+            (p, nodes, data.len() / example_len, unit_order)
         }
     };
     let bytes = crate::onnx::encode(&new_proto);
@@ -350,6 +371,7 @@ fn quantize_inner(
         nodes,
         kernels,
         per_run_constant_ops,
+        unit_order,
         warnings,
     };
     Ok((bytes, report))

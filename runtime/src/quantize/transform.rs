@@ -60,7 +60,7 @@ fn attr_f(node: &pb::NodeProto, name: &str, default: f32) -> f32 {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Gemm,
     MatMul,
     Conv,
@@ -68,15 +68,15 @@ enum Kind {
 
 /// A matrix product with constant weights, normalised: weights `[M, rest...]` with the output channel first.
 #[derive(Debug, Clone)]
-struct Compute {
-    kind: Kind,
+pub(super) struct Compute {
+    pub(super) kind: Kind,
     x: String,
-    out: String,
+    pub(super) out: String,
     /// Output channel first; for Gemm/MatMul `[M, K]`, for Conv the ONNX kernel layout.
     weight: Vec<f32>,
     weight_dims: Vec<i64>,
-    m: usize,
-    k: usize,
+    pub(super) m: usize,
+    pub(super) k: usize,
     bias: Option<Vec<f32>>,
 }
 
@@ -170,16 +170,16 @@ fn analyse(node: &pb::NodeProto, inits: &HashMap<&str, &pb::TensorProto>) -> std
     }
 }
 
-struct Analysis<'a> {
+pub(super) struct Analysis<'a> {
     graph: &'a pb::GraphProto,
-    inits: HashMap<&'a str, &'a pb::TensorProto>,
-    consumers: HashMap<&'a str, Vec<usize>>,
-    outputs: HashSet<&'a str>,
+    pub(super) inits: HashMap<&'a str, &'a pb::TensorProto>,
+    pub(super) consumers: HashMap<&'a str, Vec<usize>>,
+    pub(super) outputs: HashSet<&'a str>,
     keep: HashSet<&'a str>,
 }
 
 impl<'a> Analysis<'a> {
-    fn new(graph: &'a pb::GraphProto, options: &'a QuantizeOptions) -> Self {
+    pub(super) fn new(graph: &'a pb::GraphProto, options: &'a QuantizeOptions) -> Self {
         let inits = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
         let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, n) in graph.node.iter().enumerate() {
@@ -200,7 +200,7 @@ impl<'a> Analysis<'a> {
         self.keep.contains(node.name.as_str()) || node.output.iter().any(|o| self.keep.contains(o.as_str()))
     }
 
-    fn compute(&self, i: usize) -> std::result::Result<Compute, FloatReason> {
+    pub(super) fn compute(&self, i: usize) -> std::result::Result<Compute, FloatReason> {
         let node = &self.graph.node[i];
         let c = analyse(node, &self.inits)?;
         if self.kept(node) {
@@ -210,7 +210,7 @@ impl<'a> Analysis<'a> {
     }
 
     /// The `Relu` that alone consumes `out`, if any.
-    fn relu_after(&self, out: &str) -> Option<usize> {
+    pub(super) fn relu_after(&self, out: &str) -> Option<usize> {
         if self.outputs.contains(out) {
             return None;
         }
@@ -276,7 +276,7 @@ fn tensor(name: &str, dims: &[i64], data_type: i32, raw: Vec<u8>) -> pb::TensorP
     pb::TensorProto { name: name.into(), dims: dims.to_vec(), data_type, raw_data: raw, ..Default::default() }
 }
 
-fn f32_tensor(name: &str, dims: &[i64], v: &[f32]) -> pb::TensorProto {
+pub(super) fn f32_tensor(name: &str, dims: &[i64], v: &[f32]) -> pb::TensorProto {
     tensor(name, dims, dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
 }
 
