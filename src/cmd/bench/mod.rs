@@ -201,18 +201,32 @@ fn is_int8(name: &str) -> bool {
 }
 
 /// The generated suite: f32 models and their int8 variants from pupil's quantizer (static, per-channel,
-/// calibrated on 64 random inputs in `[0, 1)`); the plain `QLinearMatMul` MLPs when the quantizer refuses. Only
+/// calibrated on random inputs in `[0, 1)`, see [`quantized`]); the plain `QLinearMatMul` MLPs when the quantizer refuses. Only
 /// the models whose name contains `only` (all with `None`), so a narrowed run quantizes nothing it drops.
 fn generated(only: Option<&str>) -> anyhow::Result<Vec<Entry>> {
     let mut v = vec![];
     let standin = zoo::suite_int8_standin();
     for m in zoo::suite_f32().into_iter().filter(|m| only.is_none_or(|o| m.name.contains(o))) {
         let int8 = match quantized(&m.bytes) {
-            Ok(bytes) => Some(Entry {
+            Ok((bytes, report)) => Some(Entry {
                 name: m.name.clone(),
                 precision: "int8",
                 bytes,
-                source: "generated, pupil quantize (static, per-channel, minmax)".into(),
+                source: format!(
+                    "generated, pupil quantize (static, per-channel, minmax, {} calibration inputs){}",
+                    report.calibration_examples,
+                    report
+                        .unit_order
+                        .iter()
+                        .filter(|u| u.reordered)
+                        .map(|u| format!(
+                            "; {} units grouped: zero quads {:.0}% → {:.0}%",
+                            u.tensor,
+                            100.0 * u.zero_quads_before,
+                            100.0 * u.zero_quads_after
+                        ))
+                        .collect::<String>()
+                ),
             }),
             Err(e) => {
                 eprintln!("{}: pupil quantize failed ({e:#}); using the plain QLinearMatMul variant if any", m.name);
@@ -230,14 +244,15 @@ fn generated(only: Option<&str>) -> anyhow::Result<Vec<Entry>> {
     Ok(v)
 }
 
-/// int8 variant from pupil's quantizer, calibrated on random inputs in `[0, 1)`.
-fn quantized(f32_bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+/// int8 variant from pupil's quantizer, calibrated on random inputs in `[0, 1)` (the benchmark's input
+/// distribution): 1000 of them (`pupil quantize`'s default), fewer for big inputs (at most 4 Mi values, at least 64).
+fn quantized(f32_bytes: &[u8]) -> anyhow::Result<(Vec<u8>, pupil_runtime::quantize::QuantizeReport)> {
     let model = Model::from_bytes(f32_bytes, ModelOptions::default())?;
     let mut rng = zoo::Rng::new(99);
-    let calibration: Vec<f32> = (0..64 * model.example_len()).map(|_| rng.unit()).collect();
+    let examples = ((4 << 20) / model.example_len().max(1)).clamp(64, 1000);
+    let calibration: Vec<f32> = (0..examples * model.example_len()).map(|_| rng.unit()).collect();
     let options = pupil_runtime::quantize::QuantizeOptions::default();
-    let (bytes, _report) = pupil_runtime::quantize::quantize(f32_bytes, &options, Some(&calibration))?;
-    Ok(bytes)
+    Ok(pupil_runtime::quantize::quantize(f32_bytes, &options, Some(&calibration))?)
 }
 
 fn from_dir(dir: &Path) -> anyhow::Result<Vec<Entry>> {
