@@ -103,7 +103,11 @@ fn pairs(graph: &pb::GraphProto, a: &Analysis) -> Vec<Pair> {
     out
 }
 
-/// Which activations of one hidden tensor quantize to 0: for every unit, one bit per row (example) seen.
+/// Rows (examples) the grouping looks at, at most: the greedy pass costs units² × rows / 256 word operations.
+const MAX_ROWS: usize = 4096;
+
+/// Which activations of one hidden tensor quantize to 0: for every unit, one bit per row (example) seen, for the
+/// first [`MAX_ROWS`] rows.
 struct ZeroBits {
     units: usize,
     rows: usize,
@@ -118,7 +122,7 @@ impl ZeroBits {
 
     fn add_rows(&mut self, values: &[f32], q: &QParams) {
         let zero = q.dtype.range().0;
-        for row in values.chunks_exact(self.units) {
+        for row in values.chunks_exact(self.units).take(MAX_ROWS - self.rows) {
             let (word, bit) = (self.rows / 64, self.rows % 64);
             for (column, &v) in self.columns.iter_mut().zip(row) {
                 if word == column.len() {
@@ -284,6 +288,18 @@ mod tests {
         let order = z.order();
         assert_eq!(order, vec![0, 2, 4, 5, 1, 3]);
         assert_eq!(z.zero_quads(&order), 1.0 / 4.0);
+    }
+
+    #[test]
+    fn only_the_first_rows_are_kept() {
+        let mut z = ZeroBits::new(3);
+        let q = QParams::from_range(0.0, 255.0, super::super::ActivationType::U8);
+        z.add_rows(&vec![0.0; 3 * (MAX_ROWS - 1)], &q);
+        z.add_rows(&[0.0, 5.0, 0.0, 7.0, 0.0, 0.0], &q);
+        assert_eq!(z.rows, MAX_ROWS);
+        assert_eq!(z.all_zero(&[0]), MAX_ROWS as u64);
+        assert_eq!(z.all_zero(&[1]), MAX_ROWS as u64 - 1);
+        assert_eq!(z.all_zero(&[2]), MAX_ROWS as u64);
     }
 
     #[test]
