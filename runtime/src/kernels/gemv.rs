@@ -261,8 +261,8 @@ impl PackedF32 {
 /// The activations a product reads, row by row. A row with at least one zero in 8 (a ReLU layer's output, a
 /// digit's blank pixels) keeps only its non-zero values, listed with their weight rows' offsets in a panel
 /// (`k · PANEL`), so that only those rows are read; other rows are read whole, straight from the input with a
-/// fixed table of offsets (a list would cost a pass and spare little). With weights that are not all finite every value is read (`0 · ∞` is
-/// NaN). Kept per thread between products (no allocation once warm).
+/// fixed table of offsets (a list would cost a pass and spare little). With weights that are not all finite every
+/// value is read (`0 · ∞` is NaN). Kept per thread between products (no allocation once warm).
 #[derive(Default)]
 struct Live {
     k: usize,
@@ -568,7 +568,8 @@ mod arm {
         let (a, o, w, stride) = (a.as_ptr(), offs.as_ptr(), w.as_ptr(), w.len() / GROUP);
         let mut s = [vdupq_n_f32(0.0); 4 * GROUP];
         let mut kk = 0;
-        // SAFETY: kk + 3 < k (or kk < k in the tail), and every offset starts a row of each of w's GROUP panels (checked in `gemv_cols`).
+        // SAFETY: kk + 3 < k (or kk < k in the tail), and every offset starts a row of each of w's GROUP panels
+        // (checked in `gemv_cols`).
         unsafe {
             macro_rules! step {
                 ($x:expr, $u:literal) => {

@@ -262,7 +262,6 @@ impl PackedI8 {
     }
 }
 
-/// The panels a kernel computes: `panels` of them from `first`, their sums into `out` (16 per panel).
 /// The quads of `a` that hold a non-zero byte, with their index: the ones a kernel must read (an all-zero quad adds
 /// nothing to any sum). The VNNI kernel lists them with AVX-512 instead.
 #[cfg_attr(not(any(target_arch = "x86_64", target_arch = "aarch64")), allow(dead_code))]
@@ -273,6 +272,7 @@ fn live_quads(a: &[u8]) -> impl Iterator<Item = (usize, [u8; 4])> + '_ {
         .filter(|(_, quad)| *quad != [0; 4])
 }
 
+/// The panels a kernel computes: `panels` of them from `first`, their sums into `out` (16 per panel).
 struct Part<'a> {
     first: usize,
     panels: usize,
@@ -418,9 +418,8 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn gemv_avx2(p: &PackedI8, a: &[u8], Part { first, panels, out }: Part) {
         let quads = p.kp / 4;
-        // Each live activation quad as four i16, repeated: the multiplier for a 16-byte chunk (4 columns × 4 k),
-        // in this thread's buffer (no allocation once warm).
-        // Only the live quads (not all zero), with their index: the others add nothing.
+        // Each live activation quad (not all zero: the others add nothing), with its index, as four i16 repeated:
+        // the multiplier for a 16-byte chunk (4 columns × 4 k), in this thread's buffer (no allocation once warm).
         let mut aq = QUADS.take();
         aq.clear();
         aq.extend(super::live_quads(a).map(|(q, b)| {

@@ -201,8 +201,9 @@ fn is_int8(name: &str) -> bool {
 }
 
 /// The generated suite: f32 models and their int8 variants from pupil's quantizer (static, per-channel,
-/// calibrated on random inputs in `[0, 1)`, see [`quantized`]); the plain `QLinearMatMul` MLPs when the quantizer refuses. Only
-/// the models whose name contains `only` (all with `None`), so a narrowed run quantizes nothing it drops.
+/// calibrated on random inputs in `[0, 1)`, see [`quantized`]); the plain `QLinearMatMul` MLPs when the quantizer
+/// refuses. Only the models whose name contains `only` (all with `None`), so a narrowed run quantizes nothing it
+/// drops.
 fn generated(only: Option<&str>) -> anyhow::Result<Vec<Entry>> {
     let mut v = vec![];
     let standin = zoo::suite_int8_standin();
