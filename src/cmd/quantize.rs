@@ -45,8 +45,8 @@ pub struct Args {
     /// Keep this node (node name or output tensor name) in f32; repeatable.
     #[arg(long = "keep-float", value_name = "NODE")]
     pub keep_float: Vec<String>,
-    /// Keep the hidden units in the model's order (by default they are sorted by how often the calibration set
-    /// leaves them at zero, so the int8 kernels skip them four at a time; the outputs are the same).
+    /// Keep the hidden units in the model's order (by default they are grouped by the calibration examples on
+    /// which they are zero, so the int8 kernels skip them four at a time; the outputs are the same).
     #[arg(long)]
     pub keep_unit_order: bool,
     /// Print JSON instead of tables.

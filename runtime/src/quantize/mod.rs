@@ -89,9 +89,9 @@ pub struct QuantizeOptions {
     pub activations: ActivationType,
     /// Nodes to keep in f32, by node name or by the name of their output tensor.
     pub keep_float: Vec<String>,
-    /// Static mode: sort the hidden units between two fully connected layers (`Gemm → Relu → Gemm`) by how often
-    /// the calibration set leaves them at zero, so the int8 kernels skip them four at a time (the same outputs,
-    /// bit for bit). Default on.
+    /// Static mode: group the hidden units between two fully connected layers (`Gemm → Relu → Gemm`) by the
+    /// calibration examples on which they are zero, so the int8 kernels skip them four at a time (the same
+    /// outputs, bit for bit). Default on.
     #[serde(default = "yes")]
     pub order_units: bool,
 }
@@ -231,7 +231,7 @@ pub struct QuantizeReport {
     /// Operators of the optimised tract graph that recompute something from constants on every run
     /// (e.g. a weight `DequantizeLinear` tract could not fold). Empty when all weights are pre-packed.
     pub per_run_constant_ops: Vec<String>,
-    /// The hidden layers whose units were sorted by how often they are zero (static mode, `order_units`).
+    /// The hidden layers whose units were grouped by when they are zero (static mode, `order_units`).
     #[serde(default)]
     pub unit_order: Vec<UnitOrder>,
     pub warnings: Vec<String>,

@@ -4,8 +4,8 @@
 //! `Gemm|MatMul → Relu → Gemm|MatMul` computes the same function whatever the order of its hidden units, as long
 //! as the first layer's output columns (and bias) and the second layer's input rows move together. The int8 GEMV
 //! (`kernels::qgemv`) never reads the weights of a quad of 4 activations that are all 0, so a unit that is zero on
-//! most inputs saves nothing next to one that rarely is; sorted by how often they quantize to 0 on the calibration
-//! set, the often-zero units fill whole quads. The quantized model's outputs are the same bits as without the
+//! most inputs saves nothing next to ones that are not; grouped so that units zero on the same calibration examples
+//! share a quad, whole quads are zero. The quantized model's outputs are the same bits as without the
 //! permutation: the weights, scales and biases are the same numbers in another order and the integer sums are
 //! exact (the calibration ran on the unpermuted model).
 
@@ -15,9 +15,8 @@ use tract_onnx::pb;
 use super::QuantizeOptions;
 use super::arith::QParams;
 use super::calibrate::{self, Ranges};
-use super::transform::{Analysis, Kind};
+use super::transform::{Analysis, Kind, attr_i};
 use crate::error::Result;
-use crate::onnx::dtype;
 
 /// What the reordering did to one hidden layer, measured on the calibration set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,7 +48,7 @@ struct Pair {
 
 /// The axis of a 2-D `Gemm`/`MatMul` weight that indexes the product's outputs (`inputs = false`) or inputs.
 fn weight_axis(node: &pb::NodeProto, kind: Kind, inputs: bool) -> usize {
-    let trans_b = kind == Kind::Gemm && node.attribute.iter().any(|a| a.name == "transB" && a.i != 0);
+    let trans_b = kind == Kind::Gemm && attr_i(node, "transB", 0) != 0;
     // `[K, N]`, or `[N, K]` with transB.
     usize::from(trans_b == inputs)
 }
@@ -206,8 +205,8 @@ fn permute(t: &mut pb::TensorProto, axis: usize, order: &[usize]) -> Result<()> 
     Ok(())
 }
 
-/// The model with the hidden units of every eligible layer pair sorted by how often they quantize to 0 on the
-/// calibration `data` (with the activation ranges `ranges`), and what that did to each.
+/// The model with the hidden units of every eligible layer pair grouped by when they quantize to 0 on the
+/// calibration `data` (with the activation ranges `ranges`; see [`ZeroBits::order`]), and what that did to each.
 pub(super) fn order_units(
     proto: &pb::ModelProto,
     example_shape: &[usize],
@@ -243,17 +242,18 @@ pub(super) fn order_units(
         let (before, after) = (z.zero_quads(&identity), z.zero_quads(&order));
         let reordered = after > before;
         if reordered {
-            let producer = graph.node[pair.producer].clone();
-            let consumer = &graph.node[pair.consumer];
+            let (producer, consumer) = (&graph.node[pair.producer], &graph.node[pair.consumer]);
             let mut moves = vec![(producer.input[1].clone(), pair.producer_axis)];
             if let Some(b) = producer.input.get(2).filter(|s| !s.is_empty()) {
                 moves.push((b.clone(), 1));
             }
             moves.push((consumer.input[1].clone(), pair.consumer_axis));
             for (name, axis) in moves {
-                if let Some(t) = g.initializer.iter_mut().find(|t| t.name == name && t.data_type == dtype::F32) {
-                    permute(t, axis, &order)?;
-                }
+                // `pairs` only takes initializers; a name it took that is not one would leave half a permutation.
+                let t = g.initializer.iter_mut().find(|t| t.name == name).ok_or_else(|| {
+                    super::QuantizeError::Unsupported { reason: format!("`{name}` is not an initializer") }
+                })?;
+                permute(t, axis, &order)?;
             }
         }
         report.push(UnitOrder {

@@ -51,7 +51,7 @@ pub fn example_shape(graph: &pb::GraphProto) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn attr_i(node: &pb::NodeProto, name: &str, default: i64) -> i64 {
+pub(super) fn attr_i(node: &pb::NodeProto, name: &str, default: i64) -> i64 {
     node.attribute.iter().find(|a| a.name == name).map(|a| a.i).unwrap_or(default)
 }
 
@@ -209,13 +209,16 @@ impl<'a> Analysis<'a> {
         Ok(c)
     }
 
-    /// The `Relu` that alone consumes `out`, if any.
+    /// The `Relu` (with its one output) that alone consumes `out`, if any.
     pub(super) fn relu_after(&self, out: &str) -> Option<usize> {
         if self.outputs.contains(out) {
             return None;
         }
         match self.consumers.get(out).map(|v| v.as_slice()) {
-            Some([r]) if self.graph.node[*r].op_type == "Relu" && !self.kept(&self.graph.node[*r]) => Some(*r),
+            Some([r]) => {
+                let n = &self.graph.node[*r];
+                (n.op_type == "Relu" && n.output.len() == 1 && !self.kept(n)).then_some(*r)
+            }
             _ => None,
         }
     }
